@@ -1,0 +1,1 @@
+//! Horizontal autoscaling of inference workers with Kubernetes HPA semantics.

@@ -1,0 +1,4 @@
+//! The helmetd daemon as a library: configuration, commands and the control path.
+//! `main.rs` is only the binary's edge (argument parsing, exit codes).
+
+pub mod autoscaler;
