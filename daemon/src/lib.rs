@@ -2,3 +2,6 @@
 //! `main.rs` is only the binary's edge (argument parsing, exit codes).
 
 pub mod autoscaler;
+pub mod commands;
+pub mod config;
+pub mod logging;

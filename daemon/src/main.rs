@@ -1,1 +1,313 @@
-fn main() {}
+//! The binary's edge: arguments, logging, exit codes. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use helmet_pipelines::hem::HardExampleMining;
+use helmet_pipelines::output::SednaOutputs;
+use helmetd::commands::detect::{self, DetectJob};
+use helmetd::config::{self, ConfigError, ConfigSource};
+use helmetd::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "helmetd",
+    version,
+    about = "Helmet detection on RTSP cameras, with joint cloud inference"
+)]
+struct Cli {
+    /// Log format; RUST_LOG sets the level (default info,ort=warn).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A config file plus overrides, shared by every subcommand that reads a config.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file. Without it the embedded default is used (`helmetd print-default-config`).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Override one key: --set mqtt.url=mqtt://127.0.0.1:1883 (repeatable; validated like the file).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<config::Config, ConfigError> {
+        let source = self
+            .config
+            .clone()
+            .map_or(ConfigSource::Default, ConfigSource::File);
+        config::load(source, &self.overrides)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+    /// Validate a config file (and --set overrides) without starting anything; exit 78 if invalid.
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Run the edge model on images, video files or rtsp:// URLs; one JSON line per frame.
+    Detect {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Model file (default: [edge.model] path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Model input as HEIGHTxWIDTH, when --model differs from [edge.model] (e.g. 640x640).
+        #[arg(long, value_parser = parse_input_size)]
+        input: Option<[u32; 2]>,
+        /// Hard-example rule, Sedna's names: IBT:threshold_img=0.9,threshold_box=0.9 | Threshold:threshold=0.5 | CrossEntropy | Random:random_ratio=0.3 | CloudOnly | EdgeOnly.
+        #[arg(long)]
+        hem: Option<HardExampleMining>,
+        /// Score threshold (default: [edge.model] score_threshold).
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Frames per second sampled from videos and streams, by stream time.
+        #[arg(long, default_value_t = 2.0)]
+        fps: f64,
+        /// Stop each video or stream after this many frames.
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Stop each video or stream after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Write Sedna-style output folders (annotated JPEGs) under this directory.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Images (.jpg, .png, …), video files, or rtsp:// URLs.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+    },
+    /// The demo: the edge pipeline on the bundled test video, with a live line per frame.
+    Demo {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Video to use instead of the bundled media/helmet-test.mp4.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Frames per second sampled from the video.
+        #[arg(long, default_value_t = 2.0)]
+        fps: f64,
+        /// Where the Sedna-style output folders go.
+        #[arg(long, default_value = "out/demo")]
+        output: PathBuf,
+    },
+}
+
+fn parse_input_size(s: &str) -> Result<[u32; 2], String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or("expected HEIGHTxWIDTH, e.g. 640x640")?;
+    let parse = |v: &str| v.trim().parse::<u32>().map_err(|e| format!("{v:?}: {e}"));
+    Ok([parse(h)?, parse(w)?])
+}
+
+/// Loads ONNX Runtime from the config's path or the standard places.
+fn init_runtime(cfg: &config::Config) -> anyhow::Result<()> {
+    let configured = cfg
+        .inference
+        .onnxruntime
+        .as_os_str()
+        .is_empty()
+        .then_some(())
+        .map_or(Some(cfg.inference.onnxruntime.as_path()), |()| None);
+    let lib = helmet_pipelines::runtime::init_onnxruntime(configured)?;
+    tracing::debug!(library = %lib.display(), "ONNX Runtime loaded");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_detect(
+    config: ConfigArgs,
+    model: Option<PathBuf>,
+    input: Option<[u32; 2]>,
+    hem: Option<HardExampleMining>,
+    threshold: Option<f32>,
+    fps: f64,
+    frames: Option<u64>,
+    duration: Option<f64>,
+    output: Option<PathBuf>,
+    inputs: Vec<String>,
+) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    init_runtime(&cfg)?;
+    let mut spec = detect::edge_model_spec(&cfg, model.as_deref(), input);
+    if let Some(t) = threshold {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&t),
+            "--threshold {t} is outside [0, 1]"
+        );
+        spec.score_threshold = t;
+    }
+    anyhow::ensure!(fps > 0.0 && fps <= 120.0, "--fps {fps} is outside (0, 120]");
+    let class_names = cfg.edge.model.classes.clone();
+    let hem = match hem {
+        Some(h) => h,
+        None => cfg.edge.hard_example_mining.build()?,
+    };
+    let outputs = match &output {
+        Some(dir) => Some(SednaOutputs::create(
+            dir,
+            cfg.output.jpeg_quality,
+            class_names.clone(),
+        )?),
+        None => None,
+    };
+    let job = DetectJob {
+        model: spec,
+        hem,
+        class_names: class_names.clone(),
+        inputs,
+        fps,
+        max_frames: frames,
+        duration: duration.map(Duration::from_secs_f64),
+        outputs,
+    };
+    let summary = detect::run(&job, |result| println!("{}", result.to_json()))?;
+    for line in detect::summary_lines(&summary, &class_names) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+fn run_demo(
+    config: ConfigArgs,
+    video: Option<PathBuf>,
+    fps: f64,
+    output: PathBuf,
+) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    init_runtime(&cfg)?;
+    let video = video
+        .unwrap_or_else(|| config::resolve_path(std::path::Path::new("media/helmet-test.mp4")));
+    anyhow::ensure!(
+        video.is_file(),
+        "{}: test video not found (run from the repository root)",
+        video.display()
+    );
+    let class_names = cfg.edge.model.classes.clone();
+    let outputs = SednaOutputs::create(&output, cfg.output.jpeg_quality, class_names.clone())
+        .with_context(|| format!("creating {}", output.display()))?;
+    let hem = cfg.edge.hard_example_mining.build()?;
+    println!(
+        "helmetd demo: {} at {fps} fps, model {}, hard examples by {hem}",
+        video.display(),
+        cfg.edge.model.path.display()
+    );
+    let job = DetectJob {
+        model: detect::edge_model_spec(&cfg, None, None),
+        hem,
+        class_names: class_names.clone(),
+        inputs: vec![video.display().to_string()],
+        fps,
+        max_frames: None,
+        duration: None,
+        outputs: Some(outputs),
+    };
+    let alert_classes: Vec<u16> = (0..class_names.len() as u16)
+        .filter(|&c| cfg.alerts.classes.contains(&class_names[usize::from(c)]))
+        .collect();
+    let mut violations = 0u64;
+    let summary = detect::run(&job, |r| {
+        let pts = r.frame.pts.map_or(0.0, |p| p.as_secs_f64());
+        let flagged = r
+            .detections
+            .iter()
+            .filter(|d| alert_classes.contains(&d.class) && d.score >= cfg.alerts.min_score)
+            .count();
+        violations += flagged as u64;
+        println!(
+            "[{pts:6.1} s] frame {:3}: {:2} box(es), {} without helmet (score >= {}){}  {:.0} ms",
+            r.frame.seq,
+            r.detections.len(),
+            flagged,
+            cfg.alerts.min_score,
+            if r.hard { ", HARD" } else { "" },
+            r.infer.as_secs_f64() * 1e3
+        );
+    })?;
+    for line in detect::summary_lines(&summary, &class_names) {
+        println!("{line}");
+    }
+    println!("annotated frames: {}", output.display());
+    println!(
+        "RESULT frames={} hard={} violations={} model_p50_ms={:.1}",
+        summary.frames,
+        summary.hard,
+        violations,
+        summary.infer_percentile(0.5).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::CheckConfig { file, overrides } => {
+            let args = ConfigArgs {
+                config: Some(file.clone()),
+                overrides,
+            };
+            args.load()
+                .map(|cfg| {
+                    println!(
+                        "{}: ok ({} camera(s), node {:?})",
+                        file.display(),
+                        cfg.cameras.len(),
+                        cfg.node_name()
+                    );
+                })
+                .map_err(anyhow::Error::from)
+        }
+        Command::Detect {
+            config,
+            model,
+            input,
+            hem,
+            threshold,
+            fps,
+            frames,
+            duration,
+            output,
+            inputs,
+        } => run_detect(
+            config, model, input, hem, threshold, fps, frames, duration, output, inputs,
+        ),
+        Command::Demo {
+            config,
+            video,
+            fps,
+            output,
+        } => run_demo(config, video, fps, output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+fn report(e: anyhow::Error) -> ExitCode {
+    if let Some(config_error) = e.downcast_ref::<ConfigError>() {
+        eprintln!("{config_error}");
+        return ExitCode::from(ConfigError::EXIT_CODE as u8);
+    }
+    eprintln!("helmetd: {e:#}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,566 @@
+//! Reading a config: file or embedded default, `--set` overrides, typed errors with positions.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml_edit::{DocumentMut, ImDocument, Item, TableLike};
+
+use super::Config;
+
+/// The commented default, the same text `helmetd print-default-config` prints.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/helmetd.toml");
+
+/// Where a config came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Default,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Default => f.write_str("<default config>"),
+        }
+    }
+}
+
+/// One problem in a config, positioned where the user can find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line:column`, or `--set key=value` when an override caused it.
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--set {0:?}: expected dotted.key=value")]
+    BadOverride(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// EX_CONFIG from sysexits.h: what systemd and operators expect for a bad config.
+    pub const EXIT_CODE: i32 = 78;
+}
+
+/// A dotted key path into the document: `camera[1].url`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyPath(pub Vec<Segment>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl KeyPath {
+    pub fn parse(dotted: &str) -> Self {
+        let segments = dotted
+            .split('.')
+            .map(|part| match part.parse::<usize>() {
+                Ok(i) => Segment::Index(i),
+                Err(_) => Segment::Key(part.to_string()),
+            })
+            .collect();
+        Self(segments)
+    }
+
+    pub fn key(mut self, key: &str) -> Self {
+        self.0.push(Segment::Key(key.to_string()));
+        self
+    }
+
+    pub fn index(mut self, i: usize) -> Self {
+        self.0.push(Segment::Index(i));
+        self
+    }
+
+    fn starts_with(&self, other: &KeyPath) -> bool {
+        self.0.len() >= other.0.len() && self.0[..other.0.len()] == other.0[..]
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Segment::Key(k) if i == 0 => write!(f, "{k}")?,
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads, overrides, deserialises and validates. All problems found are reported together.
+pub fn load(source: ConfigSource, overrides: &[String]) -> Result<Config, ConfigError> {
+    let text = match &source {
+        ConfigSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?
+        }
+        ConfigSource::Default => DEFAULT_CONFIG.to_string(),
+    };
+    let file_problem = |span: Option<Range<usize>>, message: String| Problem {
+        place: place_of(&source, &text, span),
+        message,
+    };
+
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        ConfigError::Invalid(vec![file_problem(e.span(), e.message().trim().to_string())])
+    })?;
+    let mut applied = Vec::new();
+    for raw in overrides {
+        let (key, value) = raw
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadOverride(raw.clone()))?;
+        let path = KeyPath::parse(key.trim());
+        if path.0.is_empty() || key.trim().is_empty() {
+            return Err(ConfigError::BadOverride(raw.clone()));
+        }
+        set_value(doc.as_item_mut(), &path.0, parse_override_value(value)).map_err(|why| {
+            ConfigError::Invalid(vec![Problem {
+                place: format!("--set {raw}"),
+                message: why,
+            }])
+        })?;
+        applied.push((path, raw.clone()));
+    }
+    let effective = doc.to_string();
+
+    // Errors are positioned in `effective`; overrides keep existing keys on their lines, so the
+    // positions match the file unless the error is in an overridden key, which is named instead.
+    let positioned = |path: &KeyPath, span: Option<Range<usize>>, message: String| -> Problem {
+        if let Some((_, raw)) = applied
+            .iter()
+            .find(|(p, _)| path.starts_with(p) || p.starts_with(path) && !path.0.is_empty())
+        {
+            return Problem {
+                place: format!("--set {raw}"),
+                message,
+            };
+        }
+        Problem {
+            place: place_of(&source, &effective, span),
+            message,
+        }
+    };
+
+    let deserializer = toml::Deserializer::new(&effective);
+    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = KeyPath::parse(&e.path().to_string().replace(['[', ']'], "."));
+        let path = KeyPath(
+            path.0
+                .into_iter()
+                .filter(|s| !matches!(s, Segment::Key(k) if k.is_empty() || k == "?"))
+                .collect(),
+        );
+        let inner = e.into_inner();
+        let message = describe_serde_error(inner.message(), &path);
+        ConfigError::Invalid(vec![positioned(&path, inner.span(), message)])
+    })?;
+
+    let problems = config.validate();
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    let located = ImDocument::parse(effective.clone()).ok();
+    Err(ConfigError::Invalid(
+        problems
+            .into_iter()
+            .map(|(path, message)| {
+                let span = located.as_ref().and_then(|d| span_of(d.as_item(), &path.0));
+                positioned(&path, span, format!("{path}: {message}"))
+            })
+            .collect(),
+    ))
+}
+
+/// serde's messages say "unknown field `x`"; name the table it appeared in too.
+fn describe_serde_error(message: &str, path: &KeyPath) -> String {
+    let message = message.trim();
+    if path.0.is_empty() {
+        return message.to_string();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let (field, expected) = rest.split_once(", ").unwrap_or((rest, ""));
+        let table = match path.0.last() {
+            Some(Segment::Index(_)) => {
+                format!("[[{}]]", KeyPath(path.0[..path.0.len() - 1].to_vec()))
+            }
+            _ => format!("[{path}]"),
+        };
+        let field = field.replace('`', "'");
+        return if expected.is_empty() {
+            format!("unknown field {field} in {table}")
+        } else {
+            format!(
+                "unknown field {field} in {table}, {}",
+                expected.replace('`', "'")
+            )
+        };
+    }
+    format!("{path}: {message}")
+}
+
+fn place_of(source: &ConfigSource, text: &str, span: Option<Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("{source}:{line}:{column}")
+        }
+        None => source.to_string(),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Span of the key (or the value, for array elements) a path names in a parsed document.
+fn span_of(item: &Item, path: &[Segment]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    match first {
+        Segment::Key(k) => {
+            let table = item.as_table_like()?;
+            let child = table.get(k)?;
+            if rest.is_empty() {
+                return key_span(table, k).or_else(|| child.span());
+            }
+            span_of(child, rest).or_else(|| key_span(table, k))
+        }
+        Segment::Index(i) => {
+            if let Some(tables) = item.as_array_of_tables() {
+                let t = tables.get(*i)?;
+                return if rest.is_empty() {
+                    t.span()
+                } else {
+                    span_of_table(t, rest).or(t.span())
+                };
+            }
+            let array = item.as_array()?;
+            let value = array.get(*i)?;
+            if rest.is_empty() {
+                return value.span();
+            }
+            let inline = value.as_inline_table()?;
+            span_of_table_like(inline, rest).or(value.span())
+        }
+    }
+}
+
+fn span_of_table(t: &toml_edit::Table, path: &[Segment]) -> Option<Range<usize>> {
+    span_of_table_like(t, path)
+}
+
+fn span_of_table_like(t: &dyn TableLike, path: &[Segment]) -> Option<Range<usize>> {
+    let (Segment::Key(k), rest) = path.split_first()? else {
+        return None;
+    };
+    let child = t.get(k)?;
+    if rest.is_empty() {
+        return key_span(t, k).or_else(|| child.span());
+    }
+    span_of(child, rest).or_else(|| key_span(t, k))
+}
+
+fn key_span(table: &dyn TableLike, key: &str) -> Option<Range<usize>> {
+    table.get_key_value(key).and_then(|(k, _)| k.span())
+}
+
+/// `--set` values are TOML values when they parse as one (`3`, `true`, `["a"]`), else strings,
+/// so `--set mqtt.url=mqtt://host:1883` needs no quoting.
+fn parse_override_value(raw: &str) -> toml_edit::Value {
+    raw.trim()
+        .parse::<toml_edit::Value>()
+        .unwrap_or_else(|_| toml_edit::Value::from(raw.trim()))
+}
+
+fn set_value(item: &mut Item, path: &[Segment], value: toml_edit::Value) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        *item = Item::Value(value);
+        return Ok(());
+    };
+    match first {
+        Segment::Key(k) => {
+            if item.is_none() {
+                *item = Item::Table(toml_edit::Table::new());
+            }
+            let table = item
+                .as_table_like_mut()
+                .ok_or_else(|| format!("cannot set '{k}': its parent is not a table"))?;
+            if rest.is_empty() {
+                match table.get_mut(k) {
+                    Some(existing) if existing.is_table_like() && !value.is_inline_table() => {
+                        Err(format!("'{k}' is a table; set one of its keys instead"))
+                    }
+                    Some(existing) => {
+                        // Keep the key where it is so error positions still match the file.
+                        *existing = Item::Value(value);
+                        Ok(())
+                    }
+                    None => {
+                        table.insert(k, Item::Value(value));
+                        Ok(())
+                    }
+                }
+            } else {
+                if table.get(k).is_none() {
+                    table.insert(k, Item::Table(toml_edit::Table::new()));
+                }
+                let child = table
+                    .get_mut(k)
+                    .ok_or_else(|| format!("cannot create table '{k}'"))?;
+                set_value(child, rest, value)
+            }
+        }
+        Segment::Index(i) => {
+            if let Some(tables) = item.as_array_of_tables_mut() {
+                let len = tables.len();
+                let t = tables
+                    .get_mut(*i)
+                    .ok_or_else(|| format!("index {i} is out of range (there are {len})"))?;
+                let mut as_item = Item::Table(std::mem::take(t));
+                let result = set_value(&mut as_item, rest, value);
+                if let Item::Table(back) = as_item {
+                    *t = back;
+                }
+                return result;
+            }
+            let array = item
+                .as_array_mut()
+                .ok_or_else(|| format!("cannot index [{i}]: not an array"))?;
+            let len = array.len();
+            let slot = array
+                .get_mut(*i)
+                .ok_or_else(|| format!("index {i} is out of range (there are {len})"))?;
+            let mut as_item = Item::Value(slot.clone());
+            set_value(&mut as_item, rest, value)?;
+            *slot = as_item
+                .into_value()
+                .map_err(|_| "cannot put a table into an array".to_string())?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
+        match result {
+            Err(ConfigError::Invalid(p)) => p,
+            Err(other) => panic!("expected Invalid, got {other}"),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    /// The default with the model path made absolute so tests run from any directory.
+    fn default_text() -> String {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        DEFAULT_CONFIG
+            .replace("path = \"models/", &format!("path = \"{root}/models/"))
+            .replace("model = \"models/", &format!("model = \"{root}/models/"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let f = write(&default_text());
+        let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
+        assert!(cfg.cameras.is_empty());
+        assert_eq!(cfg.edge.model.input, [384, 640]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_table() {
+        let text = default_text()
+            + "\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://127.0.0.1:8554/x\"\n  fpss = 3\n";
+        let line = text.lines().count();
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert_eq!(p.len(), 1);
+        let expected = format!("{}:{line}:3", f.path().display());
+        assert_eq!(p[0].place, expected, "{}", p[0]);
+        assert!(
+            p[0].message
+                .starts_with("unknown field 'fpss' in [[camera]], expected one of"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_positioned() {
+        let f = write("[node]\nname = \n");
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert!(p[0].place.ends_with(":2:8"), "{}", p[0]);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = default_text().replace("intra_threads = 1", "intra_threads = \"one\"");
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert!(
+            p[0].message.contains("edge.model.intra_threads"),
+            "{}",
+            p[0]
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("intra_threads = \"one\""))
+            .unwrap()
+            + 1;
+        assert!(p[0].place.contains(&format!(":{line}:")), "{}", p[0]);
+    }
+
+    #[test]
+    fn semantic_errors_are_positioned_and_all_reported() {
+        let text = default_text()
+            .replace("score_threshold = 0.25", "score_threshold = 1.5")
+            .replace("timeout_ms = 1000", "timeout_ms = 0");
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert_eq!(p.len(), 2, "{p:?}");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("score_threshold = 1.5"))
+            .unwrap()
+            + 1;
+        assert!(p[0].place.ends_with(&format!(":{line}:1")), "{}", p[0]);
+        assert!(
+            p[0].message
+                .contains("edge.model.score_threshold: must be within [0, 1]"),
+            "{}",
+            p[0]
+        );
+        assert!(p[1].message.contains("cloud.timeout_ms"), "{}", p[1]);
+    }
+
+    #[test]
+    fn missing_model_file_is_an_error() {
+        let text = default_text().replace("helmet_yolov12m_384x640_int8qdq.onnx", "nope.onnx");
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert!(
+            p[0].message.contains("nope.onnx does not exist"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn overrides_replace_add_and_index() {
+        let text =
+            default_text() + "\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://127.0.0.1:8554/x\"\n";
+        let f = write(&text);
+        let cfg = load(
+            ConfigSource::File(f.path().into()),
+            &[
+                "mqtt.url=mqtt://127.0.0.1:18830".into(),
+                "cloud.timeout_ms=250".into(),
+                "camera.0.detect_fps=5".into(),
+                "node.labels.site=north".into(),
+                "edge.worker.resources.limits.cpu=500m".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:18830");
+        assert_eq!(cfg.cloud.timeout_ms, 250);
+        assert_eq!(cfg.cameras[0].detect_fps, 5.0);
+        assert_eq!(cfg.node.labels["site"], "north");
+        assert_eq!(cfg.edge.worker.resources.limits.cpu.unwrap().millis, 500);
+    }
+
+    #[test]
+    fn bad_override_is_named() {
+        let f = write(&default_text());
+        let p = problems(load(
+            ConfigSource::File(f.path().into()),
+            &["mqtt.url=http://x".into()],
+        ));
+        assert_eq!(p[0].place, "--set mqtt.url=http://x");
+        let p = problems(load(
+            ConfigSource::File(f.path().into()),
+            &["mqtt.nope=1".into()],
+        ));
+        assert_eq!(p[0].place, "--set mqtt.nope=1", "{}", p[0]);
+        assert!(
+            p[0].message.contains("unknown field 'nope' in [mqtt]"),
+            "{}",
+            p[0]
+        );
+        assert!(matches!(
+            load(ConfigSource::File(f.path().into()), &["novalue".into()]),
+            Err(ConfigError::BadOverride(_))
+        ));
+        let p = problems(load(
+            ConfigSource::File(f.path().into()),
+            &["camera.3.url=x".into()],
+        ));
+        assert!(
+            p[0].message.contains("not an array") || p[0].message.contains("out of range"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn camera_checks() {
+        let text = default_text()
+            + "\n[[camera]]\nname = \"a b\"\nurl = \"http://x/y\"\ndetect_fps = 0\n\n[[camera]]\nname = \"a b\"\nurl = \"rtsp://h/s\"\n";
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        let all: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert!(all.iter().any(|m| m.contains("camera[0].name")), "{all:?}");
+        assert!(
+            all.iter()
+                .any(|m| m.contains("camera[0].url: scheme \"http\"")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|m| m.contains("camera[0].detect_fps")),
+            "{all:?}"
+        );
+        assert!(all.iter().any(|m| m.contains("used twice")), "{all:?}");
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("a\nbc\n", 3), (2, 2));
+        assert_eq!(line_column("é\nx", 3), (2, 1));
+        assert_eq!(line_column("abc", 99), (1, 4));
+    }
+}

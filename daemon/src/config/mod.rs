@@ -1,0 +1,245 @@
+//! helmetd's configuration: one TOML file, typed, validated before anything starts.
+//!
+//! Loading is in [`load`]: the file is parsed, `--set` overrides are applied to the document, then
+//! it is deserialised into [`Config`] with unknown keys refused, and [`Config::validate`] checks
+//! what types cannot (ranges, URLs, files, the model's declared input). Every error names the file,
+//! line, column and key.
+
+mod load;
+mod quantity;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, ConfigSource, DEFAULT_CONFIG, load};
+pub use quantity::{CpuQuantity, MemoryQuantity};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub inference: InferenceConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default, rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+    pub edge: EdgeConfig,
+    pub alerts: AlertsConfig,
+    pub cloud: CloudConfig,
+    pub kubeedge: KubeEdgeConfig,
+    pub output: OutputConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    pub onnxruntime: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub url: String,
+    pub client_id: String,
+    pub username: String,
+    pub password_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub topic_prefix: String,
+    pub keep_alive_s: u64,
+    pub spool_dir: PathBuf,
+    pub spool_max_mb: u64,
+    pub spool_max_age_s: u64,
+    pub stats_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Auto,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "CameraConfig::default_detect_fps")]
+    pub detect_fps: f64,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "CameraConfig::default_transport")]
+    pub transport: Transport,
+    #[serde(default)]
+    pub credentials_file: PathBuf,
+    #[serde(default = "CameraConfig::default_stall_timeout_s")]
+    pub stall_timeout_s: f64,
+}
+
+impl CameraConfig {
+    fn default_detect_fps() -> f64 {
+        2.0
+    }
+    fn default_transport() -> Transport {
+        Transport::Tcp
+    }
+    fn default_stall_timeout_s() -> f64 {
+        5.0
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub model: ModelConfig,
+    pub hard_example_mining: helmet_pipelines::hem::HemConfig,
+    pub worker: WorkerConfig,
+    pub hpa: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    /// `[height, width]`, the order Sedna's `input_shape` and the model's NCHW use.
+    pub input: [u32; 2],
+    pub classes: Vec<String>,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+    pub intra_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub replicas: u32,
+    pub resources: Resources,
+    pub restart_backoff_initial_s: f64,
+    pub restart_backoff_max_s: f64,
+}
+
+/// Kubernetes' `resources` block, limited to what a worker cgroup can honour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub requests: ResourceRequests,
+    #[serde(default)]
+    pub limits: ResourceLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequests {
+    pub cpu: CpuQuantity,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceLimits {
+    pub cpu: Option<CpuQuantity>,
+    pub memory: Option<MemoryQuantity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub classes: Vec<String>,
+    pub min_score: f32,
+    pub confirm_frames: u32,
+    pub end_after_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudMode {
+    Mqtt,
+    SednaHttp,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    pub mode: CloudMode,
+    pub url: String,
+    pub timeout_ms: u64,
+    pub model: PathBuf,
+    pub model_input: [u32; 2],
+    pub intra_threads: usize,
+    pub share_group: String,
+    pub jpeg_quality: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeEdgeConfig {
+    pub enabled: bool,
+    pub cloudcore: String,
+    pub token_file: PathBuf,
+    pub cert_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    pub dir: PathBuf,
+    pub jpeg_quality: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+/// Where relative paths in the config are looked up, after the current directory.
+pub const SHARE_DIR: &str = "/usr/share/helmetd";
+
+/// Resolves a configured path: absolute as given; relative against the current directory, then
+/// [`SHARE_DIR`] (an installed gateway keeps its models there). Returns the first that exists, or
+/// the path as given so the caller's error names what the user wrote.
+pub fn resolve_path(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    let shared = std::path::Path::new(SHARE_DIR).join(path);
+    if shared.exists() {
+        shared
+    } else {
+        path.to_path_buf()
+    }
+}
+
+impl Config {
+    /// The node name: configured, else the host name, else "helmetd".
+    pub fn node_name(&self) -> String {
+        if !self.node.name.is_empty() {
+            return self.node.name.clone();
+        }
+        nix_hostname().unwrap_or_else(|| "helmetd".to_string())
+    }
+}
+
+fn nix_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
