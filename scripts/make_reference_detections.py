@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Reference detections for pipelines/tests/reference.rs, made the way models/PROVENANCE.md says.
+
+Run by developers when the little model, the media or the pre-/post-processing rules change; CI only
+reads the JSON it writes. Needs onnxruntime==1.32.0 (the same library the daemon loads), numpy and
+Pillow, e.g. in a throwaway venv:
+
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install onnxruntime==1.32.0 numpy pillow
+    /tmp/refvenv/bin/python scripts/make_reference_detections.py
+
+Pre-processing is Pillow's (decode, BILINEAR resize), not OpenCV's, because the Rust side's
+fast_image_resize Convolution(Bilinear) reproduces Pillow's resampling; the remaining difference is
+the JPEG decoder (libjpeg-turbo here, zune-jpeg in Rust).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "helmet_yolov12m_384x640_int8qdq.onnx"
+DEFAULT_OUT = ROOT / "pipelines" / "tests" / "fixtures" / "reference_detections.json"
+INPUT_W, INPUT_H = 640, 384
+PAD = 114
+SCORE_THRESHOLD = 0.25
+NMS_IOU = 0.45
+MAX_DETECTIONS = 300
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def letterbox(img: Image.Image) -> tuple[np.ndarray, float, int, int]:
+    """Ultralytics letterbox with Pillow; returns the NCHW tensor, scale and (left, top) padding."""
+    w, h = img.size
+    r = min(INPUT_H / h, INPUT_W / w)
+    new_w, new_h = round(w * r), round(h * r)  # Python round: half to even, like Ultralytics
+    dw, dh = (INPUT_W - new_w) / 2, (INPUT_H - new_h) / 2
+    left, top = round(dw - 0.1), round(dh - 0.1)
+    canvas = Image.new("RGB", (INPUT_W, INPUT_H), (PAD, PAD, PAD))
+    canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (left, top))
+    x = np.asarray(canvas, dtype=np.float32) / 255.0
+    return x.transpose(2, 0, 1)[None].copy(), r, left, top
+
+
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + areas - inter)
+
+
+def decode(output: np.ndarray) -> np.ndarray:
+    """[4+nc, N] → rows [x1, y1, x2, y2, score, class] in input pixels after class-wise NMS."""
+    boxes, scores = output[:4].T, output[4:].T
+    score = scores.max(axis=1)
+    cls = scores.argmax(axis=1)
+    keep = score >= SCORE_THRESHOLD
+    boxes, score, cls = boxes[keep], score[keep], cls[keep]
+    corners = np.stack(
+        [
+            boxes[:, 0] - boxes[:, 2] / 2,
+            boxes[:, 1] - boxes[:, 3] / 2,
+            boxes[:, 0] + boxes[:, 2] / 2,
+            boxes[:, 1] + boxes[:, 3] / 2,
+        ],
+        axis=1,
+    )
+    # Stable sort so equal scores keep anchor order, as the Rust side does.
+    order = np.argsort(-score, kind="stable")
+    kept: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    for i, idx in enumerate(order):
+        if suppressed[i]:
+            continue
+        kept.append(idx)
+        if len(kept) == MAX_DETECTIONS:
+            break
+        rest = order[i + 1 :]
+        same = cls[rest] == cls[idx]
+        ious = iou_one_to_many(corners[idx], corners[rest])
+        suppressed[i + 1 :] |= same & (ious > NMS_IOU)
+    kept_arr = np.array(kept, dtype=np.int64)
+    return np.concatenate(
+        [corners[kept_arr], score[kept_arr, None], cls[kept_arr, None].astype(np.float32)], axis=1
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--media", type=Path, default=ROOT / "media")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+
+    if ort.__version__ != "1.32.0":
+        print(f"warning: onnxruntime {ort.__version__}, the daemon uses 1.32.0", file=sys.stderr)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    # Same level as the Rust Detector (ort's Level3); the INT8 QDQ graph is fused differently at level 1.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+    session = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    images = []
+    for path in sorted(args.media.glob("*.jpg")):
+        img = Image.open(path).convert("RGB")
+        x, r, left, top = letterbox(img)
+        (output,) = session.run(None, {input_name: x})
+        dets = decode(output[0])
+        w, h = img.size
+        rows = []
+        for x1, y1, x2, y2, score, cls in dets:
+            rows.append(
+                [
+                    round(float(np.clip((x1 - left) / r, 0, w)), 3),
+                    round(float(np.clip((y1 - top) / r, 0, h)), 3),
+                    round(float(np.clip((x2 - left) / r, 0, w)), 3),
+                    round(float(np.clip((y2 - top) / r, 0, h)), 3),
+                    round(float(score), 5),
+                    int(cls),
+                ]
+            )
+        images.append({"file": path.name, "sha256": sha256(path), "width": w, "height": h, "detections": rows})
+        print(f"{path.name}: {w}x{h}, {len(rows)} boxes", file=sys.stderr)
+
+    fixture = {
+        "generator": "scripts/make_reference_detections.py",
+        "onnxruntime": ort.__version__,
+        "pillow": Image.__version__,
+        "model": args.model.name,
+        "model_sha256": sha256(args.model),
+        "input": [INPUT_W, INPUT_H],
+        "score_threshold": SCORE_THRESHOLD,
+        "nms_iou": NMS_IOU,
+        "box_format": "[x1, y1, x2, y2, score, class] in original-image pixels",
+        "images": images,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(fixture, indent=1)
+    # One box or pair per line keeps the fixture's diffs readable.
+    text = re.sub(r"\[\s+([-0-9.e,\s]+?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    args.out.write_text(text + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
