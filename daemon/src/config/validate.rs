@@ -241,7 +241,7 @@ impl Config {
         if self.alerts.confirm_frames == 0 {
             p.push((key("alerts.confirm_frames"), "must be at least 1".into()));
         }
-        if !(self.alerts.end_after_s > 0.0) {
+        if self.alerts.end_after_s.is_nan() || self.alerts.end_after_s <= 0.0 {
             p.push((key("alerts.end_after_s"), "must be positive".into()));
         }
     }
