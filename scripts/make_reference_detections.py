@@ -2,8 +2,10 @@
 """Reference detections for pipelines/tests/reference.rs, made the way models/PROVENANCE.md says.
 
 Run by developers when the little model, the media or the pre-/post-processing rules change; CI only
-reads the JSON it writes. Needs onnxruntime==1.32.0 (the same library the daemon loads), numpy and
-Pillow, e.g. in a throwaway venv:
+reads what it writes: pipelines/tests/fixtures/reference_detections.json (boxes, original sizes,
+checksums) and, for every image, the exact letterboxed model input onnxruntime was fed, as a
+lossless RGB PNG in pipelines/tests/fixtures/inputs/<image stem>.png. Needs onnxruntime==1.32.0
+(the same library the daemon loads), numpy and Pillow, e.g. in a throwaway venv:
 
     python3 -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install onnxruntime==1.32.0 numpy pillow
@@ -11,7 +13,11 @@ Pillow, e.g. in a throwaway venv:
 
 Pre-processing is Pillow's (decode, BILINEAR resize), not OpenCV's, because the Rust side's
 fast_image_resize Convolution(Bilinear) reproduces Pillow's resampling; the remaining difference is
-the JPEG decoder (libjpeg-turbo here, zune-jpeg in Rust).
+the JPEG decoder (libjpeg-turbo here, zune-jpeg in Rust). Those two still differ by ±1 grey level
+on a few per cent of the input values, which moves the INT8 model's scores by whole quantisation
+steps, so the Rust test checks twice: once from the PNGs written here (same input tensor: the
+runtime, output decoding, NMS and mapping back to original pixels must match exactly, scores within
+0.01) and once through its own JPEG decoder and resizer (with a documented step tolerance).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "helmet_yolov12m_384x640_int8qdq.onnx"
 DEFAULT_OUT = ROOT / "pipelines" / "tests" / "fixtures" / "reference_detections.json"
+INPUTS_DIR = "inputs"  # next to the JSON; paths in the JSON are relative to the JSON's folder
 INPUT_W, INPUT_H = 640, 384
 PAD = 114
 SCORE_THRESHOLD = 0.25
@@ -45,8 +52,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def letterbox(img: Image.Image) -> tuple[np.ndarray, float, int, int]:
-    """Ultralytics letterbox with Pillow; returns the NCHW tensor, scale and (left, top) padding."""
+def letterbox(img: Image.Image) -> tuple[Image.Image, float, int, int, int, int]:
+    """Ultralytics letterbox with Pillow; returns the RGB canvas, scale, (left, top) padding and
+    the content size."""
     w, h = img.size
     r = min(INPUT_H / h, INPUT_W / w)
     new_w, new_h = round(w * r), round(h * r)  # Python round: half to even, like Ultralytics
@@ -54,8 +62,25 @@ def letterbox(img: Image.Image) -> tuple[np.ndarray, float, int, int]:
     left, top = round(dw - 0.1), round(dh - 0.1)
     canvas = Image.new("RGB", (INPUT_W, INPUT_H), (PAD, PAD, PAD))
     canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (left, top))
+    return canvas, r, left, top, new_w, new_h
+
+
+def to_nchw(canvas: Image.Image) -> np.ndarray:
+    """RGB canvas → float32 [1, 3, H, W] in [0, 1]."""
     x = np.asarray(canvas, dtype=np.float32) / 255.0
-    return x.transpose(2, 0, 1)[None].copy(), r, left, top
+    return x.transpose(2, 0, 1)[None].copy()
+
+
+def write_input_png(canvas: Image.Image, path: Path) -> None:
+    """Saves the model input losslessly (8-bit RGB PNG, maximum zlib effort) and checks that it
+    reads back bit-identical, so the Rust test feeds the same tensor onnxruntime got here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG", optimize=True)
+    with Image.open(path) as back:
+        if back.mode != "RGB" or back.size != canvas.size:
+            raise SystemExit(f"{path}: wrote {back.mode} {back.size}, expected RGB {canvas.size}")
+        if not np.array_equal(np.asarray(back), np.asarray(canvas)):
+            raise SystemExit(f"{path}: PNG does not read back identical")
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -109,7 +134,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--media", type=Path, default=ROOT / "media")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON; the PNGs go to its folder's inputs/")
     args = ap.parse_args()
 
     if ort.__version__ != "1.32.0":
@@ -123,27 +148,47 @@ def main() -> int:
     session = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
+    inputs_dir = args.out.parent / INPUTS_DIR
     images = []
     for path in sorted(args.media.glob("*.jpg")):
         img = Image.open(path).convert("RGB")
-        x, r, left, top = letterbox(img)
-        (output,) = session.run(None, {input_name: x})
+        canvas, r, left, top, content_w, content_h = letterbox(img)
+        png = inputs_dir / f"{path.stem}.png"
+        write_input_png(canvas, png)
+        (output,) = session.run(None, {input_name: to_nchw(canvas)})
         dets = decode(output[0])
         w, h = img.size
         rows = []
         for x1, y1, x2, y2, score, cls in dets:
+            # Undo the letterbox in float64, as the Rust Letterbox::to_original does.
             rows.append(
                 [
-                    round(float(np.clip((x1 - left) / r, 0, w)), 3),
-                    round(float(np.clip((y1 - top) / r, 0, h)), 3),
-                    round(float(np.clip((x2 - left) / r, 0, w)), 3),
-                    round(float(np.clip((y2 - top) / r, 0, h)), 3),
-                    round(float(score), 5),
+                    round(float(np.clip((float(x1) - left) / r, 0, w)), 3),
+                    round(float(np.clip((float(y1) - top) / r, 0, h)), 3),
+                    round(float(np.clip((float(x2) - left) / r, 0, w)), 3),
+                    round(float(np.clip((float(y2) - top) / r, 0, h)), 3),
+                    # The shortest decimal that reads back as the same float32: exact scores.
+                    float(str(np.float32(score))),
                     int(cls),
                 ]
             )
-        images.append({"file": path.name, "sha256": sha256(path), "width": w, "height": h, "detections": rows})
-        print(f"{path.name}: {w}x{h}, {len(rows)} boxes", file=sys.stderr)
+        images.append(
+            {
+                "file": path.name,
+                "sha256": sha256(path),
+                "width": w,
+                "height": h,
+                "input_png": f"{INPUTS_DIR}/{png.name}",
+                "input_png_sha256": sha256(png),
+                "content": [left, top, content_w, content_h],
+                "detections": rows,
+            }
+        )
+        print(f"{path.name}: {w}x{h}, {len(rows)} boxes, {png.stat().st_size} bytes of PNG", file=sys.stderr)
+    stale = {p.name for p in inputs_dir.glob("*.png")} - {Path(i["input_png"]).name for i in images}
+    for name in sorted(stale):
+        (inputs_dir / name).unlink()
+        print(f"removed stale {inputs_dir / name}", file=sys.stderr)
 
     fixture = {
         "generator": "scripts/make_reference_detections.py",
@@ -155,6 +200,8 @@ def main() -> int:
         "score_threshold": SCORE_THRESHOLD,
         "nms_iou": NMS_IOU,
         "box_format": "[x1, y1, x2, y2, score, class] in original-image pixels",
+        "input_format": "input_png: the exact model input, RGB 640x384 8-bit, pad 114; "
+        "content: [left, top, width, height] of the resized image inside it",
         "images": images,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

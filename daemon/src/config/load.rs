@@ -111,6 +111,16 @@ impl fmt::Display for KeyPath {
 
 /// Loads, overrides, deserialises and validates. All problems found are reported together.
 pub fn load(source: ConfigSource, overrides: &[String]) -> Result<Config, ConfigError> {
+    load_with_checks(source, overrides, |_| Vec::new())
+}
+
+/// [`load`], then `extra` checks (ones that cost more, like opening the model files) on a config
+/// that passed validation; their problems are positioned like the others.
+pub fn load_with_checks(
+    source: ConfigSource,
+    overrides: &[String],
+    extra: impl FnOnce(&Config) -> Vec<(KeyPath, String)>,
+) -> Result<Config, ConfigError> {
     let text = match &source {
         ConfigSource::File(path) => {
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -179,7 +189,10 @@ pub fn load(source: ConfigSource, overrides: &[String]) -> Result<Config, Config
         ConfigError::Invalid(vec![positioned(&path, inner.span(), message)])
     })?;
 
-    let problems = config.validate();
+    let mut problems = config.validate();
+    if problems.is_empty() {
+        problems = extra(&config);
+    }
     if problems.is_empty() {
         return Ok(config);
     }
@@ -203,11 +216,12 @@ fn describe_serde_error(message: &str, path: &KeyPath) -> String {
     }
     if let Some(rest) = message.strip_prefix("unknown field ") {
         let (field, expected) = rest.split_once(", ").unwrap_or((rest, ""));
-        let table = match path.0.last() {
-            Some(Segment::Index(_)) => {
-                format!("[[{}]]", KeyPath(path.0[..path.0.len() - 1].to_vec()))
-            }
-            _ => format!("[{path}]"),
+        // The path ends with the unknown field itself; name the table that holds it.
+        let parent = &path.0[..path.0.len() - 1];
+        let table = match parent.split_last() {
+            Some((Segment::Index(_), outer)) => format!("[[{}]]", KeyPath(outer.to_vec())),
+            Some(_) => format!("[{}]", KeyPath(parent.to_vec())),
+            None => "the top level".to_string(),
         };
         let field = field.replace('`', "'");
         return if expected.is_empty() {
@@ -501,7 +515,7 @@ mod tests {
         assert_eq!(cfg.cloud.timeout_ms, 250);
         assert_eq!(cfg.cameras[0].detect_fps, 5.0);
         assert_eq!(cfg.node.labels["site"], "north");
-        assert_eq!(cfg.edge.worker.resources.limits.cpu.unwrap().millis, 500);
+        assert_eq!(cfg.edge.worker.resources.limits.cpu.unwrap().milli_value(), 500);
     }
 
     #[test]
@@ -555,6 +569,20 @@ mod tests {
             "{all:?}"
         );
         assert!(all.iter().any(|m| m.contains("used twice")), "{all:?}");
+    }
+
+    #[test]
+    fn hpa_block_is_kubernetes_shaped_and_checked() {
+        let text = default_text()
+            + "\n[edge.hpa]\nminReplicas = 3\nmaxReplicas = 2\nmetrics = [{ type = \"Resource\", resource = { name = \"cpu\", target = { type = \"Utilization\", averageUtilization = 70 } } }]\n";
+        let line = text.lines().position(|l| l == "minReplicas = 3").unwrap() + 1;
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].place.ends_with(&format!(":{line}:1")), "{}", p[0]);
+        assert!(p[0].message.starts_with("edge.hpa.minReplicas"), "{}", p[0]);
+        let cfg = load(ConfigSource::File(f.path().into()), &["edge.hpa.maxReplicas=4".into()]).unwrap();
+        assert_eq!(cfg.edge.hpa.unwrap().max_replicas, 4);
     }
 
     #[test]

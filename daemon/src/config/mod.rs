@@ -6,7 +6,6 @@
 //! line, column and key.
 
 mod load;
-mod quantity;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -14,8 +13,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use load::{ConfigError, ConfigSource, DEFAULT_CONFIG, load};
-pub use quantity::{CpuQuantity, MemoryQuantity};
+use crate::autoscaler::{HpaSpec, Quantity};
+
+pub use load::{ConfigError, ConfigSource, DEFAULT_CONFIG, KeyPath, load, load_with_checks};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,7 +112,7 @@ pub struct EdgeConfig {
     pub model: ModelConfig,
     pub hard_example_mining: helmet_pipelines::hem::HemConfig,
     pub worker: WorkerConfig,
-    pub hpa: Option<toml::Table>,
+    pub hpa: Option<HpaSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,14 +148,14 @@ pub struct Resources {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequests {
-    pub cpu: CpuQuantity,
+    pub cpu: Quantity,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceLimits {
-    pub cpu: Option<CpuQuantity>,
-    pub memory: Option<MemoryQuantity>,
+    pub cpu: Option<Quantity>,
+    pub memory: Option<Quantity>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

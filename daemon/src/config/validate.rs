@@ -212,6 +212,24 @@ impl Config {
             p.push((key("edge.hard_example_mining"), e.to_string()));
         }
         let w = &self.edge.worker;
+        let resources = KeyPath::default().key("edge").key("worker").key("resources");
+        if w.resources.requests.cpu.milli_value() <= 0 {
+            p.push((resources.clone().key("requests").key("cpu"), "must be more than zero".into()));
+        }
+        if w.resources.limits.cpu.as_ref().is_some_and(|q| q.milli_value() <= 0) {
+            p.push((resources.clone().key("limits").key("cpu"), "must be more than zero".into()));
+        }
+        // Below this a worker cannot even map the model.
+        const MIN_MEMORY: f64 = 64.0 * 1024.0 * 1024.0;
+        if w.resources.limits.memory.as_ref().is_some_and(|q| q.as_f64() < MIN_MEMORY) {
+            p.push((resources.key("limits").key("memory"), "must be at least 64Mi".into()));
+        }
+        if let Some(hpa) = &self.edge.hpa {
+            if let Err(e) = hpa.validate() {
+                let field = e.field().replace('[', ".").replace(']', "");
+                p.push((KeyPath::parse(&format!("edge.hpa.{field}")), e.to_string()));
+            }
+        }
         if w.replicas == 0 || w.replicas > 64 {
             p.push((key("edge.worker.replicas"), "must be within 1..=64".into()));
         }
