@@ -22,7 +22,10 @@ pub const HARD_EXAMPLE_CLOUD: &str = "hard_example_cloud_inference_output";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("JPEG encoding failed: {0}")]
     Encode(#[from] image::ImageError),
 }
@@ -51,7 +54,12 @@ fn class_colour(class: u16) -> Rgb<u8> {
 
 /// Draws boxes given in original-image pixels onto an image that is the original scaled by
 /// `scale`, each with a `class:score` label.
-pub fn annotate(image: &mut RgbImage, scale: f64, detections: &[Detection], class_names: &[String]) {
+pub fn annotate(
+    image: &mut RgbImage,
+    scale: f64,
+    detections: &[Detection],
+    class_names: &[String],
+) {
     for d in detections {
         let colour = class_colour(d.class);
         let px = |v: f32| (f64::from(v) * scale).round().max(0.0) as i64;
@@ -59,7 +67,9 @@ pub fn annotate(image: &mut RgbImage, scale: f64, detections: &[Detection], clas
         for t in 0..2 {
             draw_rect(image, x1 + t, y1 + t, x2 - t, y2 - t, colour);
         }
-        let name = class_names.get(usize::from(d.class)).map_or("class", String::as_str);
+        let name = class_names
+            .get(usize::from(d.class))
+            .map_or("class", String::as_str);
         let label = format!("{name}:{:.2}", d.score);
         let label_y = if y1 >= 10 { y1 - 10 } else { y2 + 2 };
         draw_text(image, x1, label_y, &label, colour);
@@ -96,7 +106,9 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) 
         }
     }
     for (i, c) in text.chars().enumerate() {
-        let Some(glyph) = font8x8::BASIC_FONTS.get(c) else { continue };
+        let Some(glyph) = font8x8::BASIC_FONTS.get(c) else {
+            continue;
+        };
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
                 if bits & (1 << col) != 0 {
@@ -109,14 +121,17 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) 
 
 pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(image.as_raw().len() / 8);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100)).encode_image(image)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode_image(image)?;
     Ok(out)
 }
 
 /// `20261128T215106.123Z_gate-1_000042`: sorts by time, unique across restarts (Sedna numbered
 /// files from 1 at each start and overwrote the previous run's).
 pub fn frame_stem(frame: &Frame) -> String {
-    let time = humantime::format_rfc3339_millis(frame.capture_time).to_string().replace(['-', ':'], "");
+    let time = humantime::format_rfc3339_millis(frame.capture_time)
+        .to_string()
+        .replace(['-', ':'], "");
     format!("{time}_{}_{:06}", frame.camera, frame.seq)
 }
 
@@ -137,12 +152,20 @@ pub struct Outcome<'a> {
 }
 
 impl SednaOutputs {
-    pub fn create(root: &Path, jpeg_quality: u8, class_names: Vec<String>) -> Result<Self, OutputError> {
+    pub fn create(
+        root: &Path,
+        jpeg_quality: u8,
+        class_names: Vec<String>,
+    ) -> Result<Self, OutputError> {
         for dir in [ALL_EXAMPLES, HARD_EXAMPLE_EDGE, HARD_EXAMPLE_CLOUD] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(|source| OutputError::Io { path, source })?;
         }
-        Ok(Self { root: root.to_path_buf(), jpeg_quality, class_names })
+        Ok(Self {
+            root: root.to_path_buf(),
+            jpeg_quality,
+            class_names,
+        })
     }
 
     /// Writes the frame to the folders Sedna's example would: all frames with the final boxes;
@@ -172,7 +195,10 @@ impl SednaOutputs {
 
 /// Write-then-rename, so a power cut leaves either no file or a whole one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let io = |source| OutputError::Io { path: path.to_path_buf(), source };
+    let io = |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("jpeg.part");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
@@ -202,7 +228,14 @@ mod tests {
     }
 
     fn boxed(class: u16) -> Detection {
-        Detection { x1: 100.0, y1: 100.0, x2: 300.0, y2: 400.0, score: 0.42, class }
+        Detection {
+            x1: 100.0,
+            y1: 100.0,
+            x2: 300.0,
+            y2: 400.0,
+            score: 0.42,
+            class,
+        }
     }
 
     #[test]
@@ -215,11 +248,32 @@ mod tests {
     #[test]
     fn annotate_draws_box_edges_in_scaled_pixels() {
         let mut image = content_image(&frame());
-        annotate(&mut image, 0.5, &[boxed(1)], &["With Helmet".into(), "Without Helmet".into()]);
+        annotate(
+            &mut image,
+            0.5,
+            &[boxed(1)],
+            &["With Helmet".into(), "Without Helmet".into()],
+        );
         assert_eq!(image.get_pixel(50, 120).0, [230, 20, 20]);
-        assert_eq!(image.get_pixel(100, 120).0, [50, 50, 50], "inside stays untouched");
+        assert_eq!(
+            image.get_pixel(100, 120).0,
+            [50, 50, 50],
+            "inside stays untouched"
+        );
         // A box fully outside and a reversed box must not panic.
-        annotate(&mut image, 0.5, &[Detection { x1: 5000.0, y1: -50.0, x2: 10.0, y2: 1e9, score: 1.0, class: 9 }], &[]);
+        annotate(
+            &mut image,
+            0.5,
+            &[Detection {
+                x1: 5000.0,
+                y1: -50.0,
+                x2: 10.0,
+                y2: 1e9,
+                score: 1.0,
+                class: 9,
+            }],
+            &[],
+        );
     }
 
     #[test]
@@ -234,11 +288,26 @@ mod tests {
         let f = frame();
         let edge = [boxed(0)];
         let cloud = [boxed(1)];
-        let easy = Outcome { is_hard: false, final_result: &edge, edge_result: &edge, cloud_result: None };
+        let easy = Outcome {
+            is_hard: false,
+            final_result: &edge,
+            edge_result: &edge,
+            cloud_result: None,
+        };
         assert_eq!(outputs.write(&f, &easy).unwrap().len(), 1);
-        let unanswered = Outcome { is_hard: true, final_result: &edge, edge_result: &edge, cloud_result: None };
+        let unanswered = Outcome {
+            is_hard: true,
+            final_result: &edge,
+            edge_result: &edge,
+            cloud_result: None,
+        };
         assert_eq!(outputs.write(&f, &unanswered).unwrap().len(), 2);
-        let answered = Outcome { is_hard: true, final_result: &cloud, edge_result: &edge, cloud_result: Some(&cloud) };
+        let answered = Outcome {
+            is_hard: true,
+            final_result: &cloud,
+            edge_result: &edge,
+            cloud_result: Some(&cloud),
+        };
         let written = outputs.write(&f, &answered).unwrap();
         assert_eq!(written.len(), 3);
         for path in written {
