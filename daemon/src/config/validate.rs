@@ -224,11 +224,9 @@ impl Config {
         if w.resources.limits.memory.as_ref().is_some_and(|q| q.as_f64() < MIN_MEMORY) {
             p.push((resources.key("limits").key("memory"), "must be at least 64Mi".into()));
         }
-        if let Some(hpa) = &self.edge.hpa {
-            if let Err(e) = hpa.validate() {
-                let field = e.field().replace('[', ".").replace(']', "");
-                p.push((KeyPath::parse(&format!("edge.hpa.{field}")), e.to_string()));
-            }
+        if let Some(Err(e)) = self.edge.hpa.as_ref().map(|hpa| hpa.validate()) {
+            let field = e.field().replace('[', ".").replace(']', "");
+            p.push((KeyPath::parse(&format!("edge.hpa.{field}")), e.to_string()));
         }
         if w.replicas == 0 || w.replicas > 64 {
             p.push((key("edge.worker.replicas"), "must be within 1..=64".into()));
