@@ -90,6 +90,16 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<String>,
     },
+    /// The cloud service: answers hard examples with the big model over MQTT 5.
+    Cloud {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Benchmarks; each ends with a `RESULT key=value …` line.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// The demo: the edge pipeline on the bundled test video, with a live line per frame.
     Demo {
         #[command(flatten)]
@@ -104,6 +114,51 @@ enum Command {
         #[arg(long, default_value = "out/demo")]
         output: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Model-only frames/s vs full-pipeline frames/s (RTSP → decode → letterbox → model → HEM).
+    Pipeline {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Video streamed by the loopback RTSP server (default: the bundled test video).
+        #[arg(long)]
+        video: Option<PathBuf>,
+    },
+}
+
+fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
+    match bench {
+        BenchCommand::Pipeline { config, seconds, video } => {
+            let cfg = config.load()?;
+            init_runtime(&cfg)?;
+            let video = video.unwrap_or_else(|| config::resolve_path(std::path::Path::new("media/helmet-test.mp4")));
+            let bench = helmetd::commands::bench_pipeline::PipelineBench {
+                model: detect::edge_model_spec(&cfg, None, None),
+                hem: cfg.edge.hard_example_mining.build()?,
+                video,
+                phase: Duration::from_secs(seconds.max(1)),
+            };
+            println!(
+                "bench pipeline: {}, {} intra-op thread(s), {} s per phase",
+                bench.model.path.display(),
+                bench.model.intra_threads,
+                seconds
+            );
+            let figures = helmetd::commands::bench_pipeline::run(&bench)?;
+            println!("model only:    {:7.2} frames/s ({} frames)", figures.model_fps, figures.model_frames);
+            println!(
+                "full pipeline: {:7.2} frames/s ({} frames, {} hard, {} superseded in the latest-frame slot)",
+                figures.pipeline_fps, figures.pipeline_frames, figures.hard, figures.sampler_dropped
+            );
+            println!("{}", figures.result_line());
+            Ok(())
+        }
+    }
 }
 
 fn parse_input_size(s: &str) -> Result<[u32; 2], String> {
@@ -125,6 +180,30 @@ fn init_runtime(cfg: &config::Config) -> anyhow::Result<()> {
         .map_or(Some(cfg.inference.onnxruntime.as_path()), |()| None);
     let lib = helmet_pipelines::runtime::init_onnxruntime(configured)?;
     tracing::debug!(library = %lib.display(), "ONNX Runtime loaded");
+    Ok(())
+}
+
+/// Validates a config completely, including that ONNX Runtime loads and both model files have the
+/// declared input shapes (a typo'd shape would otherwise only show when the daemon starts).
+fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
+    let cfg = config::load_with_checks(ConfigSource::File(file.clone()), &overrides, |cfg| {
+        if let Err(e) = init_runtime(cfg) {
+            return vec![(config::KeyPath::parse("inference.onnxruntime"), format!("{e:#}"))];
+        }
+        let mut problems = Vec::new();
+        let edge = detect::edge_model_spec(cfg, None, None);
+        if let Err(e) = helmet_pipelines::detect::Detector::load(&edge) {
+            problems.push((config::KeyPath::parse("edge.model.input"), e.to_string()));
+        }
+        if cfg.cloud.mode == config::CloudMode::Mqtt && !cfg.cloud.model.as_os_str().is_empty() {
+            let cloud = detect::cloud_model_spec(cfg);
+            if let Err(e) = helmet_pipelines::detect::Detector::load(&cloud) {
+                problems.push((config::KeyPath::parse("cloud.model_input"), e.to_string()));
+            }
+        }
+        problems
+    })?;
+    println!("{}: ok ({} camera(s), node {:?})", file.display(), cfg.cameras.len(), cfg.node_name());
     Ok(())
 }
 
@@ -260,22 +339,7 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())
         }
-        Command::CheckConfig { file, overrides } => {
-            let args = ConfigArgs {
-                config: Some(file.clone()),
-                overrides,
-            };
-            args.load()
-                .map(|cfg| {
-                    println!(
-                        "{}: ok ({} camera(s), node {:?})",
-                        file.display(),
-                        cfg.cameras.len(),
-                        cfg.node_name()
-                    );
-                })
-                .map_err(anyhow::Error::from)
-        }
+        Command::CheckConfig { file, overrides } => check_config(file, overrides),
         Command::Detect {
             config,
             model,
@@ -296,6 +360,11 @@ fn main() -> ExitCode {
             fps,
             output,
         } => run_demo(config, video, fps, output),
+        Command::Bench { bench } => run_bench(bench),
+        Command::Cloud { config } => config
+            .load()
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| init_runtime(&cfg).and_then(|()| helmetd::cloud::cloud_main(cfg))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

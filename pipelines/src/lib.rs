@@ -7,6 +7,7 @@ pub mod hem;
 pub mod ingest;
 pub mod letterbox;
 pub mod output;
+pub mod rtsp_server;
 pub mod runtime;
 pub mod still;
 

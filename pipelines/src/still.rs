@@ -48,22 +48,34 @@ pub fn load_still(
     input_h: u32,
 ) -> Result<(Frame, image::RgbImage), StillError> {
     let path = path.as_ref();
-    let decode_error = |source| StillError::Decode {
-        path: path.to_path_buf(),
-        source,
-    };
     let bytes = std::fs::read(path).map_err(|source| StillError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let reader = image::ImageReader::new(Cursor::new(bytes.as_slice()))
+    decode_still(&bytes, path, camera_name, input_w, input_h)
+}
+
+/// [`load_still`] for an image already in memory (a hard example received over MQTT);
+/// `label` names it in errors.
+pub fn decode_still(
+    bytes: &[u8],
+    label: &Path,
+    camera_name: &str,
+    input_w: u32,
+    input_h: u32,
+) -> Result<(Frame, image::RgbImage), StillError> {
+    let decode_error = |source| StillError::Decode {
+        path: label.to_path_buf(),
+        source,
+    };
+    let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| StillError::Read {
-            path: path.to_path_buf(),
+            path: label.to_path_buf(),
             source,
         })?;
     if reader.format() == Some(ImageFormat::Jpeg) {
-        jpeg_is_complete(&bytes).map_err(|reason| {
+        jpeg_is_complete(bytes).map_err(|reason| {
             decode_error(image::ImageError::Decoding(
                 image::error::DecodingError::new(ImageFormat::Jpeg.into(), reason),
             ))
@@ -72,7 +84,7 @@ pub fn load_still(
     let original = reader.decode().map_err(decode_error)?.into_rgb8();
     let (letterbox, pixels) =
         letterbox_rgb(&original, input_w, input_h).map_err(|reason| StillError::Letterbox {
-            path: path.to_path_buf(),
+            path: label.to_path_buf(),
             input_w,
             input_h,
             reason,

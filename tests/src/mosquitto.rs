@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 /// The broker binary Debian's `mosquitto` package installs.
-pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// How long the broker gets to accept TCP connections (it needs ~20 ms).
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM gets to save the database and exit before SIGKILL follows.
@@ -56,7 +56,7 @@ impl Mosquitto {
     }
 
     /// The broker's log file (connections, subscriptions, errors), for test diagnostics.
-    pub fn log_path(&self) -> PathBuf {
+    fn log_path(&self) -> PathBuf {
         self.dir.path().join("mosquitto.log")
     }
 

@@ -1,0 +1,846 @@
+//! The hard-example request/response between the edge and `helmetd cloud`, on MQTT 5.
+//!
+//! Request: the JPEG itself is the payload of `<prefix>/hard-example` (Sedna posted the decoded
+//! frame as a JSON list of pixel values, ~5× the raw size). Everything else rides in MQTT 5
+//! properties so the payload stays a plain JPEG anyone can look at:
+//!
+//! | property | value |
+//! |---|---|
+//! | content type | `image/jpeg` |
+//! | response topic | `<prefix>/<node>/cloud-result` |
+//! | correlation data | 16 bytes: a per-client counter (big endian) and a random per-client salt |
+//! | message expiry | the edge's timeout rounded up to seconds: later answers are useless |
+//! | user `node`, `camera`, `seq` | where the frame comes from |
+//! | user `capture_time` | RFC 3339 with milliseconds, UTC |
+//! | user `edge_result` | the edge model's boxes, `[[x1,y1,x2,y2,score,class],…]` |
+//! | user `orig_w`, `orig_h` | size of the camera frame the boxes refer to |
+//! | user `scale` | JPEG pixels per original pixel (the edge sends the letterbox content) |
+//!
+//! Response on the request's response topic, with the same correlation data and content type
+//! `application/json`: `{"result":[[x1,y1,x2,y2,score,class],…],"model":…,"infer_ms":…,
+//! "replica":…}` with boxes in original-frame pixels, or `{"error":…,"replica":…}` when the
+//! request cannot be served, so the edge stops waiting at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use helmet_pipelines::{Detection, Frame};
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use serde::{Deserialize, Serialize};
+
+pub const JPEG_CONTENT_TYPE: &str = "image/jpeg";
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// A 640×640 letterbox content image at quality 90 is 50–150 KB; 4 MiB leaves room for edges
+/// that send whole 4K frames and still bounds what one request can make the cloud decode.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest image side the cloud decodes: a small JPEG may declare a huge image.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The edge's MQTT session must accept packets this large (rumqttc's default is 10 KiB):
+/// 300 boxes at ~45 bytes each plus the envelope.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Correlation data is echoed back verbatim; more than this is not an id.
+pub const MAX_CORRELATION_BYTES: usize = 64;
+/// The JPEG size must match `orig × scale` within this many pixels (rounding of the content).
+const SIZE_TOLERANCE_PX: f64 = 2.0;
+
+/// `<prefix>/hard-example`
+pub fn request_topic(prefix: &str) -> String {
+    format!("{prefix}/hard-example")
+}
+
+/// `<prefix>/<node>/cloud-result`
+pub fn response_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{node}/cloud-result")
+}
+
+/// `$share/<group>/<prefix>/hard-example`: replicas in one group split the requests.
+pub fn shared_request_filter(group: &str, prefix: &str) -> String {
+    format!("$share/{group}/{}", request_topic(prefix))
+}
+
+/// Whether `topic` is some node's result topic under `prefix`. The cloud answers only there,
+/// so a request cannot make it publish onto alert or status topics.
+fn is_response_topic(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|t| t.strip_prefix('/'))
+        .and_then(|t| t.strip_suffix("/cloud-result"))
+        .is_some_and(|node| !node.is_empty() && !node.contains(['/', '+', '#', '\0']))
+}
+
+/// Matches an answer to its question.
+pub type CorrelationId = [u8; 16];
+
+/// Issues correlation ids that are unique for the life of a client (the counter) and across
+/// restarts of the same node (the random salt), without coordination.
+#[derive(Debug)]
+pub struct CorrelationIds {
+    salt: [u8; 8],
+    next: AtomicU64,
+}
+
+impl CorrelationIds {
+    pub fn new() -> Self {
+        Self {
+            salt: rand::random(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next_id(&self) -> CorrelationId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[8..].copy_from_slice(&self.salt);
+        id
+    }
+}
+
+impl Default for CorrelationIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the cloud needs to know about a hard example besides its pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HardExampleMeta {
+    pub camera: String,
+    pub seq: u64,
+    pub capture_time: SystemTime,
+    pub edge_result: Vec<Detection>,
+    pub orig_w: u32,
+    pub orig_h: u32,
+    /// JPEG pixels per original pixel.
+    pub scale: f64,
+}
+
+impl HardExampleMeta {
+    /// The metadata for sending `output::content_image(frame)`, the letterbox content, which
+    /// is the frame scaled by the letterbox factor.
+    pub fn for_frame(frame: &Frame, edge_result: &[Detection]) -> Self {
+        Self {
+            camera: frame.camera.to_string(),
+            seq: frame.seq,
+            capture_time: frame.capture_time,
+            edge_result: edge_result.to_vec(),
+            orig_w: frame.letterbox.orig_w,
+            orig_h: frame.letterbox.orig_h,
+            scale: frame.letterbox.scale,
+        }
+    }
+}
+
+/// Where an answer goes: taken from the request first, so that even a malformed request can be
+/// told it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub topic: String,
+    pub correlation: Vec<u8>,
+}
+
+/// A request that passed every check that does not need decoding the JPEG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HardExampleRequest {
+    pub node: String,
+    pub meta: HardExampleMeta,
+    pub jpeg: Vec<u8>,
+}
+
+/// Why a request is refused; [`RequestError::kind`] groups them for counting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no response topic")]
+    NoResponseTopic,
+    #[error("response topic {0:?} is not <prefix>/<node>/cloud-result")]
+    ForeignResponseTopic(String),
+    #[error("no correlation data")]
+    NoCorrelation,
+    #[error("correlation data of {0} bytes (at most {MAX_CORRELATION_BYTES})")]
+    CorrelationTooLong(usize),
+    #[error("content type {0:?}, expected {JPEG_CONTENT_TYPE:?}")]
+    ContentType(Option<String>),
+    #[error("payload of {0} bytes exceeds {MAX_REQUEST_BYTES}")]
+    TooLarge(usize),
+    #[error("user property {0:?} is missing")]
+    MissingProperty(&'static str),
+    #[error("user property {key:?} = {value:?}: {reason}")]
+    BadProperty {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("payload is not a JPEG (no SOI marker and frame header)")]
+    NotJpeg,
+    #[error("JPEG is {w}x{h}: {reason}")]
+    ImageSize { w: u32, h: u32, reason: String },
+    #[error("JPEG does not decode: {0}")]
+    Decode(String),
+}
+
+/// Kinds of refused requests, counted and logged separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    NoResponseTopic,
+    NoCorrelation,
+    ContentType,
+    TooLarge,
+    BadMetadata,
+    NotJpeg,
+    BadImage,
+}
+
+impl RejectKind {
+    /// Sizes the per-kind counters.
+    pub const COUNT: usize = 7;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoResponseTopic => "no_response_topic",
+            Self::NoCorrelation => "no_correlation",
+            Self::ContentType => "content_type",
+            Self::TooLarge => "too_large",
+            Self::BadMetadata => "bad_metadata",
+            Self::NotJpeg => "not_jpeg",
+            Self::BadImage => "bad_image",
+        }
+    }
+}
+
+// Counters are indexed by kind: adding a kind without raising COUNT must not compile.
+const _: () = assert!(RejectKind::BadImage as usize + 1 == RejectKind::COUNT);
+
+impl RequestError {
+    pub fn kind(&self) -> RejectKind {
+        match self {
+            Self::NoResponseTopic | Self::ForeignResponseTopic(_) => RejectKind::NoResponseTopic,
+            Self::NoCorrelation | Self::CorrelationTooLong(_) => RejectKind::NoCorrelation,
+            Self::ContentType(_) => RejectKind::ContentType,
+            Self::TooLarge(_) => RejectKind::TooLarge,
+            Self::MissingProperty(_) | Self::BadProperty { .. } => RejectKind::BadMetadata,
+            Self::NotJpeg => RejectKind::NotJpeg,
+            Self::ImageSize { .. } | Self::Decode(_) => RejectKind::BadImage,
+        }
+    }
+}
+
+/// The publish properties of a request.
+pub fn request_properties(
+    node: &str,
+    meta: &HardExampleMeta,
+    response_topic: &str,
+    correlation: &CorrelationId,
+    expiry: Duration,
+) -> PublishProperties {
+    let edge_result =
+        serde_json::to_string(&sedna_boxes(&meta.edge_result)).unwrap_or_else(|_| "[]".to_string());
+    let expiry_s = expiry.as_secs() + u64::from(expiry.subsec_nanos() > 0);
+    PublishProperties {
+        content_type: Some(JPEG_CONTENT_TYPE.to_string()),
+        response_topic: Some(response_topic.to_string()),
+        correlation_data: Some(correlation.to_vec().into()),
+        message_expiry_interval: Some(u32::try_from(expiry_s.max(1)).unwrap_or(u32::MAX)),
+        user_properties: vec![
+            ("node".into(), node.into()),
+            ("camera".into(), meta.camera.clone()),
+            ("seq".into(), meta.seq.to_string()),
+            (
+                "capture_time".into(),
+                humantime::format_rfc3339_millis(meta.capture_time).to_string(),
+            ),
+            ("edge_result".into(), edge_result),
+            ("orig_w".into(), meta.orig_w.to_string()),
+            ("orig_h".into(), meta.orig_h.to_string()),
+            ("scale".into(), meta.scale.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The reply address of a request, checked before anything else.
+pub fn reply_to(publish: &Publish, prefix: &str) -> Result<ReplyTo, RequestError> {
+    let props = publish.properties.as_ref();
+    let topic = props
+        .and_then(|p| p.response_topic.clone())
+        .ok_or(RequestError::NoResponseTopic)?;
+    if !is_response_topic(prefix, &topic) {
+        return Err(RequestError::ForeignResponseTopic(topic));
+    }
+    let correlation = props
+        .and_then(|p| p.correlation_data.as_ref())
+        .filter(|c| !c.is_empty())
+        .ok_or(RequestError::NoCorrelation)?;
+    if correlation.len() > MAX_CORRELATION_BYTES {
+        return Err(RequestError::CorrelationTooLong(correlation.len()));
+    }
+    Ok(ReplyTo {
+        topic,
+        correlation: correlation.to_vec(),
+    })
+}
+
+/// Checks a request's content type, size, metadata and JPEG header. Decoding is left to the
+/// inference thread, which reports failures as [`RequestError::Decode`].
+pub fn parse_request(publish: Publish) -> Result<HardExampleRequest, RequestError> {
+    let props = publish.properties.unwrap_or_default();
+    if props.content_type.as_deref() != Some(JPEG_CONTENT_TYPE) {
+        return Err(RequestError::ContentType(props.content_type));
+    }
+    if publish.payload.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge(publish.payload.len()));
+    }
+    let user = UserProperties(&props.user_properties);
+    let node = user.get("node")?.to_string();
+    let meta = HardExampleMeta {
+        camera: user.get("camera")?.to_string(),
+        seq: user.parse("seq")?,
+        capture_time: user.get("capture_time").and_then(|v| {
+            humantime::parse_rfc3339_weak(v).map_err(|e| bad("capture_time", v, e))
+        })?,
+        edge_result: user.get("edge_result").and_then(|v| {
+            let boxes: Vec<[f64; 6]> =
+                serde_json::from_str(v).map_err(|e| bad("edge_result", v, e))?;
+            boxes
+                .iter()
+                .map(|b| detection_from_sedna(b).map_err(|e| bad("edge_result", v, e)))
+                .collect()
+        })?,
+        orig_w: user.parse_positive("orig_w")?,
+        orig_h: user.parse_positive("orig_h")?,
+        scale: user.parse_positive("scale")?,
+    };
+    let (image_w, image_h) = jpeg_size(&publish.payload).ok_or(RequestError::NotJpeg)?;
+    check_geometry(&meta, image_w, image_h)?;
+    Ok(HardExampleRequest {
+        node,
+        meta,
+        jpeg: publish.payload.into(),
+    })
+}
+
+fn bad(key: &'static str, value: &str, reason: impl std::fmt::Display) -> RequestError {
+    RequestError::BadProperty {
+        key,
+        value: value.chars().take(80).collect(),
+        reason: reason.to_string(),
+    }
+}
+
+struct UserProperties<'a>(&'a [(String, String)]);
+
+impl UserProperties<'_> {
+    fn get(&self, key: &'static str) -> Result<&str, RequestError> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .ok_or(RequestError::MissingProperty(key))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, key: &'static str) -> Result<T, RequestError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.get(key)?;
+        value.trim().parse().map_err(|e| bad(key, value, e))
+    }
+
+    /// Sizes and scales: a finite number above zero.
+    fn parse_positive<T>(&self, key: &'static str) -> Result<T, RequestError>
+    where
+        T: std::str::FromStr + Into<f64> + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let parsed: T = self.parse(key)?;
+        let v: f64 = parsed.into();
+        if v.is_finite() && v > 0.0 {
+            Ok(parsed)
+        } else {
+            Err(bad(
+                key,
+                &v.to_string(),
+                "must be a finite number above zero",
+            ))
+        }
+    }
+}
+
+/// The JPEG must be the original scaled by `scale`, or the boxes would land in the wrong place.
+fn check_geometry(meta: &HardExampleMeta, w: u32, h: u32) -> Result<(), RequestError> {
+    let size_error = |reason: String| RequestError::ImageSize { w, h, reason };
+    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(size_error(format!(
+            "each side must be within 1..={MAX_IMAGE_SIDE}"
+        )));
+    }
+    let expected_w = f64::from(meta.orig_w) * meta.scale;
+    let expected_h = f64::from(meta.orig_h) * meta.scale;
+    if (f64::from(w) - expected_w).abs() > SIZE_TOLERANCE_PX
+        || (f64::from(h) - expected_h).abs() > SIZE_TOLERANCE_PX
+    {
+        return Err(size_error(format!(
+            "orig {}x{} × scale {} is {expected_w:.0}x{expected_h:.0}",
+            meta.orig_w, meta.orig_h, meta.scale
+        )));
+    }
+    Ok(())
+}
+
+/// Width and height from the JPEG frame header, read before decoding so that a small file
+/// declaring a huge image is refused without allocating for it. `None` if there is no SOI
+/// marker followed by a frame header.
+pub fn jpeg_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let at = |i: usize| bytes.get(i).copied();
+    let mut i = 2;
+    loop {
+        if at(i)? != 0xFF {
+            return None;
+        }
+        while at(i)? == 0xFF {
+            i += 1;
+        }
+        let marker = at(i)?;
+        i += 1;
+        match marker {
+            // Standalone markers carry no length.
+            0x01 | 0xD0..=0xD8 => continue,
+            // End of image or start of scan before any frame header.
+            0xD9 | 0xDA => return None,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([at(i)?, at(i + 1)?]));
+        if len < 2 {
+            return None;
+        }
+        // SOF0–SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+        if matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF) {
+            let h = u16::from_be_bytes([at(i + 3)?, at(i + 4)?]);
+            let w = u16::from_be_bytes([at(i + 5)?, at(i + 6)?]);
+            return Some((u32::from(w), u32::from(h)));
+        }
+        i += len;
+    }
+}
+
+/// The cloud's answer, as the edge sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CloudResponse {
+    Result {
+        detections: Vec<Detection>,
+        model: String,
+        infer_ms: f64,
+        replica: String,
+    },
+    Error {
+        message: String,
+        replica: String,
+    },
+}
+
+/// Why an answer could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("content type {0:?}, expected {JSON_CONTENT_TYPE:?}")]
+    ContentType(Option<String>),
+    #[error("answer of {0} bytes exceeds {MAX_RESPONSE_BYTES}")]
+    TooLarge(usize),
+    #[error("answer is not the expected JSON: {0}")]
+    Json(String),
+    #[error("box {index}: {reason}")]
+    BadBox { index: usize, reason: String },
+    #[error("answer has neither \"result\" nor \"error\"")]
+    Empty,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Vec<[f64; 6]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    infer_ms: Option<f64>,
+    #[serde(default)]
+    replica: String,
+}
+
+/// Boxes as Sedna lists, rounded to 0.1 px and 4 score digits: more is noise on the wire.
+fn sedna_boxes(detections: &[Detection]) -> Vec<[f64; 6]> {
+    let round = |v: f64, k: f64| (v * k).round() / k;
+    detections
+        .iter()
+        .map(|d| {
+            let [x1, y1, x2, y2, score, class] = d.to_sedna();
+            [
+                round(x1, 10.0),
+                round(y1, 10.0),
+                round(x2, 10.0),
+                round(y2, 10.0),
+                round(score, 1e4),
+                class,
+            ]
+        })
+        .collect()
+}
+
+fn detection_from_sedna(b: &[f64; 6]) -> Result<Detection, String> {
+    if !b.iter().all(|v| v.is_finite()) {
+        return Err("non-finite value".into());
+    }
+    let class = b[5];
+    if class.fract() != 0.0 || !(0.0..=f64::from(u16::MAX)).contains(&class) {
+        return Err(format!("class {class} is not an integer in 0..=65535"));
+    }
+    Ok(Detection {
+        x1: b[0] as f32,
+        y1: b[1] as f32,
+        x2: b[2] as f32,
+        y2: b[3] as f32,
+        score: b[4] as f32,
+        class: class as u16,
+    })
+}
+
+/// `{"result":…,"model":…,"infer_ms":…,"replica":…}`
+pub fn result_json(detections: &[Detection], model: &str, infer_ms: f64, replica: &str) -> Vec<u8> {
+    to_json(&WireResponse {
+        result: Some(sedna_boxes(detections)),
+        error: None,
+        model: Some(model.to_string()),
+        infer_ms: Some((infer_ms * 10.0).round() / 10.0),
+        replica: replica.to_string(),
+    })
+}
+
+/// `{"error":…,"replica":…}`
+pub fn error_json(message: &str, replica: &str) -> Vec<u8> {
+    to_json(&WireResponse {
+        result: None,
+        error: Some(message.to_string()),
+        model: None,
+        infer_ms: None,
+        replica: replica.to_string(),
+    })
+}
+
+fn to_json(wire: &WireResponse) -> Vec<u8> {
+    // Serialising plain strings and finite numbers cannot fail; an empty body reads as Empty.
+    serde_json::to_vec(wire).unwrap_or_default()
+}
+
+/// The publish properties of an answer.
+pub fn response_properties(correlation: &[u8]) -> PublishProperties {
+    PublishProperties {
+        content_type: Some(JSON_CONTENT_TYPE.to_string()),
+        correlation_data: Some(correlation.to_vec().into()),
+        ..Default::default()
+    }
+}
+
+/// The correlation id of an answer, if it carries one of ours (16 bytes).
+pub fn response_correlation(publish: &Publish) -> Option<CorrelationId> {
+    let data = publish.properties.as_ref()?.correlation_data.as_ref()?;
+    CorrelationId::try_from(data.as_ref()).ok()
+}
+
+pub fn parse_response(publish: &Publish) -> Result<CloudResponse, ResponseError> {
+    let content_type = publish
+        .properties
+        .as_ref()
+        .and_then(|p| p.content_type.clone());
+    if content_type.as_deref() != Some(JSON_CONTENT_TYPE) {
+        return Err(ResponseError::ContentType(content_type));
+    }
+    if publish.payload.len() > MAX_RESPONSE_BYTES {
+        return Err(ResponseError::TooLarge(publish.payload.len()));
+    }
+    let wire: WireResponse =
+        serde_json::from_slice(&publish.payload).map_err(|e| ResponseError::Json(e.to_string()))?;
+    match (wire.result, wire.error) {
+        (Some(boxes), _) => Ok(CloudResponse::Result {
+            detections: boxes
+                .iter()
+                .enumerate()
+                .map(|(index, b)| {
+                    detection_from_sedna(b)
+                        .map_err(|reason| ResponseError::BadBox { index, reason })
+                })
+                .collect::<Result<_, _>>()?,
+            model: wire.model.unwrap_or_default(),
+            infer_ms: wire.infer_ms.unwrap_or_default(),
+            replica: wire.replica,
+        }),
+        (None, Some(message)) => Ok(CloudResponse::Error {
+            message,
+            replica: wire.replica,
+        }),
+        (None, None) => Err(ResponseError::Empty),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    const PREFIX: &str = "helmetd/v1";
+
+    fn meta() -> HardExampleMeta {
+        HardExampleMeta {
+            camera: "gate-1".into(),
+            seq: 42,
+            capture_time: humantime::parse_rfc3339("2026-01-02T03:04:05.678Z").unwrap(),
+            edge_result: vec![Detection {
+                x1: 10.25,
+                y1: 20.0,
+                x2: 110.0,
+                y2: 220.0,
+                score: 0.51234,
+                class: 1,
+            }],
+            orig_w: 1280,
+            orig_h: 720,
+            scale: 0.5,
+        }
+    }
+
+    /// A minimal baseline JPEG header: SOI, an APP0 segment, SOF0 declaring `w × h`.
+    fn jpeg_header(w: u16, h: u16) -> Vec<u8> {
+        let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00];
+        b.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
+        b.extend_from_slice(&h.to_be_bytes());
+        b.extend_from_slice(&w.to_be_bytes());
+        b.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        b.extend_from_slice(&[0xFF, 0xD9]);
+        b
+    }
+
+    fn request(payload: Vec<u8>, props: PublishProperties) -> Publish {
+        Publish::new(
+            request_topic(PREFIX),
+            QoS::AtLeastOnce,
+            payload,
+            Some(props),
+        )
+    }
+
+    fn good_props() -> PublishProperties {
+        request_properties(
+            "edge-a",
+            &meta(),
+            &response_topic(PREFIX, "edge-a"),
+            &[7; 16],
+            Duration::from_millis(1500),
+        )
+    }
+
+    #[test]
+    fn request_round_trips_through_properties() {
+        let p = request(jpeg_header(640, 360), good_props());
+        let reply = reply_to(&p, PREFIX).unwrap();
+        assert_eq!(reply.topic, "helmetd/v1/edge-a/cloud-result");
+        assert_eq!(reply.correlation, vec![7; 16]);
+        assert_eq!(
+            p.properties.as_ref().unwrap().message_expiry_interval,
+            Some(2)
+        );
+        let req = parse_request(p).unwrap();
+        assert_eq!(req.node, "edge-a");
+        let mut expected = meta();
+        expected.edge_result[0].x1 = 10.3; // rounded to 0.1 px on the wire
+        expected.edge_result[0].score = 0.5123;
+        assert_eq!(req.meta, expected);
+    }
+
+    #[test]
+    fn reply_address_is_required_and_confined_to_result_topics() {
+        let mut props = good_props();
+        props.response_topic = None;
+        let p = request(jpeg_header(640, 360), props.clone());
+        assert_eq!(reply_to(&p, PREFIX), Err(RequestError::NoResponseTopic));
+
+        for foreign in [
+            "helmetd/v1/edge-a/gate-1/alert",
+            "helmetd/v1/cloud-result",
+            "helmetd/v1/a/b/cloud-result",
+            "other/edge-a/cloud-result",
+        ] {
+            props.response_topic = Some(foreign.into());
+            let p = request(jpeg_header(640, 360), props.clone());
+            assert_eq!(
+                reply_to(&p, PREFIX).map_err(|e| e.kind()),
+                Err(RejectKind::NoResponseTopic),
+                "{foreign}"
+            );
+        }
+
+        let mut props = good_props();
+        props.correlation_data = Some(Vec::new().into());
+        let p = request(jpeg_header(640, 360), props.clone());
+        assert_eq!(reply_to(&p, PREFIX), Err(RequestError::NoCorrelation));
+        props.correlation_data = Some(vec![1; 65].into());
+        let p = request(jpeg_header(640, 360), props);
+        assert_eq!(
+            reply_to(&p, PREFIX),
+            Err(RequestError::CorrelationTooLong(65))
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_by_kind() {
+        let kind = |payload: Vec<u8>, edit: &dyn Fn(&mut PublishProperties)| {
+            let mut props = good_props();
+            edit(&mut props);
+            parse_request(request(payload, props))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        };
+        let ok = jpeg_header(640, 360);
+        assert_eq!(kind(ok.clone(), &|_| {}), Ok(()));
+        assert_eq!(
+            kind(ok.clone(), &|p| p.content_type = Some("image/png".into())),
+            Err(RejectKind::ContentType)
+        );
+        assert_eq!(
+            kind(ok.clone(), &|p| p.content_type = None),
+            Err(RejectKind::ContentType)
+        );
+        assert_eq!(
+            kind(vec![0xFF; MAX_REQUEST_BYTES + 1], &|_| {}),
+            Err(RejectKind::TooLarge)
+        );
+        assert_eq!(
+            kind(b"not a jpeg".to_vec(), &|_| {}),
+            Err(RejectKind::NotJpeg)
+        );
+        assert_eq!(
+            kind(vec![0xFF, 0xD8, 0xFF, 0xD9], &|_| {}),
+            Err(RejectKind::NotJpeg)
+        );
+        assert_eq!(
+            kind(vec![0xFF, 0xD8, 0xFF], &|_| {}),
+            Err(RejectKind::NotJpeg)
+        );
+        assert_eq!(
+            kind(jpeg_header(640, 480), &|_| {}),
+            Err(RejectKind::BadImage),
+            "size disagrees with orig × scale"
+        );
+        assert_eq!(
+            kind(jpeg_header(60000, 60000), &|p| set(p, "scale", "46.875")),
+            Err(RejectKind::BadImage),
+            "bomb"
+        );
+        for (key, value) in [
+            ("seq", "-1"),
+            ("scale", "NaN"),
+            ("scale", "0"),
+            ("orig_h", "0"),
+            ("orig_w", "wide"),
+            ("capture_time", "yesterday"),
+            ("edge_result", "[[1,2,3]]"),
+            ("edge_result", "[[1,2,3,4,0.5,1.5]]"),
+        ] {
+            assert_eq!(
+                kind(ok.clone(), &|p| set(p, key, value)),
+                Err(RejectKind::BadMetadata),
+                "{key}={value}"
+            );
+        }
+        assert_eq!(
+            kind(ok, &|p| p.user_properties.retain(|(k, _)| k != "camera")),
+            Err(RejectKind::BadMetadata)
+        );
+    }
+
+    fn set(props: &mut PublishProperties, key: &str, value: &str) {
+        for (k, v) in &mut props.user_properties {
+            if k == key {
+                *v = value.to_string();
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_size_reads_real_files_and_survives_truncation() {
+        let media = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../media");
+        let bytes = std::fs::read(media.join("overeasy_dense_street2.jpg")).unwrap();
+        assert_eq!(jpeg_size(&bytes), Some((3079, 4619)));
+        for keep in 0..64.min(bytes.len()) {
+            let _ = jpeg_size(&bytes[..keep]);
+        }
+        assert_eq!(jpeg_size(&[0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x01]), None);
+    }
+
+    fn response(payload: Vec<u8>, content_type: Option<&str>) -> Publish {
+        let mut props = response_properties(&[9; 16]);
+        props.content_type = content_type.map(str::to_string);
+        Publish::new("t", QoS::AtLeastOnce, payload, Some(props))
+    }
+
+    #[test]
+    fn responses_round_trip_and_errors_are_typed() {
+        let dets = meta().edge_result;
+        let p = response(
+            result_json(&dets, "big.onnx", 123.45, "r1"),
+            Some(JSON_CONTENT_TYPE),
+        );
+        assert_eq!(response_correlation(&p), Some([9; 16]));
+        let CloudResponse::Result {
+            detections,
+            model,
+            infer_ms,
+            replica,
+        } = parse_response(&p).unwrap()
+        else {
+            panic!("not a result")
+        };
+        assert_eq!((detections.len(), detections[0].class), (1, 1));
+        assert_eq!(
+            (model.as_str(), infer_ms, replica.as_str()),
+            ("big.onnx", 123.5, "r1")
+        );
+
+        let p = response(error_json("overloaded", "r2"), Some(JSON_CONTENT_TYPE));
+        assert_eq!(
+            parse_response(&p),
+            Ok(CloudResponse::Error {
+                message: "overloaded".into(),
+                replica: "r2".into()
+            })
+        );
+
+        let p = response(b"{}".to_vec(), Some(JSON_CONTENT_TYPE));
+        assert_eq!(parse_response(&p), Err(ResponseError::Empty));
+        let p = response(b"[1,2".to_vec(), Some(JSON_CONTENT_TYPE));
+        assert!(matches!(parse_response(&p), Err(ResponseError::Json(_))));
+        let p = response(b"{}".to_vec(), None);
+        assert_eq!(parse_response(&p), Err(ResponseError::ContentType(None)));
+        let p = response(
+            br#"{"result":[[1,2,3,4,0.5,70000]]}"#.to_vec(),
+            Some(JSON_CONTENT_TYPE),
+        );
+        assert!(matches!(
+            parse_response(&p),
+            Err(ResponseError::BadBox { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn correlation_ids_are_unique_and_carry_the_salt() {
+        let ids = CorrelationIds::new();
+        let (a, b) = (ids.next_id(), ids.next_id());
+        assert_ne!(a, b);
+        assert_eq!(a[8..], b[8..]);
+        assert_eq!(u64::from_be_bytes(b[..8].try_into().unwrap()), 1);
+    }
+}

@@ -1,0 +1,642 @@
+//! `helmetd cloud`: the big model behind an MQTT 5 shared subscription.
+//!
+//! Replicas subscribe to `$share/<group>/<prefix>/hard-example`, so the broker splits the
+//! requests between them and scaling is starting more replicas. A replica runs one inference at
+//! a time (ONNX Runtime already spreads it over `cloud.intra_threads` cores) and keeps a short
+//! queue: an edge waits about a second, so a request stuck behind several others is refused at
+//! once ("overloaded") rather than answered after the edge gave up. Every refused request that
+//! carries a reply address gets an `{"error": …}` answer so its edge stops waiting.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use helmet_pipelines::detect::{DetectError, Detector};
+use helmet_pipelines::letterbox::PAD_VALUE;
+use helmet_pipelines::still::{self, StillError};
+use helmet_pipelines::{Detection, Frame, Letterbox};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, Outgoing};
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
+
+use super::protocol::{
+    self, HardExampleMeta, HardExampleRequest, RejectKind, ReplyTo, RequestError,
+};
+use crate::commands::detect::cloud_model_spec;
+use crate::config::Config;
+
+/// Requests waiting behind the running inference before the oldest is refused.
+const MAX_WAITING: usize = 4;
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the running inference.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long the last answers and the DISCONNECT get to leave.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The broker must not send us larger packets (MQTT 5 Maximum Packet Size; rumqttc would drop
+/// the connection). Above [`protocol::MAX_REQUEST_BYTES`] so oversized requests still arrive
+/// and are counted and answered.
+const MAX_PACKET_BYTES: u32 = 16 * 1024 * 1024;
+/// Capacity of rumqttc's request queue (answers, subscribe, disconnect).
+const MQTT_QUEUE: usize = 64;
+/// Publishes handed from the MQTT task to the service loop.
+const INCOMING_QUEUE: usize = 64;
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("mqtt.url is empty: helmetd cloud needs a broker")]
+    NoBroker,
+    #[error("mqtt.url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    /// rumqttc is built without TLS; enabling it is a build decision (docs/stack.md §3).
+    #[error("mqtt.url {0:?}: mqtts:// is not supported by this build (rumqttc without TLS)")]
+    TlsUnsupported(String),
+    #[error("reading mqtt.password_file {}: {source}", .path.display())]
+    Password {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] DetectError),
+    #[error("the inference thread failed: {0}")]
+    InferenceThread(#[from] JoinError),
+    #[error("the MQTT task ended unexpectedly")]
+    MqttTaskEnded,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM/SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Counters since start, logged every 10 s and at exit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceStats {
+    /// Every publish received on the request topic.
+    pub requests: u64,
+    pub answered: u64,
+    pub rejected: [u64; RejectKind::COUNT],
+    /// Refused because more than `MAX_WAITING` requests were waiting.
+    pub overloaded: u64,
+    /// Refused because the replica was shutting down.
+    pub shed: u64,
+    /// Inference errors (answered with an error).
+    pub failed: u64,
+    /// Answers that could not be queued for the broker.
+    pub publish_failed: u64,
+    /// Decode, letterbox and model time of answered requests.
+    pub infer_ms_total: f64,
+    pub infer_ms_max: f64,
+}
+
+impl ServiceStats {
+    fn rejected(&self, kind: RejectKind) -> u64 {
+        self.rejected[kind.index()]
+    }
+
+    fn log(&self, replica: &str, message: &str) {
+        let infer_ms_avg = self.infer_ms_total / self.answered.max(1) as f64;
+        tracing::info!(
+            replica,
+            requests = self.requests,
+            answered = self.answered,
+            overloaded = self.overloaded,
+            shed = self.shed,
+            failed = self.failed,
+            publish_failed = self.publish_failed,
+            rejected_no_response_topic = self.rejected(RejectKind::NoResponseTopic),
+            rejected_no_correlation = self.rejected(RejectKind::NoCorrelation),
+            rejected_content_type = self.rejected(RejectKind::ContentType),
+            rejected_too_large = self.rejected(RejectKind::TooLarge),
+            rejected_bad_metadata = self.rejected(RejectKind::BadMetadata),
+            rejected_not_jpeg = self.rejected(RejectKind::NotJpeg),
+            rejected_bad_image = self.rejected(RejectKind::BadImage),
+            infer_ms_avg = (infer_ms_avg * 10.0).round() / 10.0,
+            infer_ms_max = (self.infer_ms_max * 10.0).round() / 10.0,
+            "{message}"
+        );
+    }
+}
+
+/// `helmetd cloud`: serves until SIGTERM or SIGINT. ONNX Runtime must be initialised.
+pub fn cloud_main(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServiceError::Runtime)?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().map_err(ServiceError::Signals)?;
+        serve(&cfg, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Loads the big model, connects, and answers hard examples until `shutdown` completes; then
+/// refuses what is queued, finishes the running inference and disconnects.
+pub async fn serve(
+    cfg: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServiceStats, ServiceError> {
+    let spec = cloud_model_spec(cfg);
+    let model = spec.path.file_name().map_or_else(
+        || spec.path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let mut detector = Detector::load(&spec)?;
+    warm_up(&mut detector)?;
+    let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
+    let (mqtt, eventloop) = AsyncClient::new(mqtt_options(cfg, &replica)?, MQTT_QUEUE);
+    let filter = protocol::shared_request_filter(&cfg.cloud.share_group, &cfg.mqtt.topic_prefix);
+    let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+    let driver = tokio::spawn(drive(
+        eventloop,
+        mqtt.clone(),
+        filter.clone(),
+        replica.clone(),
+        incoming_tx,
+    ));
+    tracing::info!(%replica, %model, subscription = %filter, "cloud service started");
+    let service = Service {
+        mqtt,
+        prefix: cfg.mqtt.topic_prefix.clone(),
+        filter,
+        replica,
+        model,
+        waiting: VecDeque::new(),
+        idle: Some(detector),
+        stats: ServiceStats::default(),
+        warned: [false; RejectKind::COUNT],
+    };
+    service.run(incoming, shutdown, driver).await
+}
+
+/// One hard example between acceptance and answer.
+struct Job {
+    reply: ReplyTo,
+    request: HardExampleRequest,
+}
+
+/// What the inference thread hands back: the detector for the next job, and the outcome.
+struct Done {
+    detector: Detector,
+    job: Job,
+    outcome: Result<(Vec<Detection>, Duration), JobError>,
+}
+
+enum JobError {
+    Image(String),
+    Inference(DetectError),
+}
+
+struct Service {
+    mqtt: AsyncClient,
+    prefix: String,
+    filter: String,
+    replica: String,
+    model: String,
+    waiting: VecDeque<Job>,
+    /// The detector while no inference runs; the inference thread owns it otherwise.
+    idle: Option<Detector>,
+    stats: ServiceStats,
+    /// Kinds of refusal already logged at warn; later ones go to debug.
+    warned: [bool; RejectKind::COUNT],
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<Publish>,
+        shutdown: impl Future<Output = ()>,
+        mut driver: JoinHandle<()>,
+    ) -> Result<ServiceStats, ServiceError> {
+        tokio::pin!(shutdown);
+        let mut running: Option<JoinHandle<Done>> = None;
+        let mut stats_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                publish = incoming.recv() => match publish {
+                    Some(publish) => self.accept(publish),
+                    None => return Err(ServiceError::MqttTaskEnded),
+                },
+                done = join(&mut running) => {
+                    running = None;
+                    self.finish(done?);
+                }
+                _ = stats_tick.tick() => self.stats.log(&self.replica, "cloud stats"),
+            }
+            self.start_next(&mut running);
+        }
+
+        tracing::info!("shutting down: refusing queued requests, finishing the running one");
+        // Unsubscribing first lets the other replicas take new requests.
+        let _ = self.mqtt.try_unsubscribe(self.filter.clone());
+        while let Some(job) = self.waiting.pop_front() {
+            self.shed(&job.reply);
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while running.is_some() {
+            tokio::select! {
+                done = join(&mut running) => {
+                    running = None;
+                    self.finish(done?);
+                }
+                Some(publish) = incoming.recv() => self.shed_publish(&publish),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("inference still running after {SHUTDOWN_GRACE:?}; leaving it");
+                    break;
+                }
+            }
+        }
+        let _ = self.mqtt.try_disconnect();
+        let flushed = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
+            loop {
+                tokio::select! {
+                    _ = &mut driver => break,
+                    Some(publish) = incoming.recv() => self.shed_publish(&publish),
+                }
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::warn!("broker did not take the DISCONNECT within {DISCONNECT_TIMEOUT:?}");
+            driver.abort();
+        }
+        self.stats.log(&self.replica, "cloud service stopped");
+        Ok(self.stats)
+    }
+
+    fn accept(&mut self, publish: Publish) {
+        self.stats.requests += 1;
+        let reply = match protocol::reply_to(&publish, &self.prefix) {
+            Ok(reply) => reply,
+            Err(e) => return self.reject(&e, None),
+        };
+        let request = match protocol::parse_request(publish) {
+            Ok(request) => request,
+            Err(e) => return self.reject(&e, Some(&reply)),
+        };
+        if self.waiting.len() >= MAX_WAITING
+            && let Some(oldest) = self.waiting.pop_front()
+        {
+            self.stats.overloaded += 1;
+            tracing::debug!(node = %oldest.request.node, "overloaded: refusing the oldest request");
+            self.answer_error(&oldest.reply, "overloaded");
+        }
+        self.waiting.push_back(Job { reply, request });
+    }
+
+    fn start_next(&mut self, running: &mut Option<JoinHandle<Done>>) {
+        if running.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let (Some(detector), Some(job)) = (self.idle.take(), self.waiting.pop_front()) else {
+            return;
+        };
+        *running = Some(tokio::task::spawn_blocking(move || infer(detector, job)));
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.idle = Some(done.detector);
+        let Job { reply, request } = done.job;
+        match done.outcome {
+            Ok((detections, took)) => {
+                let ms = took.as_secs_f64() * 1e3;
+                self.stats.answered += 1;
+                self.stats.infer_ms_total += ms;
+                self.stats.infer_ms_max = self.stats.infer_ms_max.max(ms);
+                tracing::debug!(
+                    node = %request.node,
+                    camera = %request.meta.camera,
+                    seq = request.meta.seq,
+                    edge_boxes = request.meta.edge_result.len(),
+                    cloud_boxes = detections.len(),
+                    infer_ms = ms,
+                    "answered"
+                );
+                let body = protocol::result_json(&detections, &self.model, ms, &self.replica);
+                self.publish(&reply, body);
+            }
+            Err(JobError::Image(reason)) => {
+                self.reject(&RequestError::Decode(reason), Some(&reply))
+            }
+            Err(JobError::Inference(e)) => {
+                self.stats.failed += 1;
+                tracing::error!(error = %e, "inference failed");
+                self.answer_error(&reply, "inference failed");
+            }
+        }
+    }
+
+    fn reject(&mut self, error: &RequestError, reply: Option<&ReplyTo>) {
+        let kind = error.kind();
+        self.stats.rejected[kind.index()] += 1;
+        if std::mem::replace(&mut self.warned[kind.index()], true) {
+            tracing::debug!(kind = kind.as_str(), %error, "refused a hard-example request");
+        } else {
+            tracing::warn!(
+                kind = kind.as_str(),
+                %error,
+                "refused a hard-example request (more of this kind are logged at debug level)"
+            );
+        }
+        if let Some(reply) = reply {
+            self.answer_error(reply, &error.to_string());
+        }
+    }
+
+    fn shed(&mut self, reply: &ReplyTo) {
+        self.stats.shed += 1;
+        self.answer_error(reply, "shutting down");
+    }
+
+    /// A request that arrived after the unsubscribe: answered at once if it can be.
+    fn shed_publish(&mut self, publish: &Publish) {
+        self.stats.requests += 1;
+        match protocol::reply_to(publish, &self.prefix) {
+            Ok(reply) => self.shed(&reply),
+            Err(e) => self.reject(&e, None),
+        }
+    }
+
+    fn answer_error(&mut self, reply: &ReplyTo, message: &str) {
+        let body = protocol::error_json(message, &self.replica);
+        self.publish(reply, body);
+    }
+
+    fn publish(&mut self, reply: &ReplyTo, body: Vec<u8>) {
+        let properties = protocol::response_properties(&reply.correlation);
+        let queued = self.mqtt.try_publish_with_properties(
+            reply.topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            body,
+            properties,
+        );
+        if let Err(e) = queued {
+            // Only while the broker is away; the edge has timed out by then anyway.
+            self.stats.publish_failed += 1;
+            tracing::debug!(error = %e, "cannot queue an answer");
+        }
+    }
+}
+
+/// Awaits the running inference, or never if there is none.
+async fn join(running: &mut Option<JoinHandle<Done>>) -> Result<Done, JoinError> {
+    match running {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The blocking part of a job: decode, letterbox, run the model, map boxes to the original.
+fn infer(mut detector: Detector, job: Job) -> Done {
+    let started = std::time::Instant::now();
+    let (input_w, input_h) = detector.input_size();
+    let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h)
+        .map_err(JobError::Image)
+        .and_then(|frame| detector.detect(&frame).map_err(JobError::Inference))
+        .map(|boxes| (to_original(&boxes, &job.request.meta), started.elapsed()));
+    Done {
+        detector,
+        job,
+        outcome,
+    }
+}
+
+/// The detector answers in JPEG pixels; the edge wants its camera frame's pixels.
+fn to_original(boxes: &[Detection], meta: &HardExampleMeta) -> Vec<Detection> {
+    let (w, h) = (f64::from(meta.orig_w), f64::from(meta.orig_h));
+    let x = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, w) as f32;
+    let y = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, h) as f32;
+    boxes
+        .iter()
+        .map(|d| Detection {
+            x1: x(d.x1),
+            y1: y(d.y1),
+            x2: x(d.x2),
+            y2: y(d.y2),
+            ..*d
+        })
+        .collect()
+}
+
+/// Decodes and letterboxes a JPEG held in memory, exactly as the edge letterboxes a file.
+fn letterbox_jpeg(jpeg: &[u8], input_w: u32, input_h: u32) -> Result<Frame, String> {
+    let label = std::path::Path::new("<hard example>");
+    match still::decode_still(jpeg, label, "hard-example", input_w, input_h) {
+        Ok((frame, _original)) => Ok(frame),
+        Err(StillError::Decode { source, .. }) => Err(source.to_string()),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// The first run of an ONNX Runtime session allocates and is several times slower; without
+/// this each replica's first hard example would miss the edge's timeout.
+fn warm_up(detector: &mut Detector) -> Result<(), DetectError> {
+    let (w, h) = detector.input_size();
+    let frame = Frame {
+        camera: Arc::from("warm-up"),
+        seq: 0,
+        pts: None,
+        capture_time: SystemTime::now(),
+        letterbox: Letterbox::new(w, h, w, h),
+        pixels: vec![PAD_VALUE; w as usize * h as usize * 3],
+    };
+    detector.detect(&frame).map(drop)
+}
+
+fn mqtt_options(cfg: &Config, client_id: &str) -> Result<MqttOptions, ServiceError> {
+    let raw = &cfg.mqtt.url;
+    if raw.is_empty() {
+        return Err(ServiceError::NoBroker);
+    }
+    let url_error = |reason: String| ServiceError::Url {
+        url: raw.clone(),
+        reason,
+    };
+    let url = url::Url::parse(raw).map_err(|e| url_error(e.to_string()))?;
+    match url.scheme() {
+        "mqtt" => {}
+        "mqtts" => return Err(ServiceError::TlsUnsupported(raw.clone())),
+        other => return Err(url_error(format!("scheme {other:?} is not mqtt://"))),
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv6(addr)) => addr.to_string(),
+        Some(host) => host.to_string(),
+        None => return Err(url_error("no host".into())),
+    };
+    let mut options = MqttOptions::new(client_id, host, url.port().unwrap_or(1883));
+    // rumqttc asserts at least 5 s.
+    options.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
+    // No session: requests queued for a dead replica would be stale when it returns; with a
+    // clean start the broker gives them to the live members of the share group.
+    options.set_clean_start(true);
+    options.set_max_packet_size(Some(MAX_PACKET_BYTES));
+    // Without TCP_NODELAY on both ends small answers wait 44–88 ms (docs/stack.md §3).
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
+    if !cfg.mqtt.username.is_empty() {
+        let path = crate::config::resolve_path(&cfg.mqtt.password_file);
+        let password = if cfg.mqtt.password_file.as_os_str().is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&path)
+                .map_err(|source| ServiceError::Password { path, source })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        };
+        options.set_credentials(cfg.mqtt.username.clone(), password);
+    }
+    Ok(options)
+}
+
+/// Polls the MQTT connection: subscribes on every connect (clean sessions forget
+/// subscriptions), forwards requests to the service loop, reconnects with backoff.
+async fn drive(
+    mut eventloop: EventLoop,
+    mqtt: AsyncClient,
+    filter: String,
+    replica: String,
+    incoming: mpsc::Sender<Publish>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    let mut outage_logged = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = RECONNECT_MIN;
+                outage_logged = false;
+                if let Err(e) = mqtt.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "cannot queue the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                if granted {
+                    tracing::info!(subscription = %filter, %replica, "ready for hard examples");
+                } else {
+                    tracing::error!(subscription = %filter, codes = ?ack.return_codes, "broker refused the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if incoming.send(publish).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                if incoming.is_closed() {
+                    return;
+                }
+                if outage_logged {
+                    tracing::debug!(error = %e, "MQTT connection still failing");
+                } else {
+                    tracing::warn!(error = %e, "MQTT connection failed; reconnecting with backoff up to {RECONNECT_MAX:?}");
+                    outage_logged = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_are_mapped_to_original_pixels_and_clipped() {
+        let meta = HardExampleMeta {
+            camera: "c".into(),
+            seq: 0,
+            capture_time: SystemTime::UNIX_EPOCH,
+            edge_result: Vec::new(),
+            orig_w: 1280,
+            orig_h: 720,
+            scale: 0.5,
+        };
+        let boxes = [Detection {
+            x1: 10.0,
+            y1: 20.0,
+            x2: 700.0,
+            y2: 359.0,
+            score: 0.9,
+            class: 1,
+        }];
+        assert_eq!(
+            to_original(&boxes, &meta),
+            [Detection {
+                x1: 20.0,
+                y1: 40.0,
+                x2: 1280.0,
+                y2: 718.0,
+                score: 0.9,
+                class: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn in_memory_jpegs_are_letterboxed_and_garbage_is_an_error() {
+        let media = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../media");
+        let jpeg = std::fs::read(media.join("overeasy_construction.jpg")).unwrap();
+        let frame = letterbox_jpeg(&jpeg, 640, 640).unwrap();
+        let (expected, _) =
+            still::load_still(media.join("overeasy_construction.jpg"), "x", 640, 640).unwrap();
+        assert_eq!(frame.letterbox, expected.letterbox);
+        assert!(frame.pixels == expected.pixels);
+        assert!(letterbox_jpeg(&jpeg[..jpeg.len() / 2], 640, 640).is_err());
+        assert!(letterbox_jpeg(b"garbage", 640, 640).is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+        let overrides = [
+            format!("edge.model.path={models}/helmet_yolov12m_384x640_int8qdq.onnx"),
+            format!("cloud.model={models}/helmet_yolov12m_640_fp32.onnx"),
+        ];
+        let mut cfg =
+            crate::config::load(crate::config::ConfigSource::Default, &overrides).unwrap();
+        assert!(matches!(
+            mqtt_options(&cfg, "c"),
+            Err(ServiceError::NoBroker)
+        ));
+        cfg.mqtt.url = "mqtts://broker:8883".into();
+        assert!(matches!(
+            mqtt_options(&cfg, "c"),
+            Err(ServiceError::TlsUnsupported(_))
+        ));
+        cfg.mqtt.url = "mqtt://[::1]".into();
+        let options = mqtt_options(&cfg, "c").unwrap();
+        assert_eq!(options.broker_address(), ("::1".to_string(), 1883));
+        assert_eq!(options.max_packet_size(), Some(MAX_PACKET_BYTES));
+    }
+}

@@ -1,0 +1,779 @@
+//! Joint inference end to end: a real mosquitto, the real big model in `helmetd cloud` child
+//! processes, and the edge's `CloudClient`.
+//!
+//! These tests live in the daemon crate rather than tests/ because only here does cargo build
+//! the `helmetd` binary first and say where it is (`CARGO_BIN_EXE_helmetd`); `cargo test
+//! --workspace` does not promise to build another crate's binaries before an integration test.
+//!
+//! Run with `--nocapture` to see the measured figures (latency, sizes).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use helmet_pipelines::detect::Detector;
+use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
+use helmet_pipelines::output::{content_image, encode_jpeg};
+use helmet_pipelines::{Detection, Frame, still};
+use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
+use helmetd::cloud::{
+    BreakerSettings, BreakerState, CloudAnswer, CloudClient, CloudClientSettings,
+};
+use helmetd_e2e::mosquitto::Mosquitto;
+use rumqttc::NetworkOptions;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const PREFIX: &str = "helmetd/v1";
+/// Loading the 80 MB big model and warming it up, on a busy 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Generous: the big model on 2 shared cores; the tests measure, they do not race.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tests start model-running processes; in parallel they would measure each other.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs one test's body alone (see [`serial`]) on its own runtime.
+fn serially(body: impl std::future::Future<Output = ()>) {
+    let _serial = serial();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+fn root() -> PathBuf {
+    helmetd_e2e::workspace_root()
+}
+
+/// A `helmetd cloud` child process with its JSON log in a file.
+struct CloudProcess {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CloudProcess {
+    fn start(broker: &Mosquitto, node: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("cloud.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_helmetd"))
+            .args(["--log-format", "json", "cloud"])
+            .args(["--set", &format!("mqtt.url={}", broker.url())])
+            .args(["--set", &format!("node.name={node}")])
+            .current_dir(root())
+            .env("RUST_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn raw_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the subscription to be granted.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self
+                .log_lines()
+                .iter()
+                .any(|l| message(l) == "ready for hard examples")
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "helmetd cloud exited with {status} before it was ready:\n{}",
+                    self.raw_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helmetd cloud not ready within {READY_TIMEOUT:?}:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helmetd cloud ignored SIGTERM:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
+
+/// MQTT options as the daemon uses them on loopback: TCP_NODELAY, answers up to 64 KiB.
+fn options(client_id: &str, broker: &Mosquitto) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", broker.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(Some(u32::try_from(protocol::MAX_RESPONSE_BYTES).unwrap()));
+    let mut n = NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    o.set_network_options(n);
+    o
+}
+
+/// An MQTT session whose event loop runs in a task: `on_connack` subscribes, publishes go to
+/// `on_publish`. Returns once the subscription is granted.
+async fn session(
+    options: MqttOptions,
+    on_connack: impl Fn(&AsyncClient) + Send + 'static,
+    on_publish: impl Fn(Publish) + Send + 'static,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (ready_tx, mut ready) = mpsc::channel(1);
+    let handle = client.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => on_connack(&handle),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.try_send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(p),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready.recv())
+        .await
+        .expect("subscription granted within 10 s");
+    (client, task)
+}
+
+/// A raw edge: publishes requests with chosen properties and collects whatever comes back on
+/// its result topic.
+struct RawEdge {
+    node: String,
+    client: AsyncClient,
+    answers: mpsc::UnboundedReceiver<Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawEdge {
+    async fn connect(broker: &Mosquitto, node: &str) -> Self {
+        let topic = protocol::response_topic(PREFIX, node);
+        let (tx, answers) = mpsc::unbounded_channel();
+        let (client, task) = session(
+            options(&format!("raw-{node}"), broker),
+            move |c| c.try_subscribe(topic.clone(), QoS::AtLeastOnce).unwrap(),
+            move |p| {
+                let _ = tx.send(p);
+            },
+        )
+        .await;
+        Self {
+            node: node.into(),
+            client,
+            answers,
+            task,
+        }
+    }
+
+    fn properties(&self, meta: &HardExampleMeta, correlation: u8) -> PublishProperties {
+        protocol::request_properties(
+            &self.node,
+            meta,
+            &protocol::response_topic(PREFIX, &self.node),
+            &[correlation; 16],
+            Duration::from_secs(30),
+        )
+    }
+
+    async fn send(&self, payload: Vec<u8>, properties: PublishProperties) {
+        self.client
+            .publish_with_properties(
+                protocol::request_topic(PREFIX),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The next answer: its correlation byte and body.
+    async fn answer(&mut self) -> (u8, CloudResponse) {
+        let p = tokio::time::timeout(ANSWER_TIMEOUT, self.answers.recv())
+            .await
+            .expect("an answer within the timeout")
+            .expect("session alive");
+        let props = p.properties.as_ref().expect("answer has properties");
+        let correlation = props.correlation_data.as_ref().expect("correlation echoed");
+        assert_eq!(correlation.len(), 16);
+        assert!(correlation.iter().all(|&b| b == correlation[0]));
+        (
+            correlation[0],
+            protocol::parse_response(&p).expect("a valid answer"),
+        )
+    }
+}
+
+impl Drop for RawEdge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A still letterboxed as the edge does it, and the hard example made from it: the letterbox
+/// content as JPEG plus its metadata.
+fn hard_example(path: &Path, input_w: u32, input_h: u32) -> (Frame, Vec<u8>, HardExampleMeta) {
+    let (frame, _) = still::load_still(path, "cam", input_w, input_h).unwrap();
+    let jpeg = encode_jpeg(&content_image(&frame), 90).unwrap();
+    let meta = HardExampleMeta::for_frame(&frame, &[]);
+    (frame, jpeg, meta)
+}
+
+fn street2() -> PathBuf {
+    root().join("media/overeasy_dense_street2.jpg")
+}
+
+/// The big model run in this process on the original image, for comparison.
+fn reference_boxes(path: &Path) -> Vec<Detection> {
+    helmet_pipelines::runtime::init_onnxruntime(None)
+        .expect("ORT_DYLIB_PATH is set for cargo test");
+    // The default config's relative model paths, made absolute for this crate's directory.
+    let models = root().join("models");
+    let overrides = [
+        format!(
+            "edge.model.path={}/helmet_yolov12m_384x640_int8qdq.onnx",
+            models.display()
+        ),
+        format!(
+            "cloud.model={}/helmet_yolov12m_640_fp32.onnx",
+            models.display()
+        ),
+    ];
+    let cfg = helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap();
+    let spec = helmetd::commands::detect::cloud_model_spec(&cfg);
+    let mut detector = Detector::load(&spec).unwrap();
+    let (w, h) = detector.input_size();
+    let (frame, _) = still::load_still(path, "reference", w, h).unwrap();
+    detector.detect(&frame).unwrap().to_vec()
+}
+
+fn iou(a: &Detection, b: &Detection) -> f32 {
+    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
+    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
+    let inter = iw * ih;
+    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[test]
+fn hard_example_is_answered_in_original_pixels_with_its_correlation() {
+    serially(hard_example_is_answered_in_original_pixels_with_its_correlation_body());
+}
+
+async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body() {
+    let broker = Mosquitto::start().unwrap();
+    let mut cloud = CloudProcess::start(&broker, "cloud-a");
+    let mut edge = RawEdge::connect(&broker, "edge-b").await;
+    // 3079×4619 portrait, sent as its 640×960 letterbox content.
+    let (_, jpeg, meta) = hard_example(&street2(), 640, 960);
+    assert_eq!((meta.orig_w, meta.orig_h), (3079, 4619));
+    let reference = reference_boxes(&street2());
+    cloud.wait_ready();
+
+    let mut rtts = Vec::new();
+    let mut infer = Vec::new();
+    // Round trip minus the cloud's own processing: MQTT both ways, JPEG upload, queueing.
+    let mut overhead = Vec::new();
+    let mut boxes = Vec::new();
+    for n in 1..=5u8 {
+        let sent = Instant::now();
+        edge.send(jpeg.clone(), edge.properties(&meta, n)).await;
+        let (correlation, answer) = edge.answer().await;
+        rtts.push(sent.elapsed());
+        assert_eq!(
+            correlation, n,
+            "answer carries the request's correlation data"
+        );
+        let CloudResponse::Result {
+            detections,
+            model,
+            infer_ms,
+            replica,
+        } = answer
+        else {
+            panic!("refused: {answer:?}\n{}", cloud.raw_log())
+        };
+        assert_eq!(model, "helmet_yolov12m_640_fp32.onnx");
+        assert!(replica.starts_with("helmetd-cloud-cloud-a-"), "{replica}");
+        assert!(infer_ms > 0.0);
+        infer.push(infer_ms);
+        overhead.push(rtts[rtts.len() - 1].as_secs_f64() * 1e3 - infer_ms);
+        boxes = detections;
+    }
+    rtts.sort();
+    println!(
+        "hard example {} bytes ({}x{} JPEG q90 of a {}x{} image): request→answer p50 {:.0} ms, max {:.0} ms over {} requests",
+        jpeg.len(),
+        640,
+        960,
+        meta.orig_w,
+        meta.orig_h,
+        percentile(&rtts, 0.5).as_secs_f64() * 1e3,
+        rtts.last().unwrap().as_secs_f64() * 1e3,
+        rtts.len()
+    );
+    println!("cloud-side decode + letterbox + model per request: {infer:?} ms");
+    println!("round trip minus cloud processing per request: {overhead:.1?} ms");
+
+    assert!(!boxes.is_empty());
+    for b in &boxes {
+        assert!(
+            b.x1 >= 0.0 && b.x2 <= 3079.0 && b.y1 >= 0.0 && b.y2 <= 4619.0,
+            "{b:?}"
+        );
+    }
+    assert!(
+        boxes.iter().any(|b| b.x2 > 640.0 || b.y2 > 960.0),
+        "boxes are in original pixels, not JPEG pixels"
+    );
+    // The crowd wears no helmets and the model finds few heads; every confident one must be
+    // found again through the JPEG, at the same place in original pixels.
+    let confident: Vec<&Detection> = reference.iter().filter(|d| d.score >= 0.5).collect();
+    assert!(
+        !confident.is_empty(),
+        "reference finds someone: {reference:?}"
+    );
+    for r in &confident {
+        let best = boxes
+            .iter()
+            .filter(|b| b.class == r.class)
+            .map(|b| iou(b, r))
+            .fold(0.0f32, f32::max);
+        println!("reference {r:?}: best IoU with a cloud box {best:.2}");
+        assert!(best >= 0.5, "{r:?} not found in {boxes:?}");
+    }
+    println!(
+        "cloud boxes {}, in-process reference boxes {} ({} with score >= 0.5)",
+        boxes.len(),
+        reference.len(),
+        confident.len()
+    );
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+}
+
+#[test]
+fn garbage_is_counted_and_refused_and_the_service_keeps_answering() {
+    serially(garbage_is_counted_and_refused_and_the_service_keeps_answering_body());
+}
+
+async fn garbage_is_counted_and_refused_and_the_service_keeps_answering_body() {
+    let broker = Mosquitto::start().unwrap();
+    let mut cloud = CloudProcess::start(&broker, "cloud-g");
+    let mut edge = RawEdge::connect(&broker, "edge-g").await;
+    let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    cloud.wait_ready();
+
+    // Not a JPEG, with a reply address: refused with an answer.
+    edge.send(b"GIF89a, honestly".to_vec(), edge.properties(&meta, 1))
+        .await;
+    // A valid JPEG without a response topic: nobody to answer, only counted.
+    let mut no_reply = edge.properties(&meta, 2);
+    no_reply.response_topic = None;
+    edge.send(jpeg.clone(), no_reply).await;
+    // 5 MiB: over the 4 MiB limit.
+    let mut huge = jpeg.clone();
+    huge.resize(5 * 1024 * 1024, 0);
+    edge.send(huge, edge.properties(&meta, 3)).await;
+    // Wrong content type.
+    let mut png = edge.properties(&meta, 4);
+    png.content_type = Some("image/png".into());
+    edge.send(jpeg.clone(), png).await;
+    // A second one of a kind already seen: counted, logged at debug only.
+    edge.send(b"still not a JPEG".to_vec(), edge.properties(&meta, 5))
+        .await;
+    // And then a good one.
+    edge.send(jpeg.clone(), edge.properties(&meta, 6)).await;
+
+    let mut errors = Vec::new();
+    loop {
+        let (correlation, answer) = edge.answer().await;
+        match answer {
+            CloudResponse::Error { message, .. } => errors.push((correlation, message)),
+            CloudResponse::Result { .. } => {
+                assert_eq!(correlation, 6);
+                break;
+            }
+        }
+    }
+    errors.sort();
+    let correlations: Vec<u8> = errors.iter().map(|(c, _)| *c).collect();
+    assert_eq!(correlations, [1, 3, 4, 5], "{errors:?}");
+    assert!(errors[0].1.contains("not a JPEG"), "{errors:?}");
+    assert!(errors[1].1.contains("exceeds"), "{errors:?}");
+    assert!(errors[2].1.contains("content type"), "{errors:?}");
+
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+    let lines = cloud.log_lines();
+    let stopped = lines
+        .iter()
+        .rfind(|l| message(l) == "cloud service stopped")
+        .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()));
+    let field = |name: &str| stopped["fields"][name].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(field("requests"), 6, "{stopped}");
+    assert_eq!(field("answered"), 1, "{stopped}");
+    assert_eq!(field("rejected_not_jpeg"), 2, "{stopped}");
+    assert_eq!(field("rejected_no_response_topic"), 1, "{stopped}");
+    assert_eq!(field("rejected_too_large"), 1, "{stopped}");
+    assert_eq!(field("rejected_content_type"), 1, "{stopped}");
+    let warnings = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" && message(l).starts_with("refused"))
+        .count();
+    assert_eq!(warnings, 4, "one warning per kind:\n{}", cloud.raw_log());
+}
+
+#[test]
+fn two_replicas_share_the_work() {
+    serially(two_replicas_share_the_work_body());
+}
+
+async fn two_replicas_share_the_work_body() {
+    let broker = Mosquitto::start().unwrap();
+    let mut first = CloudProcess::start(&broker, "cloud-1");
+    let mut second = CloudProcess::start(&broker, "cloud-2");
+    let mut edge = RawEdge::connect(&broker, "edge-s").await;
+    let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    first.wait_ready();
+    second.wait_ready();
+
+    for n in 1..=6u8 {
+        edge.send(jpeg.clone(), edge.properties(&meta, n)).await;
+    }
+    let mut replicas = std::collections::BTreeMap::<String, u32>::new();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (correlation, answer) = edge.answer().await;
+        let CloudResponse::Result { replica, .. } = answer else {
+            panic!("refused: {answer:?}")
+        };
+        *replicas.entry(replica).or_default() += 1;
+        seen.push(correlation);
+    }
+    seen.sort();
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+    println!("answers per replica: {replicas:?}");
+    assert_eq!(replicas.len(), 2, "both replicas answered: {replicas:?}");
+    assert!(first.terminate().success());
+    assert!(second.terminate().success());
+}
+
+#[test]
+fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns() {
+    serially(client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns_body());
+}
+
+async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns_body() {
+    let broker = Mosquitto::start().unwrap();
+    let timeout = Duration::from_millis(2000);
+    let settings = CloudClientSettings {
+        node: "edge-c".into(),
+        topic_prefix: PREFIX.into(),
+        timeout,
+        breaker: BreakerSettings {
+            failure_threshold: 3,
+            open_initial: Duration::from_secs(2),
+            open_max: Duration::from_secs(8),
+        },
+    };
+    let (handle, mut eventloop) = AsyncClient::new(options("edge-c", &broker), 64);
+    let cloud_client = Arc::new(CloudClient::new(handle, settings));
+    let (ready_tx, mut ready) = mpsc::channel(1);
+    let driver = {
+        let cloud_client = cloud_client.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => cloud_client.subscribe().unwrap(),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        cloud_client.handle_incoming(&p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready.recv())
+        .await
+        .unwrap();
+    let (frame, jpeg, _) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    let meta = HardExampleMeta::for_frame(&frame, &[]);
+
+    // (e) Nobody serves the topic: each ask costs the timeout, then the breaker opens.
+    let slack = Duration::from_millis(150);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+        let took = t0.elapsed();
+        assert!(matches!(answer, CloudAnswer::Late), "{answer:?}");
+        assert!(took >= timeout && took <= timeout + slack, "{took:?}");
+        println!(
+            "ask with no cloud: {:.1} ms (timeout {timeout:?})",
+            took.as_secs_f64() * 1e3
+        );
+    }
+    assert!(matches!(
+        cloud_client.breaker_state(),
+        BreakerState::Open { .. }
+    ));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..100 {
+        let t0 = Instant::now();
+        let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+        slowest = slowest.max(t0.elapsed());
+        assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
+    }
+    println!(
+        "ask with the breaker open: slowest of 100 {:.3} ms",
+        slowest.as_secs_f64() * 1e3
+    );
+    assert!(slowest < Duration::from_millis(5), "{slowest:?}");
+
+    // (f) The cloud comes back: a probe gets through and closes the breaker.
+    let mut cloud = CloudProcess::start(&broker, "cloud-f");
+    cloud.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rtt = loop {
+        assert!(
+            Instant::now() < deadline,
+            "breaker never closed:\n{}",
+            cloud.raw_log()
+        );
+        match cloud_client.ask(jpeg.clone(), &meta).await {
+            CloudAnswer::Answered(_, rtt) => break rtt,
+            CloudAnswer::BreakerOpen => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => println!("probe did not succeed yet: {other:?}"),
+        }
+    };
+    assert_eq!(cloud_client.breaker_state(), BreakerState::Closed);
+    println!("probe answered in {:.0} ms", rtt.as_secs_f64() * 1e3);
+    let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+    assert!(matches!(answer, CloudAnswer::Answered(..)), "{answer:?}");
+    let stats = cloud_client.stats();
+    println!("client stats: {stats:?}");
+    assert!(stats.timed_out >= 3 && stats.breaker_open_skips >= 100 && stats.answered >= 2);
+    driver.abort();
+    assert!(cloud.terminate().success());
+}
+
+#[test]
+fn service_resubscribes_after_the_broker_restarts() {
+    serially(service_resubscribes_after_the_broker_restarts_body());
+}
+
+async fn service_resubscribes_after_the_broker_restarts_body() {
+    let mut broker = Mosquitto::start().unwrap();
+    let mut cloud = CloudProcess::start(&broker, "cloud-r");
+    let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    cloud.wait_ready();
+    let readiness = |cloud: &CloudProcess| {
+        cloud
+            .log_lines()
+            .iter()
+            .filter(|l| message(l) == "ready for hard examples")
+            .count()
+    };
+    // SIGTERM (database saved), then SIGKILL (power cut): the service reconnects after both.
+    for (round, kill) in [(1u8, false), (2, true)] {
+        if kill {
+            broker.kill().unwrap();
+        } else {
+            broker.stop().unwrap();
+        }
+        broker.restart().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while readiness(&cloud) <= usize::from(round) {
+            assert!(
+                Instant::now() < deadline,
+                "no resubscription after restart {round}:\n{}\nbroker:\n{}",
+                cloud.raw_log(),
+                broker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut edge = RawEdge::connect(&broker, &format!("edge-r{round}")).await;
+        edge.send(jpeg.clone(), edge.properties(&meta, round)).await;
+        let (correlation, answer) = edge.answer().await;
+        assert_eq!(correlation, round);
+        assert!(matches!(answer, CloudResponse::Result { .. }), "{answer:?}");
+    }
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+}
+
+/// Sedna posts `json.dumps({"post_process": None, "data": frame.tolist()})`; Python's default
+/// separators are ", " and ": ".
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+#[derive(serde::Serialize)]
+struct SednaBody {
+    post_process: Option<()>,
+    data: Vec<Vec<[u8; 3]>>,
+}
+
+/// The frame of the test video at `at` (the video letterboxes each photo onto 1280×720),
+/// letterboxed to `input_w × input_h` by the real ingest pipeline.
+fn video_frame(at: Duration, input_w: u32, input_h: u32) -> Frame {
+    let video = root().join("media/helmet-test.mp4");
+    let url = format!("file://{}", video.display());
+    let mut settings = CameraSettings::new("video", &url, input_w, input_h);
+    settings.pace = Pace::AsFastAsPossible;
+    settings.detect_fps = 2.0;
+    let camera = Camera::start(settings).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match camera.next_frame(Duration::from_millis(200)) {
+            Some(frame) if frame.pts.is_some_and(|p| p >= at) => {
+                camera.stop();
+                return frame;
+            }
+            Some(_) => {}
+            None if camera.is_finished() => break,
+            None => {}
+        }
+    }
+    camera.stop();
+    panic!("no frame at {at:?} in {}", video.display());
+}
+
+#[test]
+fn hard_example_jpeg_vs_sedna_json() {
+    let _serial = serial();
+    // dense_street2 is shown from 15.0 s to 16.5 s (media/frames.txt, 1.5 s per photo).
+    let at = Duration::from_millis(15_500);
+    let full = video_frame(at, 1280, 720);
+    assert_eq!(full.input_size(), (1280, 720));
+    assert_eq!(full.letterbox.scale, 1.0);
+    let data: Vec<Vec<[u8; 3]>> = full
+        .pixels
+        .chunks_exact(1280 * 3)
+        .map(|row| row.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect())
+        .collect();
+    let mut sedna = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut sedna, PythonSeparators);
+    serde::Serialize::serialize(
+        &SednaBody {
+            post_process: None,
+            data,
+        },
+        &mut serializer,
+    )
+    .unwrap();
+    assert!(sedna.starts_with(b"{\"post_process\": null, \"data\": [[["));
+
+    // What the edge sends for the same frame: its letterbox content at the edge model input.
+    let edge = video_frame(at, 640, 384);
+    let content = content_image(&edge);
+    let jpeg = encode_jpeg(&content, 90).unwrap();
+    println!(
+        "1280x720 frame at {at:?}: Sedna JSON {} bytes ({:.1} MB), hard example JPEG {}x{} q90 {} bytes ({:.1} KB): {:.0}x smaller",
+        sedna.len(),
+        sedna.len() as f64 / 1e6,
+        content.width(),
+        content.height(),
+        jpeg.len(),
+        jpeg.len() as f64 / 1e3,
+        sedna.len() as f64 / jpeg.len() as f64
+    );
+    assert_eq!((content.width(), content.height()), (640, 360));
+    assert!(jpeg.len() * 50 < sedna.len());
+}
