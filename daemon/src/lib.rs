@@ -1,7 +1,13 @@
 //! The helmetd daemon as a library: configuration, commands and the control path.
 //! `main.rs` is only the binary's edge (argument parsing, exit codes).
 
+pub mod alerts;
 pub mod autoscaler;
+pub mod cloud;
 pub mod commands;
 pub mod config;
 pub mod logging;
+pub mod run;
+pub mod spool;
+pub mod supervisor;
+pub mod worker;

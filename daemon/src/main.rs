@@ -90,6 +90,17 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<String>,
     },
+    /// The daemon: cameras, supervised inference workers, hard examples to the cloud, alerts.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Stop by itself after this many seconds (tests and demos); default: until SIGTERM.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// An inference worker; started by the daemon with inherited descriptors, not by hand.
+    #[command(hide = true)]
+    Worker(helmetd::worker::WorkerArgs),
     /// The cloud service: answers hard examples with the big model over MQTT 5.
     Cloud {
         #[command(flatten)]
@@ -129,14 +140,22 @@ enum BenchCommand {
         #[arg(long)]
         video: Option<PathBuf>,
     },
+    /// Per-frame dispatch overhead (daemon ↔ worker round trip without the model) vs the model's own time.
+    Dispatch(helmetd::commands::bench_dispatch::BenchDispatchArgs),
 }
 
 fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
     match bench {
-        BenchCommand::Pipeline { config, seconds, video } => {
+        BenchCommand::Pipeline {
+            config,
+            seconds,
+            video,
+        } => {
             let cfg = config.load()?;
             init_runtime(&cfg)?;
-            let video = video.unwrap_or_else(|| config::resolve_path(std::path::Path::new("media/helmet-test.mp4")));
+            let video = video.unwrap_or_else(|| {
+                config::resolve_path(std::path::Path::new("media/helmet-test.mp4"))
+            });
             let bench = helmetd::commands::bench_pipeline::PipelineBench {
                 model: detect::edge_model_spec(&cfg, None, None),
                 hem: cfg.edge.hard_example_mining.build()?,
@@ -150,12 +169,22 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 seconds
             );
             let figures = helmetd::commands::bench_pipeline::run(&bench)?;
-            println!("model only:    {:7.2} frames/s ({} frames)", figures.model_fps, figures.model_frames);
+            println!(
+                "model only:    {:7.2} frames/s ({} frames)",
+                figures.model_fps, figures.model_frames
+            );
             println!(
                 "full pipeline: {:7.2} frames/s ({} frames, {} hard, {} superseded in the latest-frame slot)",
-                figures.pipeline_fps, figures.pipeline_frames, figures.hard, figures.sampler_dropped
+                figures.pipeline_fps,
+                figures.pipeline_frames,
+                figures.hard,
+                figures.sampler_dropped
             );
             println!("{}", figures.result_line());
+            Ok(())
+        }
+        BenchCommand::Dispatch(args) => {
+            println!("{}", helmetd::commands::bench_dispatch::run(&args)?);
             Ok(())
         }
     }
@@ -183,12 +212,70 @@ fn init_runtime(cfg: &config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
+    use helmetd::run::{ConfigOrigin, Links, Signals};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let origin = ConfigOrigin {
+        source: config
+            .config
+            .clone()
+            .map_or(ConfigSource::Default, ConfigSource::File),
+        overrides: config.overrides.clone(),
+    };
+    let cfg = origin.load()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("helmetd-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = Arc::new(Signals::default());
+    {
+        let signals = signals.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => signals.shutdown.store(true, Ordering::Release),
+                    _ = int.recv() => signals.shutdown.store(true, Ordering::Release),
+                    _ = hup.recv() => signals.reload.store(true, Ordering::Release),
+                }
+            }
+        });
+    }
+    let links = Links {
+        cloud: None,
+        sink: None,
+    };
+    let until = duration.map(|d| std::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until)?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    println!(
+        "RESULT frames={} hard={} cloud_answers={} alerts={} workers_max={}",
+        summary.frames, summary.hard, summary.cloud_answered, summary.alerts, summary.workers_max
+    );
+    Ok(())
+}
+
 /// Validates a config completely, including that ONNX Runtime loads and both model files have the
 /// declared input shapes (a typo'd shape would otherwise only show when the daemon starts).
 fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
     let cfg = config::load_with_checks(ConfigSource::File(file.clone()), &overrides, |cfg| {
         if let Err(e) = init_runtime(cfg) {
-            return vec![(config::KeyPath::parse("inference.onnxruntime"), format!("{e:#}"))];
+            return vec![(
+                config::KeyPath::parse("inference.onnxruntime"),
+                format!("{e:#}"),
+            )];
         }
         let mut problems = Vec::new();
         let edge = detect::edge_model_spec(cfg, None, None);
@@ -203,7 +290,12 @@ fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
         }
         problems
     })?;
-    println!("{}: ok ({} camera(s), node {:?})", file.display(), cfg.cameras.len(), cfg.node_name());
+    println!(
+        "{}: ok ({} camera(s), node {:?})",
+        file.display(),
+        cfg.cameras.len(),
+        cfg.node_name()
+    );
     Ok(())
 }
 
@@ -361,6 +453,8 @@ fn main() -> ExitCode {
             output,
         } => run_demo(config, video, fps, output),
         Command::Bench { bench } => run_bench(bench),
+        Command::Worker(args) => helmetd::worker::worker_main(args),
+        Command::Run { config, duration } => run_daemon(config, duration),
         Command::Cloud { config } => config
             .load()
             .map_err(anyhow::Error::from)

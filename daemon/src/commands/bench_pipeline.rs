@@ -35,7 +35,11 @@ pub struct PipelineFigures {
 
 impl PipelineFigures {
     pub fn ratio(&self) -> f64 {
-        if self.model_fps > 0.0 { self.pipeline_fps / self.model_fps } else { 0.0 }
+        if self.model_fps > 0.0 {
+            self.pipeline_fps / self.model_fps
+        } else {
+            0.0
+        }
     }
 
     pub fn result_line(&self) -> String {
@@ -53,7 +57,10 @@ impl PipelineFigures {
 
 fn progress(phase: &str, started: Instant, frames: u64) {
     let s = started.elapsed().as_secs_f64();
-    eprintln!("  {phase}: {frames} frames in {s:.0} s ({:.2} fps)", frames as f64 / s.max(1e-9));
+    eprintln!(
+        "  {phase}: {frames} frames in {s:.0} s ({:.2} fps)",
+        frames as f64 / s.max(1e-9)
+    );
 }
 
 pub fn run(bench: &PipelineBench) -> anyhow::Result<PipelineFigures> {
@@ -76,7 +83,11 @@ pub fn run(bench: &PipelineBench) -> anyhow::Result<PipelineFigures> {
         }
     }
     file.stop();
-    ensure!(!frames.is_empty(), "{}: no frames decoded", bench.video.display());
+    ensure!(
+        !frames.is_empty(),
+        "{}: no frames decoded",
+        bench.video.display()
+    );
     detector.detect(&frames[0])?; // warm-up: first run allocates
 
     eprintln!("phase 1/2: model only, {} s", bench.phase.as_secs());
@@ -93,20 +104,30 @@ pub fn run(bench: &PipelineBench) -> anyhow::Result<PipelineFigures> {
     }
     let model_fps = model_frames as f64 / started.elapsed().as_secs_f64();
 
-    eprintln!("phase 2/2: RTSP → decode → letterbox → model → HEM, {} s", bench.phase.as_secs());
-    let server = RtspServer::start(&bench.video, &["/cam"]).context("starting the loopback RTSP server")?;
+    eprintln!(
+        "phase 2/2: RTSP → decode → letterbox → model → HEM, {} s",
+        bench.phase.as_secs()
+    );
+    let server =
+        RtspServer::start(&bench.video, &["/cam"]).context("starting the loopback RTSP server")?;
     let mut settings = CameraSettings::new("bench-rtsp", &server.url("/cam"), w, h);
     // Sample every frame the camera sends: the model, not the sampler, must be the limit.
     settings.detect_fps = 30.0;
     let camera = Camera::start(settings)?;
-    ensure!(camera.next_frame(Duration::from_secs(10)).is_some(), "no frame from {}", server.url("/cam"));
+    ensure!(
+        camera.next_frame(Duration::from_secs(10)).is_some(),
+        "no frame from {}",
+        server.url("/cam")
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut pipeline_frames, mut hard) = (0u64, 0u64);
     let dropped_before = camera.stats().dropped;
     let started = Instant::now();
     let mut last_report = Instant::now();
     while started.elapsed() < bench.phase {
-        let Some(frame) = camera.next_frame(Duration::from_millis(500)) else { continue };
+        let Some(frame) = camera.next_frame(Duration::from_millis(500)) else {
+            continue;
+        };
         let detections = detector.detect(&frame)?;
         hard += u64::from(bench.hem.is_hard(&detections, classes, &mut rng));
         pipeline_frames += 1;
@@ -119,5 +140,12 @@ pub fn run(bench: &PipelineBench) -> anyhow::Result<PipelineFigures> {
     let sampler_dropped = camera.stats().dropped - dropped_before;
     camera.stop();
     drop(server);
-    Ok(PipelineFigures { model_fps, pipeline_fps, model_frames, pipeline_frames, sampler_dropped, hard })
+    Ok(PipelineFigures {
+        model_fps,
+        pipeline_fps,
+        model_frames,
+        pipeline_frames,
+        sampler_dropped,
+        hard,
+    })
 }

@@ -1,3 +1,5 @@
 //! Subcommands that are more than a few lines.
 
+pub mod bench_dispatch;
+pub mod bench_pipeline;
 pub mod detect;

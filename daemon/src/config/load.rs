@@ -515,7 +515,10 @@ mod tests {
         assert_eq!(cfg.cloud.timeout_ms, 250);
         assert_eq!(cfg.cameras[0].detect_fps, 5.0);
         assert_eq!(cfg.node.labels["site"], "north");
-        assert_eq!(cfg.edge.worker.resources.limits.cpu.unwrap().milli_value(), 500);
+        assert_eq!(
+            cfg.edge.worker.resources.limits.cpu.unwrap().milli_value(),
+            500
+        );
     }
 
     #[test]
@@ -581,7 +584,11 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].place.ends_with(&format!(":{line}:1")), "{}", p[0]);
         assert!(p[0].message.starts_with("edge.hpa.minReplicas"), "{}", p[0]);
-        let cfg = load(ConfigSource::File(f.path().into()), &["edge.hpa.maxReplicas=4".into()]).unwrap();
+        let cfg = load(
+            ConfigSource::File(f.path().into()),
+            &["edge.hpa.maxReplicas=4".into()],
+        )
+        .unwrap();
         assert_eq!(cfg.edge.hpa.unwrap().max_replicas, 4);
     }
 

@@ -134,6 +134,7 @@ pub struct WorkerConfig {
     pub resources: Resources,
     pub restart_backoff_initial_s: f64,
     pub restart_backoff_max_s: f64,
+    pub cgroup_root: PathBuf,
 }
 
 /// Kubernetes' `resources` block, limited to what a worker cgroup can honour.

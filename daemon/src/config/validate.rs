@@ -152,20 +152,25 @@ impl Config {
                     format!("camera name {:?} is used twice", cam.name),
                 ));
             }
-            match url::Url::parse(&cam.url) {
-                Ok(u) if matches!(u.scheme(), "rtsp" | "rtsps" | "rtspt" | "file") => {
-                    if u.scheme() == "file" {
-                        file_exists(p, at("url"), Path::new(u.path()), "video file");
+            if !cam.url.contains("://") {
+                // A plain path is a video file played as a camera.
+                file_exists(p, at("url"), Path::new(&cam.url), "video file");
+            } else {
+                match url::Url::parse(&cam.url) {
+                    Ok(u) if matches!(u.scheme(), "rtsp" | "rtsps" | "rtspt" | "file") => {
+                        if u.scheme() == "file" {
+                            file_exists(p, at("url"), Path::new(u.path()), "video file");
+                        }
                     }
+                    Ok(u) => p.push((
+                        at("url"),
+                        format!(
+                            "scheme {:?} is not rtsp://, rtsps:// or file://",
+                            u.scheme()
+                        ),
+                    )),
+                    Err(e) => p.push((at("url"), format!("{:?} is not a URL: {e}", cam.url))),
                 }
-                Ok(u) => p.push((
-                    at("url"),
-                    format!(
-                        "scheme {:?} is not rtsp://, rtsps:// or file://",
-                        u.scheme()
-                    ),
-                )),
-                Err(e) => p.push((at("url"), format!("{:?} is not a URL: {e}", cam.url))),
             }
             if !(cam.detect_fps > 0.0 && cam.detect_fps <= 120.0) {
                 p.push((
@@ -212,17 +217,39 @@ impl Config {
             p.push((key("edge.hard_example_mining"), e.to_string()));
         }
         let w = &self.edge.worker;
-        let resources = KeyPath::default().key("edge").key("worker").key("resources");
+        let resources = KeyPath::default()
+            .key("edge")
+            .key("worker")
+            .key("resources");
         if w.resources.requests.cpu.milli_value() <= 0 {
-            p.push((resources.clone().key("requests").key("cpu"), "must be more than zero".into()));
+            p.push((
+                resources.clone().key("requests").key("cpu"),
+                "must be more than zero".into(),
+            ));
         }
-        if w.resources.limits.cpu.as_ref().is_some_and(|q| q.milli_value() <= 0) {
-            p.push((resources.clone().key("limits").key("cpu"), "must be more than zero".into()));
+        if w.resources
+            .limits
+            .cpu
+            .as_ref()
+            .is_some_and(|q| q.milli_value() <= 0)
+        {
+            p.push((
+                resources.clone().key("limits").key("cpu"),
+                "must be more than zero".into(),
+            ));
         }
         // Below this a worker cannot even map the model.
         const MIN_MEMORY: f64 = 64.0 * 1024.0 * 1024.0;
-        if w.resources.limits.memory.as_ref().is_some_and(|q| q.as_f64() < MIN_MEMORY) {
-            p.push((resources.key("limits").key("memory"), "must be at least 64Mi".into()));
+        if w.resources
+            .limits
+            .memory
+            .as_ref()
+            .is_some_and(|q| q.as_f64() < MIN_MEMORY)
+        {
+            p.push((
+                resources.key("limits").key("memory"),
+                "must be at least 64Mi".into(),
+            ));
         }
         if let Some(Err(e)) = self.edge.hpa.as_ref().map(|hpa| hpa.validate()) {
             let field = e.field().replace('[', ".").replace(']', "");

@@ -590,6 +590,15 @@ impl<H: Host, L: WorkerLauncher> Supervisor<H, L> {
         &self.host
     }
 
+    pub fn launcher(&self) -> &L {
+        &self.launcher
+    }
+
+    /// For a reload that changes how future workers are started.
+    pub fn launcher_mut(&mut self) -> &mut L {
+        &mut self.launcher
+    }
+
     /// The new desired state; applied by the next [`Supervisor::reconcile`].
     pub fn set_desired(&mut self, desired: BTreeMap<PoolName, PoolSpec>) {
         self.desired = desired;

@@ -1,0 +1,227 @@
+//! What happens to a frame after the model: hard-example decision, the cloud's answer when it
+//! comes in time, Sedna's output folders, and violation episodes.
+//!
+//! One task per camera takes that camera's results in order, so episodes see frames in capture
+//! order even when a hard frame waits for the cloud; the daemon loop hands results over with
+//! `try_send` into a bounded queue and never waits for this stage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use helmet_pipelines::hem::HardExampleMining;
+use helmet_pipelines::output::{Outcome, SednaOutputs, annotate, content_image, encode_jpeg};
+use helmet_pipelines::{Detection, Detections, Frame};
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+
+use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
+use crate::cloud::client::{CloudAnswer, CloudClient};
+use crate::cloud::protocol::HardExampleMeta;
+
+/// A model result on its way to the final decision.
+pub struct Inferred {
+    pub frame: Frame,
+    pub detections: Detections,
+    pub infer: Duration,
+    /// From dispatch to result.
+    pub latency: Duration,
+}
+
+/// Where alert events go besides the log (the MQTT uplink).
+pub trait AlertSink: Send + Sync {
+    fn alert(&self, event: &AlertEvent, snapshot_jpeg: Option<Vec<u8>>);
+}
+
+/// Totals over all cameras, for the stats line, `/metrics` and the demo's summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub frames: AtomicU64,
+    pub hard: AtomicU64,
+    pub cloud_answered: AtomicU64,
+    pub cloud_late: AtomicU64,
+    pub cloud_failed: AtomicU64,
+    pub cloud_skipped: AtomicU64,
+    pub alerts: AtomicU64,
+    /// Results dropped because a camera's finalize queue was full.
+    pub finalize_dropped: AtomicU64,
+    pub output_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every camera task shares.
+pub struct FinalizeShared {
+    pub hem: HardExampleMining,
+    pub num_classes: usize,
+    pub class_names: Vec<String>,
+    pub alert_settings: AlertSettings,
+    pub outputs: Option<SednaOutputs>,
+    pub cloud: Option<Arc<CloudClient>>,
+    pub sink: Option<Arc<dyn AlertSink>>,
+    pub hard_example_jpeg_quality: u8,
+    pub snapshot_jpeg_quality: u8,
+    pub counters: Arc<Counters>,
+}
+
+/// Bounded: a camera whose results pile up (cloud slow, disk slow) loses the newest results
+/// rather than memory; each loss is counted.
+const QUEUE: usize = 16;
+
+/// Starts the task of one camera on the current tokio runtime.
+pub fn spawn_camera(
+    runtime: &tokio::runtime::Handle,
+    camera: &str,
+    shared: Arc<FinalizeShared>,
+) -> mpsc::Sender<Inferred> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let tracker = EpisodeTracker::new(camera, shared.alert_settings.clone());
+    runtime.spawn(camera_task(rx, tracker, shared));
+    tx
+}
+
+/// Hands a result to its camera's task without waiting.
+pub fn hand_over(
+    queues: &HashMap<String, mpsc::Sender<Inferred>>,
+    result: Inferred,
+    counters: &Counters,
+) {
+    let delivered = queues
+        .get(&*result.frame.camera)
+        .is_some_and(|tx| tx.try_send(result).is_ok());
+    if !delivered {
+        Counters::add(&counters.finalize_dropped);
+    }
+}
+
+async fn camera_task(
+    mut rx: mpsc::Receiver<Inferred>,
+    mut tracker: EpisodeTracker,
+    shared: Arc<FinalizeShared>,
+) {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    // Ends episodes of a camera that stopped sending frames altogether.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            result = rx.recv() => match result {
+                Some(result) => finalize(&shared, &mut tracker, &mut rng, result).await,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(event) = tracker.tick(SystemTime::now()) {
+                    emit(&shared, &event, None);
+                }
+            }
+        }
+    }
+}
+
+async fn finalize(
+    shared: &FinalizeShared,
+    tracker: &mut EpisodeTracker,
+    rng: &mut rand::rngs::StdRng,
+    r: Inferred,
+) {
+    let counters = &shared.counters;
+    Counters::add(&counters.frames);
+    let hard = shared.hem.is_hard(&r.detections, shared.num_classes, rng);
+    let mut cloud_result: Option<Vec<Detection>> = None;
+    if hard {
+        Counters::add(&counters.hard);
+        if let Some(cloud) = &shared.cloud {
+            cloud_result = ask_cloud(shared, cloud, &r).await;
+        }
+    }
+    let (final_result, source): (&[Detection], _) = match &cloud_result {
+        Some(boxes) => (boxes, DecisionSource::Cloud),
+        None => (&r.detections, DecisionSource::Edge),
+    };
+    if let Some(outputs) = &shared.outputs {
+        let outcome = Outcome {
+            is_hard: hard,
+            final_result,
+            edge_result: &r.detections,
+            cloud_result: cloud_result.as_deref(),
+        };
+        if let Err(e) = outputs.write(&r.frame, &outcome) {
+            if Counters::get(&counters.output_errors) == 0 {
+                tracing::warn!(error = %e, "cannot write output images; counting further failures silently");
+            }
+            Counters::add(&counters.output_errors);
+        }
+    }
+    for event in tracker.observe(r.frame.capture_time, r.frame.seq, final_result, source) {
+        let snapshot = event
+            .snapshot
+            .then(|| snapshot_jpeg(shared, &r.frame, final_result))
+            .flatten();
+        emit(shared, &event, snapshot);
+    }
+}
+
+async fn ask_cloud(
+    shared: &FinalizeShared,
+    cloud: &CloudClient,
+    r: &Inferred,
+) -> Option<Vec<Detection>> {
+    let counters = &shared.counters;
+    let jpeg = match encode_jpeg(&content_image(&r.frame), shared.hard_example_jpeg_quality) {
+        Ok(jpeg) => jpeg,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a hard example");
+            Counters::add(&counters.cloud_failed);
+            return None;
+        }
+    };
+    let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
+    match cloud.ask(jpeg, &meta).await {
+        CloudAnswer::Answered(boxes, _rtt) => {
+            Counters::add(&counters.cloud_answered);
+            Some(boxes)
+        }
+        CloudAnswer::Late => {
+            Counters::add(&counters.cloud_late);
+            None
+        }
+        CloudAnswer::Failed(_) => {
+            Counters::add(&counters.cloud_failed);
+            None
+        }
+        CloudAnswer::BreakerOpen => {
+            Counters::add(&counters.cloud_skipped);
+            None
+        }
+    }
+}
+
+fn snapshot_jpeg(shared: &FinalizeShared, frame: &Frame, boxes: &[Detection]) -> Option<Vec<u8>> {
+    let mut image = content_image(frame);
+    annotate(
+        &mut image,
+        frame.letterbox.scale,
+        boxes,
+        &shared.class_names,
+    );
+    encode_jpeg(&image, shared.snapshot_jpeg_quality).ok()
+}
+
+fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<u8>>) {
+    Counters::add(&shared.counters.alerts);
+    match serde_json::to_string(event) {
+        Ok(json) => tracing::info!(target: "helmetd::alert", "{json}"),
+        Err(e) => tracing::warn!(error = %e, "cannot serialise an alert event"),
+    }
+    if let Some(sink) = &shared.sink {
+        sink.alert(event, snapshot);
+    }
+}

@@ -1,0 +1,506 @@
+//! `helmetd run`: the daemon. Cameras → dispatch → supervised worker processes → finalize.
+//!
+//! One thread runs the control loop (cameras' latest frames into the dispatcher, worker events
+//! out, supervisor reconcile, signals); a small tokio runtime runs the per-camera finalize tasks
+//! and, with MQTT, the uplink. Shutdown is a flag set by SIGTERM/SIGINT: the loop stops the
+//! cameras, the supervisor drains and kills the workers and removes their cgroups.
+
+mod finalize;
+mod launcher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use helmet_pipelines::ingest::{Camera, CameraSettings, Transport};
+use helmet_pipelines::output::SednaOutputs;
+
+pub use finalize::{AlertSink, Counters, FinalizeShared, Inferred};
+use launcher::{DaemonLauncher, Link};
+
+use crate::alerts::AlertSettings;
+use crate::config::{self, Config, ConfigError, ConfigSource};
+use crate::supervisor::{
+    CgroupRoot, Layout, PoolName, PoolSpec, RealHost, RealHostConfig, Supervisor, SupervisorConfig,
+    WorkerState,
+};
+use crate::worker::{DispatchEvent, Dispatcher, InputSize, WorkerArgs, WorkerKey};
+
+/// The only worker pool so far: the edge model.
+pub const EDGE_POOL: &str = "edge";
+
+const LOOP_TICK: Duration = Duration::from_millis(20);
+const RECONCILE_EVERY: Duration = Duration::from_millis(200);
+
+/// Set by signal handlers, read by the control loop.
+#[derive(Debug, Default)]
+pub struct Signals {
+    pub shutdown: AtomicBool,
+    pub reload: AtomicBool,
+}
+
+/// Where the config came from, so SIGHUP can read it again with the same overrides.
+pub struct ConfigOrigin {
+    pub source: ConfigSource,
+    pub overrides: Vec<String>,
+}
+
+impl ConfigOrigin {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        config::load(self.source.clone(), &self.overrides)
+    }
+}
+
+/// What `run` returns when it ends cleanly: totals for a summary.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub frames: u64,
+    pub hard: u64,
+    pub cloud_answered: u64,
+    pub alerts: u64,
+    pub workers_max: usize,
+}
+
+fn worker_template(cfg: &Config) -> WorkerArgs {
+    let m = &cfg.edge.model;
+    WorkerArgs {
+        pool: String::new(),
+        id: 0,
+        model: config::resolve_path(&m.path),
+        input: InputSize {
+            height: m.input[0],
+            width: m.input[1],
+        },
+        classes: m.classes.len() as u16,
+        score_threshold: m.score_threshold,
+        nms_iou: m.nms_iou,
+        intra_threads: m.intra_threads,
+        onnxruntime: (!cfg.inference.onnxruntime.as_os_str().is_empty())
+            .then(|| cfg.inference.onnxruntime.clone()),
+        socket_fd: 3,
+        shm_fd: 4,
+        heartbeat_ms: 500,
+        fake_infer_ms: None,
+    }
+}
+
+/// The worker pools the config asks for. The generation changes when a running worker could
+/// not pick a change up (model, thresholds): the supervisor then replaces workers one by one.
+fn desired_pools(cfg: &Config) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
+    let m = &cfg.edge.model;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        m.path.as_os_str(),
+        m.input,
+        &m.classes,
+        m.score_threshold.to_bits(),
+        m.nms_iou.to_bits(),
+        m.intra_threads,
+    )
+        .hash(&mut hasher);
+    let replicas = cfg
+        .edge
+        .hpa
+        .as_ref()
+        .map_or(cfg.edge.worker.replicas, |h| h.min_replicas.max(1) as u32);
+    let limits = &cfg.edge.worker.resources.limits;
+    let spec = PoolSpec {
+        replicas,
+        cpu_limit_millis: limits.cpu.as_ref().map(|q| q.milli_value().max(1) as u64),
+        memory_limit_bytes: limits.memory.as_ref().map(|q| q.as_f64() as u64),
+        generation: hasher.finish(),
+    };
+    Ok(BTreeMap::from([(PoolName::new(EDGE_POOL)?, spec)]))
+}
+
+fn supervisor_config(cfg: &Config) -> SupervisorConfig {
+    SupervisorConfig {
+        backoff_initial: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_initial_s),
+        backoff_max: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_max_s),
+        ..SupervisorConfig::default()
+    }
+}
+
+/// The cgroup the workers go under: configured, or chosen from the host's layout.
+fn cgroup_root(cfg: &Config) -> anyhow::Result<CgroupRoot> {
+    if !cfg.edge.worker.cgroup_root.as_os_str().is_empty() {
+        return Ok(CgroupRoot::Path(cfg.edge.worker.cgroup_root.clone()));
+    }
+    let layout = Layout::detect(Path::new("/sys/fs/cgroup"))?;
+    Ok(match layout {
+        Layout::Unified { .. } => CgroupRoot::Delegated {
+            daemon_leaf: "daemon".into(),
+        },
+        Layout::Hybrid { unified, .. } => CgroupRoot::Path(unified.join("helmetd")),
+    })
+}
+
+fn camera_settings(cfg: &Config, cam: &config::CameraConfig) -> anyhow::Result<CameraSettings> {
+    let [h, w] = cfg.edge.model.input;
+    let url = if cam.url.contains("://") {
+        cam.url.clone()
+    } else {
+        let path = config::resolve_path(Path::new(&cam.url)).canonicalize()?;
+        url::Url::from_file_path(&path)
+            .map_err(|()| anyhow::anyhow!("{}: not a usable path", path.display()))?
+            .to_string()
+    };
+    let mut s = CameraSettings::new(&cam.name, &url, w, h);
+    s.detect_fps = cam.detect_fps;
+    s.stall_timeout = Duration::from_secs_f64(cam.stall_timeout_s);
+    s.transport = match cam.transport {
+        config::Transport::Tcp => Transport::Tcp,
+        config::Transport::Udp => Transport::Udp,
+        config::Transport::Auto => Transport::Auto,
+    };
+    // A file camera plays like a camera: in real time, over and over.
+    s.loop_file = url.starts_with("file://");
+    if !cam.credentials_file.as_os_str().is_empty() {
+        let path = config::resolve_path(&cam.credentials_file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let (user, password) = text
+            .trim_end_matches(['\n', '\r'])
+            .split_once(':')
+            .with_context(|| format!("{}: expected user:password", path.display()))?;
+        s.credentials = Some((user.to_string(), password.to_string()));
+    }
+    Ok(s)
+}
+
+/// The parts of the daemon that MQTT adds, built by the caller (they need the runtime).
+pub struct Links {
+    pub cloud: Option<Arc<crate::cloud::client::CloudClient>>,
+    pub sink: Option<Arc<dyn AlertSink>>,
+}
+
+/// Runs until `signals.shutdown` is set (or, with `until`, until that instant).
+pub fn run(
+    origin: &ConfigOrigin,
+    cfg: Config,
+    runtime: &tokio::runtime::Handle,
+    links: Links,
+    signals: &Signals,
+    until: Option<Instant>,
+) -> anyhow::Result<RunSummary> {
+    let enabled: Vec<&config::CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).collect();
+    anyhow::ensure!(
+        !enabled.is_empty(),
+        "no enabled [[camera]] in the config: nothing to watch"
+    );
+
+    // Workers first: a sweep of what an earlier run left behind must precede any new worker.
+    let host = RealHost::new(RealHostConfig {
+        mount: PathBuf::from("/sys/fs/cgroup"),
+        root: cgroup_root(&cfg)?,
+    })
+    .context("setting up worker cgroups (root, or a delegated cgroup, is needed)")?;
+    tracing::info!(root = %host.root().display(), layout = ?host.layout(), "worker cgroups");
+    let exe = std::env::current_exe().context("locating the helmetd executable for workers")?;
+    let launcher = DaemonLauncher::new(exe, worker_template(&cfg));
+    let mut supervisor = Supervisor::new(host, launcher, supervisor_config(&cfg));
+    let swept = supervisor.startup_sweep()?;
+    if !swept.processes.is_empty() || !swept.cgroups.is_empty() {
+        tracing::warn!(
+            processes = swept.processes.len(),
+            cgroups = swept.cgroups.len(),
+            "removed leftovers of an earlier run"
+        );
+    }
+    supervisor.set_desired(desired_pools(&cfg)?);
+
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(FinalizeShared {
+        hem: cfg.edge.hard_example_mining.build()?,
+        num_classes: cfg.edge.model.classes.len(),
+        class_names: cfg.edge.model.classes.clone(),
+        alert_settings: AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?,
+        outputs: match cfg.output.dir.as_os_str().is_empty() {
+            true => None,
+            false => Some(SednaOutputs::create(
+                &cfg.output.dir,
+                cfg.output.jpeg_quality,
+                cfg.edge.model.classes.clone(),
+            )?),
+        },
+        cloud: links.cloud,
+        sink: links.sink,
+        hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
+        snapshot_jpeg_quality: cfg.output.jpeg_quality,
+        counters: counters.clone(),
+    });
+
+    let mut cameras = Vec::new();
+    let mut finalize_queues = HashMap::new();
+    for cam in &enabled {
+        let camera = Camera::start(camera_settings(&cfg, cam)?)
+            .with_context(|| format!("camera {}", cam.name))?;
+        finalize_queues.insert(
+            cam.name.clone(),
+            finalize::spawn_camera(runtime, &cam.name, shared.clone()),
+        );
+        cameras.push(camera);
+    }
+    let mut dispatcher = Dispatcher::new(enabled.iter().map(|c| c.name.clone()));
+    let mut links_by_worker: HashMap<WorkerKey, Arc<Link>> = HashMap::new();
+    let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
+    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    let mut last_stats = Instant::now();
+    let mut summary = RunSummary::default();
+    tracing::info!(cameras = cameras.len(), "helmetd running");
+    notify_systemd("READY=1");
+
+    while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
+        let now = Instant::now();
+        if signals.reload.swap(false, Ordering::AcqRel) {
+            reload(origin, &cfg, &mut supervisor);
+        }
+        for camera in &cameras {
+            if let Some(frame) = camera.take_latest() {
+                if let Err(e) = dispatcher.offer(frame) {
+                    tracing::warn!(error = %e, "frame refused by dispatch");
+                }
+            }
+        }
+        for new in supervisor.launcher().take_new() {
+            let key = dispatcher.add_worker(new.conn);
+            tracing::debug!(pool = new.pool, id = new.id, ?key, "worker connection");
+            links_by_worker.insert(key, new.link);
+        }
+        for (key, link) in &links_by_worker {
+            if link.take_drain_request() {
+                if let Err(e) = dispatcher.drain_worker(*key) {
+                    tracing::warn!(error = %e, "drain failed");
+                }
+            }
+        }
+        for event in dispatcher.poll(LOOP_TICK)? {
+            match event {
+                DispatchEvent::Done {
+                    frame,
+                    detections,
+                    infer,
+                    latency,
+                    ..
+                } => {
+                    let result = Inferred {
+                        frame,
+                        detections,
+                        infer,
+                        latency,
+                    };
+                    finalize::hand_over(&finalize_queues, result, &counters);
+                }
+                DispatchEvent::WorkerReady { worker, .. } => {
+                    if let Some(link) = links_by_worker.get(&worker) {
+                        link.mark_ready(Instant::now());
+                    }
+                }
+                DispatchEvent::Heartbeat { worker, .. } => {
+                    if let Some(link) = links_by_worker.get(&worker) {
+                        link.beat(Instant::now());
+                    }
+                }
+                DispatchEvent::WorkerClosed { worker, reason } => {
+                    tracing::debug!(?worker, %reason, "worker connection closed");
+                    links_by_worker.remove(&worker);
+                }
+                DispatchEvent::WorkerFailed { reason, .. } => {
+                    tracing::warn!(%reason, "worker failed")
+                }
+                DispatchEvent::Failed { reason, .. } => {
+                    tracing::warn!(%reason, "inference failed on a frame")
+                }
+                DispatchEvent::Rejected { error, .. } => tracing::warn!(%error, "frame rejected"),
+                DispatchEvent::Lost { .. } => {}
+            }
+        }
+        if now.duration_since(last_reconcile) >= RECONCILE_EVERY {
+            for e in supervisor.reconcile(now) {
+                tracing::warn!(error = %e, "supervisor");
+            }
+            last_reconcile = now;
+            let ready = supervisor
+                .status(now)
+                .iter()
+                .filter(|w| w.state == WorkerState::Ready)
+                .count();
+            summary.workers_max = summary.workers_max.max(ready);
+        }
+        if now.duration_since(last_stats) >= stats_every {
+            log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);
+            last_stats = now;
+        }
+    }
+
+    tracing::info!("shutting down");
+    notify_systemd("STOPPING=1");
+    for camera in &cameras {
+        camera.stop();
+    }
+    // Workers finish the frame they hold and exit; the supervisor then only reaps them.
+    drain_all(&mut dispatcher, &finalize_queues, &counters);
+    let report = supervisor.shutdown()?;
+    tracing::info!(
+        drained = report.drained,
+        killed = report.killed,
+        "workers stopped, cgroups removed"
+    );
+    drop(finalize_queues);
+    summary.frames = Counters::get(&counters.frames);
+    summary.hard = Counters::get(&counters.hard);
+    summary.cloud_answered = Counters::get(&counters.cloud_answered);
+    summary.alerts = Counters::get(&counters.alerts);
+    Ok(summary)
+}
+
+/// How long shutdown waits for workers to finish their current frame.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn drain_all(
+    dispatcher: &mut Dispatcher,
+    finalize_queues: &HashMap<String, tokio::sync::mpsc::Sender<Inferred>>,
+    counters: &Counters,
+) {
+    let keys: Vec<WorkerKey> = dispatcher.worker_keys().collect();
+    for key in &keys {
+        if let Err(e) = dispatcher.drain_worker(*key) {
+            tracing::debug!(error = %e, "drain at shutdown");
+        }
+    }
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while dispatcher.worker_keys().next().is_some() && Instant::now() < deadline {
+        match dispatcher.poll(LOOP_TICK) {
+            Ok(events) => {
+                for event in events {
+                    if let DispatchEvent::Done {
+                        frame,
+                        detections,
+                        infer,
+                        latency,
+                        ..
+                    } = event
+                    {
+                        finalize::hand_over(
+                            finalize_queues,
+                            Inferred {
+                                frame,
+                                detections,
+                                infer,
+                                latency,
+                            },
+                            counters,
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for workers to drain");
+                break;
+            }
+        }
+    }
+}
+
+/// SIGHUP: a bad file is refused and the running state kept; worker count and limits apply
+/// at once, a changed model replaces workers one at a time. Camera changes need a restart.
+fn reload(
+    origin: &ConfigOrigin,
+    running: &Config,
+    supervisor: &mut Supervisor<RealHost, DaemonLauncher>,
+) {
+    let cfg = match origin.load() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running config:\n{e}");
+            return;
+        }
+    };
+    match desired_pools(&cfg) {
+        Ok(pools) => {
+            supervisor
+                .launcher_mut()
+                .set_template(worker_template(&cfg));
+            supervisor.set_desired(pools);
+            tracing::info!("config reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused"),
+    }
+    let names = |c: &Config| {
+        c.cameras
+            .iter()
+            .map(|c| (c.name.clone(), c.url.clone(), c.enabled))
+            .collect::<Vec<_>>()
+    };
+    if names(&cfg) != names(running) {
+        tracing::warn!("camera changes take effect at the next restart");
+    }
+}
+
+fn log_stats(
+    cameras: &[Camera],
+    dispatcher: &Dispatcher,
+    workers: &[crate::supervisor::WorkerStatus],
+    counters: &Counters,
+) {
+    let per_camera: Vec<String> = cameras
+        .iter()
+        .map(|c| {
+            let s = c.stats();
+            format!(
+                "{}: {:?} in={} out={} reconnects={}",
+                c.name(),
+                s.state,
+                s.frames_in,
+                s.frames_out,
+                s.reconnects
+            )
+        })
+        .collect();
+    let dropped: u64 = dispatcher
+        .camera_stats()
+        .map(|(_, s)| s.dropped_oldest)
+        .sum();
+    let ready = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Ready)
+        .count();
+    tracing::info!(
+        frames = Counters::get(&counters.frames),
+        hard = Counters::get(&counters.hard),
+        cloud_answered = Counters::get(&counters.cloud_answered),
+        cloud_late = Counters::get(&counters.cloud_late),
+        alerts = Counters::get(&counters.alerts),
+        dispatch_dropped = dropped,
+        workers_ready = ready,
+        workers = workers.len(),
+        "stats; {}",
+        per_camera.join("; ")
+    );
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd set it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
