@@ -260,10 +260,10 @@ pub fn run(
             reload(origin, &cfg, &mut supervisor);
         }
         for camera in &cameras {
-            if let Some(frame) = camera.take_latest() {
-                if let Err(e) = dispatcher.offer(frame) {
-                    tracing::warn!(error = %e, "frame refused by dispatch");
-                }
+            if let Some(frame) = camera.take_latest()
+                && let Err(e) = dispatcher.offer(frame)
+            {
+                tracing::warn!(error = %e, "frame refused by dispatch");
             }
         }
         for new in supervisor.launcher().take_new() {
@@ -272,10 +272,10 @@ pub fn run(
             links_by_worker.insert(key, new.link);
         }
         for (key, link) in &links_by_worker {
-            if link.take_drain_request() {
-                if let Err(e) = dispatcher.drain_worker(*key) {
-                    tracing::warn!(error = %e, "drain failed");
-                }
+            if link.take_drain_request()
+                && let Err(e) = dispatcher.drain_worker(*key)
+            {
+                tracing::warn!(error = %e, "drain failed");
             }
         }
         for event in dispatcher.poll(LOOP_TICK)? {
