@@ -11,8 +11,10 @@
 //! - `controller`: metric combination, stabilization, rate policies, limits, conditions.
 
 mod controller;
+mod driver;
 mod quantity;
 mod replica_calc;
+mod sampler;
 mod samples;
 mod spec;
 #[cfg(test)]
@@ -21,9 +23,17 @@ mod testutil;
 pub use controller::{
     Condition, ConditionReason, ConditionType, Decision, MetricStatus, ScalingState, decide,
 };
+pub use driver::{
+    Autoscaler, DROPPED_FRAMES_PER_SECOND, FRAME_QUEUE_LATENCY_MS, POOL_PSI_CPU_SOME_AVG10,
+    PSI_CPU_SOME_AVG10, status_line,
+};
 pub use quantity::{Quantity, QuantityError};
 pub use replica_calc::{
     CPU_INITIALIZATION_PERIOD, INITIAL_READINESS_DELAY, MetricError, MetricProposal, MetricValue,
+};
+pub use sampler::{
+    CgroupReader, CpuUsage, FsReader, HOST_PRESSURE_DIR, ParseError, Pressure, PsiSome, Sample,
+    SampleError, Sampler, parse_cpu_stat, parse_psi_some,
 };
 pub use samples::{CpuSample, Observation, ReadyCondition, Timestamp, WorkerPhase, WorkerSample};
 pub use spec::{

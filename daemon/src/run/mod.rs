@@ -23,6 +23,7 @@ pub use finalize::{AlertSink, Counters, FinalizeShared, Inferred};
 use launcher::{DaemonLauncher, Link};
 
 use crate::alerts::AlertSettings;
+use crate::autoscaler::{Autoscaler, FsReader, status_line};
 use crate::config::{self, Config, ConfigError, ConfigSource};
 use crate::supervisor::{
     CgroupRoot, Layout, PoolName, PoolSpec, RealHost, RealHostConfig, Supervisor, SupervisorConfig,
@@ -90,7 +91,10 @@ fn worker_template(cfg: &Config) -> WorkerArgs {
 
 /// The worker pools the config asks for. The generation changes when a running worker could
 /// not pick a change up (model, thresholds): the supervisor then replaces workers one by one.
-fn desired_pools(cfg: &Config) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
+fn desired_pools(
+    cfg: &Config,
+    replicas: Option<u32>,
+) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
     let m = &cfg.edge.model;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (
@@ -102,11 +106,7 @@ fn desired_pools(cfg: &Config) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
         m.intra_threads,
     )
         .hash(&mut hasher);
-    let replicas = cfg
-        .edge
-        .hpa
-        .as_ref()
-        .map_or(cfg.edge.worker.replicas, |h| h.min_replicas.max(1) as u32);
+    let replicas = replicas.unwrap_or_else(|| initial_replicas(cfg));
     let limits = &cfg.edge.worker.resources.limits;
     let spec = PoolSpec {
         replicas,
@@ -116,6 +116,39 @@ fn desired_pools(cfg: &Config) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
     };
     Ok(BTreeMap::from([(PoolName::new(EDGE_POOL)?, spec)]))
 }
+
+/// Fixed replicas without `[edge.hpa]`; its minimum with it, until the first decision.
+fn initial_replicas(cfg: &Config) -> u32 {
+    cfg.edge
+        .hpa
+        .as_ref()
+        .map_or(cfg.edge.worker.replicas, |h| h.min_replicas.max(1) as u32)
+}
+
+type EdgeAutoscaler = Autoscaler<FsReader>;
+
+fn new_autoscaler(
+    cfg: &Config,
+    root: &Path,
+    replicas: u32,
+    now: Instant,
+) -> anyhow::Result<Option<EdgeAutoscaler>> {
+    let Some(spec) = cfg.edge.hpa.clone() else {
+        return Ok(None);
+    };
+    let pool = PoolName::new(EDGE_POOL)?;
+    Ok(Some(Autoscaler::new(
+        spec,
+        pool,
+        root.to_path_buf(),
+        FsReader::new("/"),
+        replicas,
+        now,
+    )?))
+}
+
+/// Samples every second; the autoscaler itself decides at its sync period.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 fn supervisor_config(cfg: &Config) -> SupervisorConfig {
     SupervisorConfig {
@@ -187,7 +220,8 @@ pub fn run(
     signals: &Signals,
     until: Option<Instant>,
 ) -> anyhow::Result<RunSummary> {
-    let enabled: Vec<&config::CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).collect();
+    let enabled: Vec<config::CameraConfig> =
+        cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
     anyhow::ensure!(
         !enabled.is_empty(),
         "no enabled [[camera]] in the config: nothing to watch"
@@ -211,7 +245,14 @@ pub fn run(
             "removed leftovers of an earlier run"
         );
     }
-    supervisor.set_desired(desired_pools(&cfg)?);
+    supervisor.set_desired(desired_pools(&cfg, None)?);
+    let mut autoscaler = new_autoscaler(
+        &cfg,
+        supervisor.host().root(),
+        initial_replicas(&cfg),
+        Instant::now(),
+    )?;
+    let mut cfg = cfg;
 
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(FinalizeShared {
@@ -250,14 +291,29 @@ pub fn run(
     let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut last_stats = Instant::now();
+    let mut last_sample = Instant::now();
     let mut summary = RunSummary::default();
     tracing::info!(cameras = cameras.len(), "helmetd running");
     notify_systemd("READY=1");
 
     while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
         let now = Instant::now();
-        if signals.reload.swap(false, Ordering::AcqRel) {
-            reload(origin, &cfg, &mut supervisor);
+        if signals.reload.swap(false, Ordering::AcqRel)
+            && let Some(new_cfg) = reload(origin, &cfg, &mut supervisor)
+        {
+            // The HPA state restarts with the new spec, from the replicas running now.
+            let current = autoscaler
+                .as_ref()
+                .map_or(initial_replicas(&new_cfg), |a| a.current_replicas());
+            autoscaler = new_autoscaler(&new_cfg, supervisor.host().root(), current, now)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "autoscaler not restarted");
+                    None
+                });
+            if autoscaler.is_some() {
+                supervisor.set_desired(desired_pools(&new_cfg, Some(current))?);
+            }
+            cfg = new_cfg;
         }
         for camera in &cameras {
             if let Some(frame) = camera.take_latest()
@@ -330,6 +386,27 @@ pub fn run(
                 .filter(|w| w.state == WorkerState::Ready)
                 .count();
             summary.workers_max = summary.workers_max.max(ready);
+        }
+        if now.duration_since(last_sample) >= SAMPLE_EVERY
+            && let Some(a) = autoscaler.as_mut()
+        {
+            last_sample = now;
+            a.observe_drops(
+                dispatcher
+                    .camera_stats()
+                    .map(|(_, s)| s.dropped_oldest)
+                    .sum(),
+            );
+            let request = cfg.edge.worker.resources.requests.cpu.as_f64();
+            let before = a.current_replicas();
+            if let Some(decision) = a.step(now, &supervisor.status(now), request) {
+                if decision.desired_replicas != before {
+                    tracing::info!("autoscaler: {}", status_line(&decision));
+                    supervisor.set_desired(desired_pools(&cfg, Some(decision.desired_replicas))?);
+                } else {
+                    tracing::debug!("autoscaler: {}", status_line(&decision));
+                }
+            }
         }
         if now.duration_since(last_stats) >= stats_every {
             log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);
@@ -412,15 +489,15 @@ fn reload(
     origin: &ConfigOrigin,
     running: &Config,
     supervisor: &mut Supervisor<RealHost, DaemonLauncher>,
-) {
+) -> Option<Config> {
     let cfg = match origin.load() {
         Ok(cfg) => cfg,
         Err(e) => {
             tracing::error!("reload refused, keeping the running config:\n{e}");
-            return;
+            return None;
         }
     };
-    match desired_pools(&cfg) {
+    match desired_pools(&cfg, None) {
         Ok(pools) => {
             supervisor
                 .launcher_mut()
@@ -428,7 +505,10 @@ fn reload(
             supervisor.set_desired(pools);
             tracing::info!("config reloaded");
         }
-        Err(e) => tracing::error!(error = %e, "reload refused"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused");
+            return None;
+        }
     }
     let names = |c: &Config| {
         c.cameras
@@ -439,6 +519,7 @@ fn reload(
     if names(&cfg) != names(running) {
         tracing::warn!("camera changes take effect at the next restart");
     }
+    Some(cfg)
 }
 
 fn log_stats(
