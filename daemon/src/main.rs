@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use helmet_pipelines::hem::HardExampleMining;
 use helmet_pipelines::output::SednaOutputs;
 use helmetd::commands::detect::{self, DetectJob};
@@ -21,7 +21,8 @@ use helmetd::logging::{self, LogFormat};
 )]
 struct Cli {
     /// Log format; RUST_LOG sets the level (default info,ort=warn).
-    #[arg(long, value_enum, default_value = "auto", global = true)]
+    /// Log format; inherited by the workers the daemon starts (through HELMETD_LOG_FORMAT).
+    #[arg(long, value_enum, default_value = "auto", global = true, env = "HELMETD_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -425,6 +426,11 @@ fn run_demo(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(name) = cli.log_format.to_possible_value() {
+        // SAFETY: nothing else runs yet: no thread has been started, so nobody reads the
+        // environment concurrently. Workers inherit it and log in the daemon's format.
+        unsafe { std::env::set_var("HELMETD_LOG_FORMAT", name.get_name()) };
+    }
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::PrintDefaultConfig => {
