@@ -22,7 +22,13 @@ use helmetd::logging::{self, LogFormat};
 struct Cli {
     /// Log format; RUST_LOG sets the level (default info,ort=warn).
     /// Log format; inherited by the workers the daemon starts (through HELMETD_LOG_FORMAT).
-    #[arg(long, value_enum, default_value = "auto", global = true, env = "HELMETD_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        global = true,
+        env = "HELMETD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -254,13 +260,25 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
             }
         });
     }
-    let links = Links {
-        cloud: None,
-        sink: None,
-    };
+    let mut links = Links::default();
+    if !cfg.mqtt.url.is_empty() {
+        let settings = helmetd::uplink::UplinkSettings::from_config(&cfg)?;
+        let (uplink, handle) = {
+            let _inside = runtime.enter();
+            helmetd::uplink::Uplink::open(settings)?
+        };
+        runtime.spawn(uplink.run());
+        links.uplink = Some(handle);
+    }
+    let uplink = links.uplink.clone();
     let until = duration.map(|d| std::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-    let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until)?;
+    let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until);
+    if let Some(uplink) = uplink {
+        // Publishes `stopped`; what the broker has not acknowledged stays in the spool.
+        let _ = runtime.block_on(uplink.shutdown());
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
+    let summary = summary?;
     println!(
         "RESULT frames={} hard={} cloud_answers={} alerts={} workers_max={}",
         summary.frames, summary.hard, summary.cloud_answered, summary.alerts, summary.workers_max

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
 use crate::cloud::client::{CloudAnswer, CloudClient};
 use crate::cloud::protocol::HardExampleMeta;
+use crate::uplink::{MessageProperties, UplinkHandle};
 
 /// A model result on its way to the final decision.
 pub struct Inferred {
@@ -29,10 +30,8 @@ pub struct Inferred {
     pub latency: Duration,
 }
 
-/// Where alert events go besides the log (the MQTT uplink).
-pub trait AlertSink: Send + Sync {
-    fn alert(&self, event: &AlertEvent, snapshot_jpeg: Option<Vec<u8>>);
-}
+/// Called with every alert event, e.g. to print it (the demo).
+pub type AlertWatcher = Arc<dyn Fn(&AlertEvent) + Send + Sync>;
 
 /// Totals over all cameras, for the stats line, `/metrics` and the demo's summary.
 #[derive(Debug, Default)]
@@ -67,7 +66,9 @@ pub struct FinalizeShared {
     pub alert_settings: AlertSettings,
     pub outputs: Option<SednaOutputs>,
     pub cloud: Option<Arc<CloudClient>>,
-    pub sink: Option<Arc<dyn AlertSink>>,
+    /// Alerts and snapshots go out through the spool: durable before they are sent.
+    pub uplink: Option<UplinkHandle>,
+    pub watcher: Option<AlertWatcher>,
     pub hard_example_jpeg_quality: u8,
     pub snapshot_jpeg_quality: u8,
     pub counters: Arc<Counters>,
@@ -119,7 +120,7 @@ async fn camera_task(
             },
             _ = tick.tick() => {
                 if let Some(event) = tracker.tick(SystemTime::now()) {
-                    emit(&shared, &event, None);
+                    emit(&shared, &event, None).await;
                 }
             }
         }
@@ -165,7 +166,7 @@ async fn finalize(
             .snapshot
             .then(|| snapshot_jpeg(shared, &r.frame, final_result))
             .flatten();
-        emit(shared, &event, snapshot);
+        emit(shared, &event, snapshot).await;
     }
 }
 
@@ -215,13 +216,42 @@ fn snapshot_jpeg(shared: &FinalizeShared, frame: &Frame, boxes: &[Detection]) ->
     encode_jpeg(&image, shared.snapshot_jpeg_quality).ok()
 }
 
-fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<u8>>) {
+async fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<u8>>) {
     Counters::add(&shared.counters.alerts);
-    match serde_json::to_string(event) {
-        Ok(json) => tracing::info!(target: "helmetd::alert", "{json}"),
-        Err(e) => tracing::warn!(error = %e, "cannot serialise an alert event"),
+    let json = match serde_json::to_vec(event) {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialise an alert event");
+            return;
+        }
+    };
+    tracing::info!(target: "helmetd::alert", "{}", String::from_utf8_lossy(&json));
+    if let Some(watch) = &shared.watcher {
+        watch(event);
     }
-    if let Some(sink) = &shared.sink {
-        sink.alert(event, snapshot);
+    let Some(uplink) = &shared.uplink else { return };
+    let topics = uplink.topics();
+    let json_props = MessageProperties {
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    if let Err(e) = uplink
+        .publish_reliable(topics.alert_topic(&event.camera), json, json_props, false)
+        .await
+    {
+        tracing::warn!(error = %e, "alert not spooled");
+    }
+    if let Some(jpeg) = snapshot {
+        let props = MessageProperties {
+            content_type: Some("image/jpeg".into()),
+            ..Default::default()
+        };
+        // Retained: a dashboard that connects later still sees the latest violation.
+        if let Err(e) = uplink
+            .publish_reliable(topics.snapshot_topic(&event.camera), jpeg, props, true)
+            .await
+        {
+            tracing::warn!(error = %e, "snapshot not spooled");
+        }
     }
 }

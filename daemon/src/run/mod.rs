@@ -19,7 +19,7 @@ use anyhow::Context;
 use helmet_pipelines::ingest::{Camera, CameraSettings, Transport};
 use helmet_pipelines::output::SednaOutputs;
 
-pub use finalize::{AlertSink, Counters, FinalizeShared, Inferred};
+pub use finalize::{AlertWatcher, Counters, FinalizeShared, Inferred};
 use launcher::{DaemonLauncher, Link};
 
 use crate::alerts::AlertSettings;
@@ -205,10 +205,13 @@ fn camera_settings(cfg: &Config, cam: &config::CameraConfig) -> anyhow::Result<C
     Ok(s)
 }
 
-/// The parts of the daemon that MQTT adds, built by the caller (they need the runtime).
+/// What the caller plugs in: the MQTT session (built on the runtime), an alert watcher, and
+/// counters it wants to read while the daemon runs.
+#[derive(Default)]
 pub struct Links {
-    pub cloud: Option<Arc<crate::cloud::client::CloudClient>>,
-    pub sink: Option<Arc<dyn AlertSink>>,
+    pub uplink: Option<crate::uplink::UplinkHandle>,
+    pub watcher: Option<AlertWatcher>,
+    pub counters: Arc<Counters>,
 }
 
 /// Runs until `signals.shutdown` is set (or, with `until`, until that instant).
@@ -254,7 +257,8 @@ pub fn run(
     )?;
     let mut cfg = cfg;
 
-    let counters = Arc::new(Counters::default());
+    let counters = links.counters.clone();
+    let uplink = links.uplink.clone();
     let shared = Arc::new(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
         num_classes: cfg.edge.model.classes.len(),
@@ -268,8 +272,9 @@ pub fn run(
                 cfg.edge.model.classes.clone(),
             )?),
         },
-        cloud: links.cloud,
-        sink: links.sink,
+        cloud: links.uplink.as_ref().and_then(|u| u.cloud().cloned()),
+        uplink: links.uplink.clone(),
+        watcher: links.watcher,
         hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
         counters: counters.clone(),
@@ -409,7 +414,13 @@ pub fn run(
             }
         }
         if now.duration_since(last_stats) >= stats_every {
-            log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);
+            let stats = log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);
+            if let Some(u) = &uplink
+                && let Err(e) =
+                    u.publish_volatile(&u.topics().stats_topic(), stats.to_string(), false)
+            {
+                tracing::debug!(error = %e, "stats not published");
+            }
             last_stats = now;
         }
     }
@@ -522,24 +533,21 @@ fn reload(
     Some(cfg)
 }
 
+/// Logs one stats line and returns the same figures as JSON for the stats topic.
 fn log_stats(
     cameras: &[Camera],
     dispatcher: &Dispatcher,
     workers: &[crate::supervisor::WorkerStatus],
     counters: &Counters,
-) {
-    let per_camera: Vec<String> = cameras
+) -> serde_json::Value {
+    let per_camera: Vec<serde_json::Value> = cameras
         .iter()
         .map(|c| {
             let s = c.stats();
-            format!(
-                "{}: {:?} in={} out={} reconnects={}",
-                c.name(),
-                s.state,
-                s.frames_in,
-                s.frames_out,
-                s.reconnects
-            )
+            serde_json::json!({
+                "camera": c.name(), "state": format!("{:?}", s.state), "frames_in": s.frames_in,
+                "frames_out": s.frames_out, "dropped": s.dropped, "reconnects": s.reconnects,
+            })
         })
         .collect();
     let dropped: u64 = dispatcher
@@ -550,18 +558,17 @@ fn log_stats(
         .iter()
         .filter(|w| w.state == WorkerState::Ready)
         .count();
-    tracing::info!(
-        frames = Counters::get(&counters.frames),
-        hard = Counters::get(&counters.hard),
-        cloud_answered = Counters::get(&counters.cloud_answered),
-        cloud_late = Counters::get(&counters.cloud_late),
-        alerts = Counters::get(&counters.alerts),
-        dispatch_dropped = dropped,
-        workers_ready = ready,
-        workers = workers.len(),
-        "stats; {}",
-        per_camera.join("; ")
-    );
+    let get = Counters::get;
+    let stats = serde_json::json!({
+        "frames": get(&counters.frames), "hard": get(&counters.hard),
+        "upload_ratio": get(&counters.hard) as f64 / get(&counters.frames).max(1) as f64,
+        "cloud_answered": get(&counters.cloud_answered), "cloud_late": get(&counters.cloud_late),
+        "cloud_failed": get(&counters.cloud_failed), "cloud_skipped": get(&counters.cloud_skipped),
+        "alerts": get(&counters.alerts), "dispatch_dropped": dropped,
+        "workers_ready": ready, "workers": workers.len(), "cameras": per_camera,
+    });
+    tracing::info!("stats {stats}");
+    stats
 }
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd set it.
