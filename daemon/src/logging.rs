@@ -20,8 +20,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// ONNX Runtime logs every graph transformer at INFO (about 150 lines per session).
-const DEFAULT_FILTER: &str = "info,ort=warn";
+/// ONNX Runtime logs every graph transformer at INFO (about 150 lines per session); the demo's
+/// embedded broker logs every client disconnect as an error.
+const DEFAULT_FILTER: &str = "info,ort=warn,rumqttd=off";
 
 pub fn init(format: LogFormat) {
     let filter =

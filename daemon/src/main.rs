@@ -118,17 +118,24 @@ enum Command {
         #[command(subcommand)]
         bench: BenchCommand,
     },
-    /// The demo: the edge pipeline on the bundled test video, with a live line per frame.
+    /// The demo: broker, RTSP cameras, cloud big model and edge daemon on this machine.
     Demo {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Video to use instead of the bundled media/helmet-test.mp4.
+        /// Video to stream instead of the bundled media/helmet-test.mp4.
         #[arg(long)]
         video: Option<PathBuf>,
-        /// Frames per second sampled from the video.
-        #[arg(long, default_value_t = 2.0)]
-        fps: f64,
-        /// Where the Sedna-style output folders go.
+        /// How many RTSP cameras stream the video.
+        #[arg(long, default_value_t = 2)]
+        cameras: usize,
+        /// Use this MQTT broker instead of the embedded one (mqtt://host:port).
+        #[arg(long)]
+        mqtt: Option<String>,
+        /// Stop after this many seconds (default: the video's length plus start-up).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Run until Ctrl-C.
+        #[arg(long = "loop")]
+        run_forever: bool,
+        /// Where the Sedna-style output folders, the spool and the demo's config go.
         #[arg(long, default_value = "out/demo")]
         output: PathBuf,
     },
@@ -373,72 +380,56 @@ fn run_detect(
 }
 
 fn run_demo(
-    config: ConfigArgs,
     video: Option<PathBuf>,
-    fps: f64,
+    cameras: usize,
+    mqtt: Option<String>,
+    duration: Option<f64>,
+    run_forever: bool,
     output: PathBuf,
 ) -> anyhow::Result<()> {
-    let cfg = config.load()?;
+    use helmetd::commands::demo::{self, DemoOptions};
+    use helmetd::run::Signals;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let cfg = config::load(ConfigSource::Default, &[])?;
     init_runtime(&cfg)?;
-    let video = video
-        .unwrap_or_else(|| config::resolve_path(std::path::Path::new("media/helmet-test.mp4")));
-    anyhow::ensure!(
-        video.is_file(),
-        "{}: test video not found (run from the repository root)",
-        video.display()
-    );
-    let class_names = cfg.edge.model.classes.clone();
-    let outputs = SednaOutputs::create(&output, cfg.output.jpeg_quality, class_names.clone())
-        .with_context(|| format!("creating {}", output.display()))?;
-    let hem = cfg.edge.hard_example_mining.build()?;
-    println!(
-        "helmetd demo: {} at {fps} fps, model {}, hard examples by {hem}",
-        video.display(),
-        cfg.edge.model.path.display()
-    );
-    let job = DetectJob {
-        model: detect::edge_model_spec(&cfg, None, None),
-        hem,
-        class_names: class_names.clone(),
-        inputs: vec![video.display().to_string()],
-        fps,
-        max_frames: None,
-        duration: None,
-        outputs: Some(outputs),
-    };
-    let alert_classes: Vec<u16> = (0..class_names.len() as u16)
-        .filter(|&c| cfg.alerts.classes.contains(&class_names[usize::from(c)]))
-        .collect();
-    let mut violations = 0u64;
-    let summary = detect::run(&job, |r| {
-        let pts = r.frame.pts.map_or(0.0, |p| p.as_secs_f64());
-        let flagged = r
-            .detections
-            .iter()
-            .filter(|d| alert_classes.contains(&d.class) && d.score >= cfg.alerts.min_score)
-            .count();
-        violations += flagged as u64;
-        println!(
-            "[{pts:6.1} s] frame {:3}: {:2} box(es), {} without helmet (score >= {}){}  {:.0} ms",
-            r.frame.seq,
-            r.detections.len(),
-            flagged,
-            cfg.alerts.min_score,
-            if r.hard { ", HARD" } else { "" },
-            r.infer.as_secs_f64() * 1e3
-        );
-    })?;
-    for line in detect::summary_lines(&summary, &class_names) {
-        println!("{line}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = Arc::new(Signals::default());
+    {
+        let signals = signals.clone();
+        runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                signals.shutdown.store(true, Ordering::Release);
+            }
+        });
     }
-    println!("annotated frames: {}", output.display());
-    println!(
-        "RESULT frames={} hard={} violations={} model_p50_ms={:.1}",
-        summary.frames,
-        summary.hard,
-        violations,
-        summary.infer_percentile(0.5).as_secs_f64() * 1e3
-    );
+    let max_workers = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let opts = DemoOptions {
+        video: video.unwrap_or_else(demo::default_video),
+        cameras,
+        mqtt,
+        duration: duration.map(|d| Duration::from_secs_f64(d.max(1.0))),
+        run_forever,
+        output,
+        max_workers,
+    };
+    let summary = demo::run(&opts, signals, &runtime)?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    println!();
+    println!("  summary after {:.0} s", summary.seconds);
+    println!("  ----------------------------------");
+    println!("  frames processed       {:>8}", summary.frames);
+    println!("  hard examples          {:>8}", summary.hard);
+    println!("  answered by the cloud  {:>8}", summary.cloud_answers);
+    println!("  alert events           {:>8}", summary.alerts);
+    println!("  most workers at once   {:>8}", summary.workers_max);
+    println!("  annotated frames in    {}", opts.output.display());
+    println!("{}", summary.result_line());
     Ok(())
 }
 
@@ -471,11 +462,13 @@ fn main() -> ExitCode {
             config, model, input, hem, threshold, fps, frames, duration, output, inputs,
         ),
         Command::Demo {
-            config,
             video,
-            fps,
+            cameras,
+            mqtt,
+            duration,
+            run_forever,
             output,
-        } => run_demo(config, video, fps, output),
+        } => run_demo(video, cameras, mqtt, duration, run_forever, output),
         Command::Bench { bench } => run_bench(bench),
         Command::Worker(args) => helmetd::worker::worker_main(args),
         Command::Run { config, duration } => run_daemon(config, duration),

@@ -2,4 +2,5 @@
 
 pub mod bench_dispatch;
 pub mod bench_pipeline;
+pub mod demo;
 pub mod detect;
