@@ -10,4 +10,5 @@ pub mod logging;
 pub mod run;
 pub mod spool;
 pub mod supervisor;
+pub mod uplink;
 pub mod worker;

@@ -93,14 +93,30 @@ fn missing_file_is_a_config_error() {
 fn declared_input_shape_is_checked_against_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shape.toml");
-    let text = String::from_utf8(helmetd().arg("print-default-config").output().unwrap().stdout)
+    let text = String::from_utf8(
+        helmetd()
+            .arg("print-default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .replace("input = [384, 640]", "input = [640, 640]");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("input = [640, 640]"))
         .unwrap()
-        .replace("input = [384, 640]", "input = [640, 640]");
-    let line = text.lines().position(|l| l.starts_with("input = [640, 640]")).unwrap() + 1;
+        + 1;
     std::fs::write(&file, &text).unwrap();
     let out = helmetd().arg("check-config").arg(&file).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains(&format!("shape.toml:{line}:1:")), "{stderr}");
-    assert!(stderr.contains("384"), "the message says what the file has: {stderr}");
+    assert!(
+        stderr.contains(&format!("shape.toml:{line}:1:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("384"),
+        "the message says what the file has: {stderr}"
+    );
 }
