@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,10 +16,10 @@ use helmet_pipelines::detect::{DetectError, Detector};
 use helmet_pipelines::letterbox::PAD_VALUE;
 use helmet_pipelines::still::{self, StillError};
 use helmet_pipelines::{Detection, Frame, Letterbox};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{NetworkOptions, Outgoing};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 
@@ -29,6 +28,7 @@ use super::protocol::{
 };
 use crate::commands::detect::cloud_model_spec;
 use crate::config::Config;
+use crate::uplink::options::{OptionsError, mqtt_options};
 
 /// Requests waiting behind the running inference before the oldest is refused.
 const MAX_WAITING: usize = 4;
@@ -50,19 +50,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("mqtt.url is empty: helmetd cloud needs a broker")]
-    NoBroker,
-    #[error("mqtt.url {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    /// rumqttc is built without TLS; enabling it is a build decision (docs/stack.md §3).
-    #[error("mqtt.url {0:?}: mqtts:// is not supported by this build (rumqttc without TLS)")]
-    TlsUnsupported(String),
-    #[error("reading mqtt.password_file {}: {source}", .path.display())]
-    Password {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Includes an empty `mqtt.url`: helmetd cloud needs a broker.
+    #[error(transparent)]
+    Mqtt(#[from] OptionsError),
     #[error(transparent)]
     Model(#[from] DetectError),
     #[error("the inference thread failed: {0}")]
@@ -163,7 +153,7 @@ pub async fn serve(
     let mut detector = Detector::load(&spec)?;
     warm_up(&mut detector)?;
     let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
-    let (mqtt, eventloop) = AsyncClient::new(mqtt_options(cfg, &replica)?, MQTT_QUEUE);
+    let (mqtt, eventloop) = AsyncClient::new(service_options(cfg, &replica)?, MQTT_QUEUE);
     let filter = protocol::shared_request_filter(&cfg.cloud.share_group, &cfg.mqtt.topic_prefix);
     let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
     let driver = tokio::spawn(drive(
@@ -466,49 +456,13 @@ fn warm_up(detector: &mut Detector) -> Result<(), DetectError> {
     detector.detect(&frame).map(drop)
 }
 
-fn mqtt_options(cfg: &Config, client_id: &str) -> Result<MqttOptions, ServiceError> {
-    let raw = &cfg.mqtt.url;
-    if raw.is_empty() {
-        return Err(ServiceError::NoBroker);
-    }
-    let url_error = |reason: String| ServiceError::Url {
-        url: raw.clone(),
-        reason,
-    };
-    let url = url::Url::parse(raw).map_err(|e| url_error(e.to_string()))?;
-    match url.scheme() {
-        "mqtt" => {}
-        "mqtts" => return Err(ServiceError::TlsUnsupported(raw.clone())),
-        other => return Err(url_error(format!("scheme {other:?} is not mqtt://"))),
-    }
-    let host = match url.host() {
-        Some(url::Host::Ipv6(addr)) => addr.to_string(),
-        Some(host) => host.to_string(),
-        None => return Err(url_error("no host".into())),
-    };
-    let mut options = MqttOptions::new(client_id, host, url.port().unwrap_or(1883));
-    // rumqttc asserts at least 5 s.
-    options.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
+/// The shared `[mqtt]` options with this service's session.
+fn service_options(cfg: &Config, client_id: &str) -> Result<MqttOptions, OptionsError> {
+    let mut options = mqtt_options(&cfg.mqtt, client_id)?;
     // No session: requests queued for a dead replica would be stale when it returns; with a
     // clean start the broker gives them to the live members of the share group.
     options.set_clean_start(true);
     options.set_max_packet_size(Some(MAX_PACKET_BYTES));
-    // Without TCP_NODELAY on both ends small answers wait 44–88 ms (docs/stack.md §3).
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    options.set_network_options(network);
-    if !cfg.mqtt.username.is_empty() {
-        let path = crate::config::resolve_path(&cfg.mqtt.password_file);
-        let password = if cfg.mqtt.password_file.as_os_str().is_empty() {
-            String::new()
-        } else {
-            std::fs::read_to_string(&path)
-                .map_err(|source| ServiceError::Password { path, source })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string()
-        };
-        options.set_credentials(cfg.mqtt.username.clone(), password);
-    }
     Ok(options)
 }
 
@@ -625,18 +579,15 @@ mod tests {
         ];
         let mut cfg =
             crate::config::load(crate::config::ConfigSource::Default, &overrides).unwrap();
+        // URL parsing itself is tested with `uplink::options`.
         assert!(matches!(
-            mqtt_options(&cfg, "c"),
-            Err(ServiceError::NoBroker)
-        ));
-        cfg.mqtt.url = "mqtts://broker:8883".into();
-        assert!(matches!(
-            mqtt_options(&cfg, "c"),
-            Err(ServiceError::TlsUnsupported(_))
+            service_options(&cfg, "c"),
+            Err(OptionsError::NoBroker)
         ));
         cfg.mqtt.url = "mqtt://[::1]".into();
-        let options = mqtt_options(&cfg, "c").unwrap();
+        let options = service_options(&cfg, "c").unwrap();
         assert_eq!(options.broker_address(), ("::1".to_string(), 1883));
         assert_eq!(options.max_packet_size(), Some(MAX_PACKET_BYTES));
+        assert!(options.clean_start());
     }
 }

@@ -27,7 +27,10 @@
 //! off the events. Instead our messages bypass rumqttc's request channel: the event loop puts
 //! them, one at a time, into the `EventLoop::pending` queue, which rumqttc drains before the
 //! channel, and only when that queue is empty. The next event after rumqttc took it from there is
-//! necessarily the `Outgoing::Publish` (or `AwaitAck`) for it, which gives its packet id.
+//! necessarily the `Outgoing::Publish` (or `AwaitAck`) for it, which gives its packet id. The
+//! price: rumqttc sleeps its `pending_throttle` (zero, which tokio rounds up to its 1 ms timer
+//! tick) before each pending request, so reliable messages leave at most about 1000 a second
+//! (a backlog drained at ~300/s in the debug-build tests); alerts come a few a second.
 //! Pending requests skip rumqttc's in-flight limit, so ours are only queued while fewer than the
 //! broker's Receive Maximum are in flight. And rumqttc reads its channel only while `pending` is
 //! empty, so after every few of ours the event loop leaves it empty for one round: a backlog
@@ -50,8 +53,9 @@
 //! in [`UplinkStats::rejected`]: sending it again would fail the same way and hold up everything
 //! behind it.
 //!
-//! The spool is read and acked from the event-loop task; with `FsyncPolicy::EveryRecord` an ack
-//! costs a flush, so acks are batched per burst of PUBACKs read from the socket.
+//! The spool is read and acked from the event-loop task. Saving its position costs flushes, so
+//! while PUBACKs stream in it is saved every 100 ms, and at once when nothing is left in flight:
+//! a crash may re-send up to 100 ms' worth of confirmed messages, never skip one.
 //!
 //! # Volatile messages
 //!
@@ -92,7 +96,7 @@ use options::{OptionsError, mqtt_options};
 use window::{Origin, Window};
 
 /// Our messages handed to rumqttc in a row before its request channel gets a turn.
-const FAIR_SHARE: u32 = u32::MAX;
+const FAIR_SHARE: u32 = 4;
 /// Our unacknowledged messages at most. Enough to keep a link with 100 ms round trips busy at
 /// alert rates, small enough to leave the broker's Receive Maximum room for cloud requests.
 pub const WINDOW: usize = 16;
@@ -109,6 +113,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 const MQTT_QUEUE: usize = 64;
 /// Cloud answers must fit (see `CloudClient`); the rest is topic and properties.
 const MAX_INCOMING_BYTES: u32 = MAX_RESPONSE_BYTES as u32 + 4096;
+/// How often the spool position is saved while PUBACKs stream in. Each save costs two flushes
+/// under `FsyncPolicy::EveryRecord`, which would otherwise cap a backlog's drain at a few
+/// hundred messages a second; a crash re-sends at most this much of what was confirmed.
+const ACK_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 /// MQTT's packet id, which our size check must count although rumqttc adds it later.
 const PKID_BYTES: usize = 2;
 
@@ -398,6 +406,7 @@ pub struct Uplink {
     link: Link,
     /// Newest spool id whose ack is not yet written to the spool.
     unsaved_ack: Option<u64>,
+    ack_saved_at: Instant,
     /// Our messages handed to rumqttc since its channel last had a turn.
     in_row: u32,
 }
@@ -465,6 +474,7 @@ impl Uplink {
                 retain_available: true,
             },
             unsaved_ack: None,
+            ack_saved_at: Instant::now(),
             in_row: 0,
         };
         let handle = UplinkHandle {
@@ -485,6 +495,9 @@ impl Uplink {
             self.shared.counters().in_flight = self.window.len();
             let retry_at = self.link.retry_at;
             let deadline = stopping.as_ref().map(|s| s.deadline);
+            let ack_due = self
+                .unsaved_ack
+                .map(|_| self.ack_saved_at + ACK_SAVE_INTERVAL);
             // Biased: the poll must come before the wake-up, which a steady stream of pushes
             // keeps ready, and before the end of the channel's turn.
             tokio::select! {
@@ -503,13 +516,15 @@ impl Uplink {
                     break;
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => self.link.retry_at = None,
+                () = sleep_until(ack_due), if ack_due.is_some() => self.save_ack(),
                 event = self.eventloop.poll(), if retry_at.is_none() => match event {
                     Ok(event) => match self.on_event(event) {
                         Progress::StoppedConfirmed => {
                             self.eventloop.pending.push_back(Request::Disconnect);
                         }
-                        Progress::Disconnected => break,
-                        Progress::Nothing => {}
+                        // rumqttc also reports DISCONNECTs of its own (protocol errors).
+                        Progress::Disconnected if stopping.is_some() => break,
+                        Progress::Disconnected | Progress::Nothing => {}
                     },
                     Err(e) => {
                         self.on_error(&e);
@@ -523,7 +538,8 @@ impl Uplink {
                 // The poll above had its chance to take a request from the channel.
                 () = std::future::ready(()), if turn => {}
             }
-            if self.eventloop.state.events.is_empty() {
+            // Idle, nothing more to confirm soon: save now, the next ack may be long off.
+            if self.window.len() == 0 || ack_due.is_some_and(|due| Instant::now() >= due) {
                 self.save_ack();
             }
         }
@@ -819,12 +835,12 @@ impl Uplink {
         }
     }
 
-    /// Acks the spool up to the newest confirmed id. Called once a burst of events is handled,
-    /// since each ack may cost a flush.
+    /// Acks the spool up to the newest confirmed id (see [`ACK_SAVE_INTERVAL`]).
     fn save_ack(&mut self) {
         let Some(id) = self.unsaved_ack.take() else {
             return;
         };
+        self.ack_saved_at = Instant::now();
         if let Some(spool) = self.shared.spool().as_mut()
             && let Err(e) = spool.ack(id)
         {
