@@ -11,7 +11,7 @@
 //!
 //! Worker pids and readiness come from the logs (`--log-format json`): the supervisor's
 //! "worker started" / "worker ended unexpectedly" / "worker stopped" lines (pool, id, pid) and
-//! the worker's own "worker ready" line, which workers print in text format.
+//! the worker's own "worker ready" line (workers log in the daemon's format, JSON here).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -349,23 +349,19 @@ fn parse_line(raw: &str) -> Line {
                 worker().map_or(Ev::Other, |(id, pid)| Ev::Ended { id, pid })
             }
             "worker stopped" => worker().map_or(Ev::Other, |(id, pid)| Ev::Stopped { id, pid }),
-            m if m.starts_with("stats;") => f["frames"]
-                .as_u64()
+            // The daemon's stats line: `stats {"frames": …, …}`.
+            m if m.starts_with("stats {") => serde_json::from_str::<Value>(&m["stats ".len()..])
+                .ok()
+                .and_then(|stats| stats["frames"].as_u64())
                 .map_or(Ev::Other, |frames| Ev::Stats { frames }),
+            // The worker's own line; workers log in the daemon's format.
+            "worker ready" => f["worker"]
+                .as_str()
+                .and_then(|w| w.strip_prefix(&format!("{POOL}/"))?.parse().ok())
+                .zip(f["pid"].as_i64())
+                .map_or(Ev::Other, |(id, pid)| Ev::Ready { id, pid: pid as i32 }),
             _ => Ev::Other,
         };
-    } else if text.contains(" worker ready ") {
-        // The worker's own line, in text format: `… INFO worker ready worker=edge/1 pid=42 …`.
-        let value = |key: &str| {
-            text.split_whitespace()
-                .find_map(|t| t.strip_prefix(key))
-                .map(str::to_owned)
-        };
-        let id = value("worker=").and_then(|w| w.strip_prefix(&format!("{POOL}/"))?.parse().ok());
-        let pid = value("pid=").and_then(|p| p.parse().ok());
-        if let (Some(id), Some(pid)) = (id, pid) {
-            ev = Ev::Ready { id, pid };
-        }
     }
     let proc = match ev {
         Ev::Started { pid, .. } => Some(Proc::of(pid)),
@@ -1218,7 +1214,7 @@ fn sigterm_drains_workers_and_removes_their_cgroups() {
     let log = daemon.lines();
     let after = &log[cursor..];
     for id in workers.keys() {
-        let drained = format!("worker={POOL}/{id}");
+        let drained = format!("\"worker\":\"{POOL}/{id}\"");
         assert!(
             after
                 .iter()

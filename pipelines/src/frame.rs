@@ -10,7 +10,8 @@ use crate::letterbox::Letterbox;
 pub struct Frame {
     /// Camera name from the config (or the input path for `helmetd detect`).
     pub camera: Arc<str>,
-    /// Per-camera sequence number of *sampled* frames, starting at 0 for each source start.
+    /// Per-camera sequence number of *sampled* frames; it keeps counting across reconnects, so
+    /// names built from it never repeat within a run.
     pub seq: u64,
     /// Stream position, when the source has one.
     pub pts: Option<Duration>,
