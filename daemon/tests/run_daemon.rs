@@ -359,7 +359,10 @@ fn parse_line(raw: &str) -> Line {
                 .as_str()
                 .and_then(|w| w.strip_prefix(&format!("{POOL}/"))?.parse().ok())
                 .zip(f["pid"].as_i64())
-                .map_or(Ev::Other, |(id, pid)| Ev::Ready { id, pid: pid as i32 }),
+                .map_or(Ev::Other, |(id, pid)| Ev::Ready {
+                    id,
+                    pid: pid as i32,
+                }),
             _ => Ev::Other,
         };
     }
