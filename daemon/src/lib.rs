@@ -6,6 +6,7 @@ pub mod autoscaler;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod run;
 pub mod spool;

@@ -113,6 +113,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Ask a running daemon (its [http] listen address) for a short status summary.
+    Status {
+        /// The daemon's [http] listen address.
+        #[arg(long, default_value = helmetd::http::DEFAULT_ADDRESS)]
+        address: String,
+    },
     /// Benchmarks; each ends with a `RESULT key=value …` line.
     Bench {
         #[command(subcommand)]
@@ -156,6 +162,8 @@ enum BenchCommand {
     },
     /// Per-frame dispatch overhead (daemon ↔ worker round trip without the model) vs the model's own time.
     Dispatch(helmetd::commands::bench_dispatch::BenchDispatchArgs),
+    /// Bytes per hard example vs Sedna's JSON body, and glass-to-alert latency vs the model's own time.
+    Uplink(helmetd::commands::bench_uplink::BenchUplinkArgs),
 }
 
 fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
@@ -199,6 +207,10 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Dispatch(args) => {
             println!("{}", helmetd::commands::bench_dispatch::run(&args)?);
+            Ok(())
+        }
+        BenchCommand::Uplink(args) => {
+            println!("{}", helmetd::commands::bench_uplink::run(args)?);
             Ok(())
         }
     }
@@ -277,9 +289,25 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
         runtime.spawn(uplink.run());
         links.uplink = Some(handle);
     }
+    // Bound before the loop starts, so a taken port fails the start-up; probes see the start too.
+    let http = match cfg.http.listen.as_str() {
+        "" => None,
+        listen => {
+            let telemetry = Arc::new(helmetd::http::Telemetry::new(helmetd::http::HEALTH_TIMEOUT));
+            let server =
+                helmetd::http::HttpServer::start(listen, telemetry.clone(), runtime.handle())?;
+            links.telemetry = Some(telemetry);
+            Some(server)
+        }
+    };
     let uplink = links.uplink.clone();
     let until = duration.map(|d| std::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until);
+    if let Some(server) = http
+        && let Err(e) = runtime.block_on(server.stop())
+    {
+        tracing::warn!(error = %e, "HTTP endpoint");
+    }
     if let Some(uplink) = uplink {
         // Publishes `stopped`; what the broker has not acknowledged stays in the spool.
         let _ = runtime.block_on(uplink.shutdown());
@@ -470,6 +498,9 @@ fn main() -> ExitCode {
             output,
         } => run_demo(video, cameras, mqtt, duration, run_forever, output),
         Command::Bench { bench } => run_bench(bench),
+        Command::Status { address } => {
+            helmetd::http::status_command(&address).map(|summary| print!("{summary}"))
+        }
         Command::Worker(args) => helmetd::worker::worker_main(args),
         Command::Run { config, duration } => run_daemon(config, duration),
         Command::Cloud { config } => config

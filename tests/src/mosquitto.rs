@@ -1,10 +1,11 @@
 //! A real `mosquitto` broker on 127.0.0.1 for end-to-end tests: a free port, a persistence
 //! directory that survives restarts, and stop/kill/restart by the pid this harness started.
+//! Plain MQTT by default; [`Mosquitto::start_tls`] makes the listener TLS-only.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, chown};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,18 +26,54 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    tls: Option<TlsListener>,
+}
+
+/// The listener's TLS files, PEM, and whether clients must present a certificate signed by
+/// the CA.
+struct TlsListener {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    require_client_cert: bool,
 }
 
 impl Mosquitto {
     /// Starts a broker on a free loopback port with its own config, database and log file.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Mosquitto::start`], but the listener speaks only TLS with the server certificate
+    /// `cert_path` and key `key_path`; `ca_path` is the CA that client certificates must chain
+    /// to, and with `require_client_cert` a client without one is refused. The files are copied
+    /// into the broker's directory, where mosquitto (which drops to its own user when started
+    /// as root) can read them.
+    pub fn start_tls(
+        ca_path: &Path,
+        cert_path: &Path,
+        key_path: &Path,
+        require_client_cert: bool,
+    ) -> Result<Self> {
+        Self::start_with(Some(TlsListener {
+            ca: ca_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            require_client_cert,
+        }))
+    }
+
+    fn start_with(tls: Option<TlsListener>) -> Result<Self> {
+        let mut broker = Self {
+            dir: tempfile::Builder::new().prefix("mosquitto-").tempdir()?,
+            port: 0,
+            child: None,
+            tls,
+        };
+        broker.copy_tls_files()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let mut broker = Self {
-                dir: tempfile::Builder::new().prefix("mosquitto-").tempdir()?,
-                port: free_port()?,
-                child: None,
-            };
+            broker.port = free_port()?;
             broker.write_config()?;
             match broker.spawn() {
                 Ok(()) => return Ok(broker),
@@ -46,9 +83,10 @@ impl Mosquitto {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
     }
 
-    /// `mqtt://127.0.0.1:<port>`, the form `mqtt.url` takes.
+    /// `mqtt://127.0.0.1:<port>` (`mqtts://` for a TLS listener), the form `mqtt.url` takes.
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -105,13 +143,31 @@ impl Mosquitto {
         self.spawn()
     }
 
+    /// Replaces the caller's TLS paths by copies in the broker's directory.
+    fn copy_tls_files(&mut self) -> Result<()> {
+        let root = self.dir.path().to_path_buf();
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        for (path, name) in [
+            (&mut tls.ca, "ca.pem"),
+            (&mut tls.cert, "server.pem"),
+            (&mut tls.key, "server.key"),
+        ] {
+            let copy = root.join(name);
+            fs::copy(&*path, &copy).with_context(|| format!("copying {}", path.display()))?;
+            *path = copy;
+        }
+        Ok(())
+    }
+
     fn write_config(&self) -> Result<()> {
         let root = self.dir.path();
         let data = root.join("data");
         fs::create_dir_all(&data)?;
         let log = self.log_path();
         fs::write(&log, "")?;
-        let config = format!(
+        let mut config = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              persistence true\n\
@@ -129,12 +185,24 @@ impl Mosquitto {
             data = data.display(),
             log = log.display(),
         );
+        let mut owned = vec![root.to_path_buf(), data.clone(), log.clone()];
+        if let Some(tls) = &self.tls {
+            // Settings after `listener` belong to that listener.
+            config.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                tls.require_client_cert,
+            ));
+            owned.extend([tls.ca.clone(), tls.cert.clone(), tls.key.clone()]);
+        }
         fs::write(root.join("mosquitto.conf"), config)?;
         // As root mosquitto drops to the `mosquitto` user, which must be able to write its
-        // database and log, or persistence fails silently.
+        // database and log, or persistence fails silently, and read its TLS files.
         if running_as_root() {
             let (uid, gid) = mosquitto_user()?;
-            for path in [root, data.as_path(), log.as_path()] {
+            for path in &owned {
                 chown(path, Some(uid), Some(gid))
                     .with_context(|| format!("chown {}", path.display()))?;
             }

@@ -55,8 +55,8 @@ fn free_loopback_port() -> anyhow::Result<u16> {
 }
 
 /// rumqttd in this process, MQTT 5 on a free loopback port. It runs on its own thread until the
-/// process exits: the demo is the only client that outlives its use.
-fn start_embedded_broker() -> anyhow::Result<String> {
+/// process exits (rumqttd has no stop): for the demo and benchmarks, which end with the process.
+pub(crate) fn start_embedded_broker() -> anyhow::Result<String> {
     let port = free_loopback_port()?;
     let toml = format!(
         r#"id = 0

@@ -2,5 +2,6 @@
 
 pub mod bench_dispatch;
 pub mod bench_pipeline;
+pub mod bench_uplink;
 pub mod demo;
 pub mod detect;

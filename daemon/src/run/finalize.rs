@@ -72,6 +72,8 @@ pub struct FinalizeShared {
     pub hard_example_jpeg_quality: u8,
     pub snapshot_jpeg_quality: u8,
     pub counters: Arc<Counters>,
+    /// Cloud round trips for `/metrics`; `None` without `[http] listen`.
+    pub telemetry: Option<Arc<crate::http::Telemetry>>,
 }
 
 /// Bounded: a camera whose results pile up (cloud slow, disk slow) loses the newest results
@@ -186,8 +188,11 @@ async fn ask_cloud(
     };
     let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
     match cloud.ask(jpeg, &meta).await {
-        CloudAnswer::Answered(boxes, _rtt) => {
+        CloudAnswer::Answered(boxes, rtt) => {
             Counters::add(&counters.cloud_answered);
+            if let Some(t) = &shared.telemetry {
+                t.metrics.observe_cloud_rtt(rtt);
+            }
             Some(boxes)
         }
         CloudAnswer::Late => {

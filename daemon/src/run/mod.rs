@@ -212,6 +212,8 @@ pub struct Links {
     pub uplink: Option<crate::uplink::UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
     pub counters: Arc<Counters>,
+    /// `[http] listen`: the loop ticks its health and publishes a snapshot every second.
+    pub telemetry: Option<Arc<crate::http::Telemetry>>,
 }
 
 /// Runs until `signals.shutdown` is set (or, with `until`, until that instant).
@@ -258,6 +260,7 @@ pub fn run(
     let mut cfg = cfg;
 
     let counters = links.counters.clone();
+    let telemetry = links.telemetry.clone();
     let uplink = links.uplink.clone();
     let shared = Arc::new(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
@@ -278,6 +281,7 @@ pub fn run(
         hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
         counters: counters.clone(),
+        telemetry: telemetry.clone(),
     });
 
     let mut cameras = Vec::new();
@@ -298,11 +302,24 @@ pub fn run(
     let mut last_stats = Instant::now();
     let mut last_sample = Instant::now();
     let mut summary = RunSummary::default();
+    let mut snapshots = match telemetry {
+        Some(_) => Some(crate::http::SnapshotBuilder::new(
+            cfg.node_name(),
+            PoolName::new(EDGE_POOL)?,
+            supervisor.host().root().to_path_buf(),
+        )),
+        None => None,
+    };
+    let mut last_decision: Option<crate::autoscaler::Decision> = None;
+    let mut last_snapshot = Instant::now() - SAMPLE_EVERY;
     tracing::info!(cameras = cameras.len(), "helmetd running");
     notify_systemd("READY=1");
 
     while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
         let now = Instant::now();
+        if let Some(t) = &telemetry {
+            t.health.tick();
+        }
         if signals.reload.swap(false, Ordering::AcqRel)
             && let Some(new_cfg) = reload(origin, &cfg, &mut supervisor)
         {
@@ -411,7 +428,29 @@ pub fn run(
                 } else {
                     tracing::debug!("autoscaler: {}", status_line(&decision));
                 }
+                last_decision = Some(decision);
             }
+        }
+        if let (Some(t), Some(builder)) = (&telemetry, snapshots.as_mut())
+            && now.duration_since(last_snapshot) >= SAMPLE_EVERY
+        {
+            last_snapshot = now;
+            let workers = supervisor.status(now);
+            let snapshot = builder.build(
+                now,
+                &crate::http::Sources {
+                    cameras: &cameras,
+                    dispatcher: &dispatcher,
+                    workers: &workers,
+                    decision: last_decision.as_ref(),
+                    desired_replicas: autoscaler
+                        .as_ref()
+                        .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
+                    counters: &counters,
+                    uplink: uplink.as_ref(),
+                },
+            );
+            t.metrics.update(&snapshot);
         }
         if now.duration_since(last_stats) >= stats_every {
             let stats = log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);

@@ -1,0 +1,558 @@
+//! The `/metrics` registry: every family is set from the loop's latest [`Snapshot`], except the
+//! cloud round-trip histogram, which finalize tasks feed as answers arrive.
+//!
+//! Totals the daemon already counts (cameras, dispatch, [`crate::run::Counters`]) are stored
+//! into counters as they are rather than re-counted here, so `/metrics`, the stats topic and the
+//! run summary can never disagree.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::snapshot::{CameraState, Snapshot, WorkerState};
+
+/// The `Content-Type` of what [`Metrics::encode`] writes (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Cloud answers take tens of milliseconds on a LAN and up to the request timeout (seconds)
+/// over a poor uplink.
+const RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CameraLabels {
+    camera: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    pool: String,
+    id: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerStateLabels {
+    pool: String,
+    id: u32,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    condition: String,
+    status: &'static str,
+    reason: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The registry and its families. Share it behind an `Arc`; every method takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    /// Held while families are rebuilt and while they are encoded, so a scrape never sees a
+    /// half-applied snapshot (worker and condition families are cleared and refilled).
+    consistent: Mutex<()>,
+    latest: Mutex<Option<Arc<Snapshot>>>,
+    camera_frames_in: Family<CameraLabels, Counter>,
+    camera_frames_processed: Family<CameraLabels, Counter>,
+    camera_frames_dropped: Family<CameraLabels, Counter>,
+    camera_reconnects: Family<CameraLabels, Counter>,
+    camera_up: Family<CameraLabels, Gauge>,
+    worker_cpu_cores: Family<WorkerLabels, FloatGauge>,
+    worker_state: Family<WorkerStateLabels, Gauge>,
+    worker_restarts: Family<WorkerLabels, Counter>,
+    pool_cpu_pressure: Family<PoolLabels, FloatGauge>,
+    replicas_current: Gauge,
+    replicas_desired: Gauge,
+    hpa_condition: Family<ConditionLabels, Gauge>,
+    frames: Counter,
+    hard_examples: Counter,
+    cloud_answered: Counter,
+    cloud_late: Counter,
+    cloud_failed: Counter,
+    cloud_skipped: Counter,
+    cloud_round_trip: Histogram,
+    alerts: Counter,
+    finalize_dropped: Counter,
+    output_errors: Counter,
+    spool_depth: Gauge,
+    spool_dropped: Counter,
+    mqtt_connected: Gauge,
+    kubeedge_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // Counters are registered without `_total`: the encoder appends it.
+        macro_rules! register {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let metric = $metric;
+                registry.register($name, $help, metric.clone());
+                metric
+            }};
+        }
+        Self {
+            camera_frames_in: register!(
+                "helmetd_camera_frames_in",
+                "Decoded frames seen by the camera's sampler",
+                Family::default()
+            ),
+            camera_frames_processed: register!(
+                "helmetd_camera_frames_processed",
+                "Frames of the camera a worker returned a result for",
+                Family::default()
+            ),
+            camera_frames_dropped: register!(
+                "helmetd_camera_frames_dropped",
+                "Sampled frames replaced by a newer one before a worker took them",
+                Family::default()
+            ),
+            camera_reconnects: register!(
+                "helmetd_camera_reconnects",
+                "Camera pipeline restarts after a failure",
+                Family::default()
+            ),
+            camera_up: register!(
+                "helmetd_camera_up",
+                "1 while the camera is streaming",
+                Family::default()
+            ),
+            worker_cpu_cores: register!(
+                "helmetd_worker_cpu_cores",
+                "CPU cores the worker process used over the last second",
+                Family::default()
+            ),
+            worker_state: register!(
+                "helmetd_worker_state",
+                "1 for the worker slot's current state, 0 for the others",
+                Family::default()
+            ),
+            worker_restarts: register!(
+                "helmetd_worker_restarts",
+                "Starts of the worker slot after its first",
+                Family::default()
+            ),
+            pool_cpu_pressure: register!(
+                "helmetd_pool_cpu_pressure",
+                "Share of the last second some task of the pool waited for CPU (PSI some)",
+                Family::default()
+            ),
+            replicas_current: register!(
+                "helmetd_replicas_current",
+                "Worker slots with a running process",
+                Gauge::default()
+            ),
+            replicas_desired: register!(
+                "helmetd_replicas_desired",
+                "Workers the supervisor is asked to run",
+                Gauge::default()
+            ),
+            hpa_condition: register!(
+                "helmetd_hpa_condition",
+                "The autoscaler's HPA conditions, 1 per current (condition, status, reason)",
+                Family::default()
+            ),
+            frames: register!(
+                "helmetd_frames",
+                "Frames finalized over all cameras",
+                Counter::default()
+            ),
+            hard_examples: register!(
+                "helmetd_hard_examples",
+                "Frames judged hard examples",
+                Counter::default()
+            ),
+            cloud_answered: register!(
+                "helmetd_cloud_answered",
+                "Hard examples the cloud answered in time",
+                Counter::default()
+            ),
+            cloud_late: register!(
+                "helmetd_cloud_late",
+                "Hard examples whose cloud answer came too late",
+                Counter::default()
+            ),
+            cloud_failed: register!(
+                "helmetd_cloud_failed",
+                "Hard examples the cloud could not be asked about or refused",
+                Counter::default()
+            ),
+            cloud_skipped: register!(
+                "helmetd_cloud_skipped",
+                "Hard examples not sent because the circuit breaker was open",
+                Counter::default()
+            ),
+            cloud_round_trip: register!(
+                "helmetd_cloud_round_trip_seconds",
+                "Time from sending a hard example to the cloud's answer",
+                Histogram::new(RTT_BUCKETS)
+            ),
+            alerts: register!(
+                "helmetd_alerts",
+                "Alert events (new, update and end together)",
+                Counter::default()
+            ),
+            finalize_dropped: register!(
+                "helmetd_finalize_dropped",
+                "Results dropped because a camera's finalize queue was full",
+                Counter::default()
+            ),
+            output_errors: register!(
+                "helmetd_output_errors",
+                "Failed writes of output folders",
+                Counter::default()
+            ),
+            spool_depth: register!(
+                "helmetd_spool_depth",
+                "Messages in the spool not yet acknowledged by the broker",
+                Gauge::default()
+            ),
+            spool_dropped: register!(
+                "helmetd_spool_dropped",
+                "Spool entries dropped unsent (spool full or too old)",
+                Counter::default()
+            ),
+            mqtt_connected: register!(
+                "helmetd_mqtt_connected",
+                "1 while the MQTT session is up",
+                Gauge::default()
+            ),
+            kubeedge_connected: register!(
+                "helmetd_kubeedge_connected",
+                "1 while connected to KubeEdge (not implemented yet: always 0)",
+                Gauge::default()
+            ),
+            registry,
+            consistent: Mutex::new(()),
+            latest: Mutex::new(None),
+        }
+    }
+
+    /// Applies the loop's snapshot to every family and keeps it for `/status` and `/readyz`.
+    pub fn update(&self, snapshot: &Snapshot) {
+        let _consistent = lock(&self.consistent);
+        for camera in &snapshot.cameras {
+            let labels = CameraLabels {
+                camera: camera.name.clone(),
+            };
+            set(&self.camera_frames_in, &labels, camera.frames_in);
+            set(
+                &self.camera_frames_processed,
+                &labels,
+                camera.frames_processed,
+            );
+            set(&self.camera_frames_dropped, &labels, camera.frames_dropped);
+            set(&self.camera_reconnects, &labels, camera.reconnects);
+            self.camera_up
+                .get_or_create(&labels)
+                .set(i64::from(camera.state == CameraState::Streaming));
+        }
+
+        // Slots come and go with scaling: rebuilt, so a removed slot's series disappear.
+        self.worker_cpu_cores.clear();
+        self.worker_state.clear();
+        self.worker_restarts.clear();
+        for worker in &snapshot.workers {
+            let labels = WorkerLabels {
+                pool: worker.pool.clone(),
+                id: worker.id,
+            };
+            if let Some(cores) = worker.cpu_cores {
+                self.worker_cpu_cores.get_or_create(&labels).set(cores);
+            }
+            set(&self.worker_restarts, &labels, u64::from(worker.restarts));
+            for state in WorkerState::ALL {
+                let labels = WorkerStateLabels {
+                    pool: worker.pool.clone(),
+                    id: worker.id,
+                    state: state.as_str(),
+                };
+                self.worker_state
+                    .get_or_create(&labels)
+                    .set(i64::from(worker.state == state));
+            }
+        }
+        self.pool_cpu_pressure.clear();
+        if let Some(pressure) = snapshot.pool_cpu_pressure {
+            let pools = snapshot.workers.iter().map(|w| &w.pool);
+            for pool in pools.collect::<std::collections::BTreeSet<_>>() {
+                let labels = PoolLabels { pool: pool.clone() };
+                self.pool_cpu_pressure.get_or_create(&labels).set(pressure);
+            }
+        }
+
+        self.replicas_current
+            .set(i64::from(snapshot.replicas.current));
+        self.replicas_desired
+            .set(i64::from(snapshot.replicas.desired));
+        self.hpa_condition.clear();
+        for condition in &snapshot.replicas.conditions {
+            let labels = ConditionLabels {
+                condition: condition.condition.clone(),
+                status: if condition.status { "True" } else { "False" },
+                reason: condition.reason.clone(),
+            };
+            self.hpa_condition.get_or_create(&labels).set(1);
+        }
+
+        let c = &snapshot.counters;
+        store(&self.frames, c.frames);
+        store(&self.hard_examples, c.hard);
+        store(&self.cloud_answered, c.cloud_answered);
+        store(&self.cloud_late, c.cloud_late);
+        store(&self.cloud_failed, c.cloud_failed);
+        store(&self.cloud_skipped, c.cloud_skipped);
+        store(&self.alerts, c.alerts);
+        store(&self.finalize_dropped, c.finalize_dropped);
+        store(&self.output_errors, c.output_errors);
+
+        let uplink = snapshot.uplink.clone().unwrap_or_default();
+        self.spool_depth
+            .set(i64::try_from(uplink.spool_depth).unwrap_or(i64::MAX));
+        store(&self.spool_dropped, uplink.spool_dropped);
+        self.mqtt_connected.set(i64::from(uplink.mqtt_connected));
+        self.kubeedge_connected
+            .set(i64::from(snapshot.kubeedge_connected));
+
+        *lock(&self.latest) = Some(Arc::new(snapshot.clone()));
+    }
+
+    /// One answered cloud request; called by the finalize task that waited for it.
+    pub fn observe_cloud_rtt(&self, rtt: Duration) {
+        self.cloud_round_trip.observe(rtt.as_secs_f64());
+    }
+
+    /// The last snapshot applied; `None` before the loop's first.
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        lock(&self.latest).clone()
+    }
+
+    /// Every family in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let _consistent = lock(&self.consistent);
+        let mut text = String::new();
+        // Writing into a String cannot fail, and every name and label here is valid.
+        prometheus_text::encode(&mut text, &self.registry).expect("encoding metrics into a String");
+        text
+    }
+}
+
+/// Nothing panics while these locks are held; a poisoned one still guards consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counters mirror totals kept elsewhere: stored, not incremented.
+fn store(counter: &Counter, total: u64) {
+    counter.inner().store(total, Ordering::Relaxed);
+}
+
+fn set<L>(family: &Family<L, Counter>, labels: &L, total: u64)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    store(&family.get_or_create(labels), total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::snapshot::{
+        CameraSnapshot, CameraState, ConditionSnapshot, CounterSnapshot, ReplicaSnapshot,
+        UplinkSnapshot, WorkerSnapshot,
+    };
+    use prometheus_parse::{Scrape, Value};
+
+    /// Every family and the kind of its samples, as a scraper reads them.
+    const FAMILIES: &[(&str, &str)] = &[
+        ("helmetd_camera_frames_in_total", "counter"),
+        ("helmetd_camera_frames_processed_total", "counter"),
+        ("helmetd_camera_frames_dropped_total", "counter"),
+        ("helmetd_camera_reconnects_total", "counter"),
+        ("helmetd_camera_up", "gauge"),
+        ("helmetd_worker_cpu_cores", "gauge"),
+        ("helmetd_worker_state", "gauge"),
+        ("helmetd_worker_restarts_total", "counter"),
+        ("helmetd_pool_cpu_pressure", "gauge"),
+        ("helmetd_replicas_current", "gauge"),
+        ("helmetd_replicas_desired", "gauge"),
+        ("helmetd_hpa_condition", "gauge"),
+        ("helmetd_frames_total", "counter"),
+        ("helmetd_hard_examples_total", "counter"),
+        ("helmetd_cloud_answered_total", "counter"),
+        ("helmetd_cloud_late_total", "counter"),
+        ("helmetd_cloud_failed_total", "counter"),
+        ("helmetd_cloud_skipped_total", "counter"),
+        ("helmetd_cloud_round_trip_seconds", "histogram"),
+        ("helmetd_alerts_total", "counter"),
+        ("helmetd_finalize_dropped_total", "counter"),
+        ("helmetd_output_errors_total", "counter"),
+        ("helmetd_spool_depth", "gauge"),
+        ("helmetd_spool_dropped_total", "counter"),
+        ("helmetd_mqtt_connected", "gauge"),
+        ("helmetd_kubeedge_connected", "gauge"),
+    ];
+
+    fn sample_snapshot() -> Snapshot {
+        Snapshot {
+            node: "gw-1".into(),
+            cameras: vec![CameraSnapshot {
+                name: "gate".into(),
+                state: CameraState::Streaming,
+                frames_in: 250,
+                frames_processed: 90,
+                frames_dropped: 10,
+                reconnects: 2,
+                fps: 5.0,
+                last_error: None,
+            }],
+            workers: vec![WorkerSnapshot {
+                pool: "edge".into(),
+                id: 0,
+                pid: Some(4242),
+                state: WorkerState::Ready,
+                restarts: 1,
+                cpu_cores: Some(0.75),
+            }],
+            pool_cpu_pressure: Some(0.125),
+            replicas: ReplicaSnapshot {
+                current: 1,
+                desired: 2,
+                conditions: vec![ConditionSnapshot {
+                    condition: "AbleToScale".into(),
+                    status: true,
+                    reason: "ReadyForNewScale".into(),
+                    message: String::new(),
+                }],
+                summary: None,
+            },
+            counters: CounterSnapshot {
+                frames: 90,
+                hard: 12,
+                cloud_answered: 9,
+                cloud_late: 1,
+                cloud_failed: 1,
+                cloud_skipped: 1,
+                alerts: 3,
+                finalize_dropped: 0,
+                output_errors: 0,
+            },
+            uplink: Some(UplinkSnapshot {
+                mqtt_connected: true,
+                spool_depth: 7,
+                spool_dropped: 2,
+                ..Default::default()
+            }),
+            kubeedge_connected: false,
+        }
+    }
+
+    fn scrape(text: &str) -> Scrape {
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsable metrics")
+    }
+
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Counter(_) => "counter",
+            Value::Gauge(_) => "gauge",
+            Value::Histogram(_) => "histogram",
+            Value::Summary(_) => "summary",
+            Value::Untyped(_) => "untyped",
+        }
+    }
+
+    fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"));
+        match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_family_is_exposed_with_its_type() {
+        let metrics = Metrics::new();
+        metrics.update(&sample_snapshot());
+        metrics.observe_cloud_rtt(Duration::from_millis(80));
+        let scrape = scrape(&metrics.encode());
+        for (name, expected) in FAMILIES {
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == *name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(kind(&sample.value), *expected, "{name}");
+        }
+        let Some(Value::Histogram(buckets)) = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "helmetd_cloud_round_trip_seconds")
+            .map(|s| &s.value)
+        else {
+            panic!("no histogram");
+        };
+        let le_100ms = buckets.iter().find(|b| b.less_than == 0.1).expect("0.1 s");
+        assert_eq!(le_100ms.count, 1.0);
+    }
+
+    #[test]
+    fn values_follow_the_snapshot() {
+        let metrics = Metrics::new();
+        let mut snapshot = sample_snapshot();
+        metrics.update(&snapshot);
+        let s = scrape(&metrics.encode());
+        let gate = [("camera", "gate")];
+        assert_eq!(value(&s, "helmetd_camera_frames_in_total", &gate), 250.0);
+        assert_eq!(value(&s, "helmetd_camera_up", &gate), 1.0);
+        let ready = [("pool", "edge"), ("id", "0"), ("state", "ready")];
+        assert_eq!(value(&s, "helmetd_worker_state", &ready), 1.0);
+        let starting = [("pool", "edge"), ("id", "0"), ("state", "starting")];
+        assert_eq!(value(&s, "helmetd_worker_state", &starting), 0.0);
+        assert_eq!(value(&s, "helmetd_worker_cpu_cores", &[("id", "0")]), 0.75);
+        assert_eq!(value(&s, "helmetd_pool_cpu_pressure", &[]), 0.125);
+        let able = [
+            ("condition", "AbleToScale"),
+            ("status", "True"),
+            ("reason", "ReadyForNewScale"),
+        ];
+        assert_eq!(value(&s, "helmetd_hpa_condition", &able), 1.0);
+        assert_eq!(value(&s, "helmetd_replicas_desired", &[]), 2.0);
+        assert_eq!(value(&s, "helmetd_spool_depth", &[]), 7.0);
+        assert_eq!(value(&s, "helmetd_mqtt_connected", &[]), 1.0);
+
+        // A removed worker slot and a camera gone down.
+        snapshot.workers.clear();
+        snapshot.cameras[0].state = CameraState::Backoff;
+        snapshot.uplink = None;
+        metrics.update(&snapshot);
+        let text = metrics.encode();
+        let s = scrape(&text);
+        assert_eq!(value(&s, "helmetd_camera_up", &gate), 0.0);
+        assert!(!text.contains("helmetd_worker_state{"), "{text}");
+        assert_eq!(value(&s, "helmetd_mqtt_connected", &[]), 0.0);
+        assert_eq!(metrics.latest().as_deref(), Some(&snapshot));
+    }
+}

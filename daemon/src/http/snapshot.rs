@@ -1,0 +1,419 @@
+//! What the control loop publishes once a second for `/metrics`, `/readyz` and `/status`.
+//!
+//! The loop owns cameras, dispatcher, supervisor and autoscaler and must never wait on an HTTP
+//! client; so it copies the figures into a plain [`Snapshot`] and hands that over. The HTTP side
+//! only ever reads copies, and a slow scrape cannot hold up a frame.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use helmet_pipelines::ingest::{self, Camera};
+use serde::{Deserialize, Serialize};
+
+use crate::autoscaler::{Decision, FsReader, Sampler, status_line};
+use crate::cloud::BreakerState;
+use crate::run::Counters;
+use crate::supervisor::{self, PoolName, WorkerStatus};
+use crate::uplink::UplinkHandle;
+use crate::worker::{Dispatcher, dispatch};
+
+/// One second of the daemon's state, as the loop saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The node name (`[node] name` or the host name), so a scrape or `/status` says who answered.
+    pub node: String,
+    /// The enabled cameras, in config order.
+    pub cameras: Vec<CameraSnapshot>,
+    /// Every worker slot the supervisor knows, including those in back-off.
+    pub workers: Vec<WorkerSnapshot>,
+    /// CPU pressure of the worker pool's cgroup (PSI `some`) over the last second, 0–1;
+    /// `None` until two readings exist or where the kernel has no PSI.
+    pub pool_cpu_pressure: Option<f64>,
+    pub replicas: ReplicaSnapshot,
+    pub counters: CounterSnapshot,
+    /// `None` without MQTT (`[mqtt] url` empty).
+    pub uplink: Option<UplinkSnapshot>,
+    /// Always false for now: there is no KubeEdge link yet; the series exists so dashboards and
+    /// alerts can be written before it does.
+    pub kubeedge_connected: bool,
+}
+
+/// A camera's pipeline state, named as in the logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    #[default]
+    Starting,
+    Streaming,
+    Backoff,
+    Finished,
+    Stopped,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Streaming => "streaming",
+            CameraState::Backoff => "backoff",
+            CameraState::Finished => "finished",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
+impl From<ingest::CameraState> for CameraState {
+    fn from(state: ingest::CameraState) -> Self {
+        match state {
+            ingest::CameraState::Starting => CameraState::Starting,
+            ingest::CameraState::Streaming => CameraState::Streaming,
+            ingest::CameraState::Backoff => CameraState::Backoff,
+            ingest::CameraState::Finished => CameraState::Finished,
+            ingest::CameraState::Stopped => CameraState::Stopped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CameraSnapshot {
+    pub name: String,
+    pub state: CameraState,
+    /// Decoded frames seen by the camera's sampler.
+    pub frames_in: u64,
+    /// Frames a worker returned a result for.
+    pub frames_processed: u64,
+    /// Sampled frames that never reached a model: replaced in the camera's mailbox before the
+    /// loop took them, or replaced in dispatch before a worker was free.
+    pub frames_dropped: u64,
+    /// Pipeline restarts after a failure.
+    pub reconnects: u64,
+    /// Processed frames per second since the previous snapshot.
+    pub fps: f64,
+    /// The most recent pipeline failure, kept after recovery for diagnosis.
+    pub last_error: Option<String>,
+}
+
+/// A worker slot's state, named as Kubernetes names pod phases would be in a label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    #[default]
+    Starting,
+    Ready,
+    Draining,
+    Stopping,
+    Backoff,
+}
+
+impl WorkerState {
+    /// Every state, so `helmetd_worker_state` can give each slot one series per state (1 for the
+    /// current one) and a state change never leaves a stale series behind.
+    pub const ALL: [WorkerState; 5] = [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Draining,
+        WorkerState::Stopping,
+        WorkerState::Backoff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Backoff => "backoff",
+        }
+    }
+}
+
+impl From<supervisor::WorkerState> for WorkerState {
+    fn from(state: supervisor::WorkerState) -> Self {
+        match state {
+            supervisor::WorkerState::Starting => WorkerState::Starting,
+            supervisor::WorkerState::Ready => WorkerState::Ready,
+            supervisor::WorkerState::Draining => WorkerState::Draining,
+            supervisor::WorkerState::Stopping => WorkerState::Stopping,
+            supervisor::WorkerState::Backoff { .. } => WorkerState::Backoff,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    pub pool: String,
+    pub id: u32,
+    /// `None` while the slot has no process (back-off).
+    pub pid: Option<i32>,
+    pub state: WorkerState,
+    /// Starts of this slot after its first.
+    pub restarts: u32,
+    /// CPU cores the process used over the last second (CPU seconds per second), from its cgroup;
+    /// `None` on its first second or when the cgroup cannot be read. A rate, not a total:
+    /// the cgroup counter restarts with every process, a gauge survives that.
+    pub cpu_cores: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSnapshot {
+    /// Worker slots that have a process now.
+    pub current: u32,
+    /// What the supervisor is asked to run: the autoscaler's last decision, else the config.
+    pub desired: u32,
+    /// The HPA conditions of the last decision; empty without `[edge.hpa]`.
+    pub conditions: Vec<ConditionSnapshot>,
+    /// The last decision in one line (metric values, targets), as the log writes it.
+    pub summary: Option<String>,
+}
+
+/// An HPA status condition, with Kubernetes' type and reason strings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConditionSnapshot {
+    pub condition: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The loop's [`Counters`], read once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    pub frames: u64,
+    pub hard: u64,
+    pub cloud_answered: u64,
+    pub cloud_late: u64,
+    pub cloud_failed: u64,
+    pub cloud_skipped: u64,
+    /// Alert events of every kind (new, update, end): the loop counts only their total.
+    pub alerts: u64,
+    pub finalize_dropped: u64,
+    pub output_errors: u64,
+}
+
+impl CounterSnapshot {
+    pub fn read(counters: &Counters) -> Self {
+        let get = Counters::get;
+        Self {
+            frames: get(&counters.frames),
+            hard: get(&counters.hard),
+            cloud_answered: get(&counters.cloud_answered),
+            cloud_late: get(&counters.cloud_late),
+            cloud_failed: get(&counters.cloud_failed),
+            cloud_skipped: get(&counters.cloud_skipped),
+            alerts: get(&counters.alerts),
+            finalize_dropped: get(&counters.finalize_dropped),
+            output_errors: get(&counters.output_errors),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkSnapshot {
+    pub mqtt_connected: bool,
+    pub reconnects: u64,
+    /// Reliable PUBLISH packets written, re-sends included.
+    pub published: u64,
+    /// Spool entries the broker confirmed.
+    pub acked: u64,
+    /// Un-acked spool entries: what a broker outage has piled up.
+    pub spool_depth: u64,
+    pub spool_bytes: u64,
+    /// Entries dropped unsent because the spool was full or they were too old.
+    pub spool_dropped: u64,
+    /// The cloud client's circuit breaker (`closed`, `open`, `half-open`); `None` without a cloud.
+    pub cloud_breaker: Option<String>,
+}
+
+impl UplinkSnapshot {
+    pub fn read(uplink: &UplinkHandle) -> Self {
+        let stats = uplink.stats();
+        Self {
+            mqtt_connected: stats.connected,
+            reconnects: stats.reconnects,
+            published: stats.published,
+            acked: stats.acked,
+            spool_depth: stats.spool.entries as u64,
+            spool_bytes: stats.spool.bytes,
+            spool_dropped: stats.spool.dropped_full + stats.spool.dropped_expired,
+            cloud_breaker: uplink.cloud().map(|c| {
+                match c.breaker_state() {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open { .. } => "open",
+                    BreakerState::HalfOpen => "half-open",
+                }
+                .to_string()
+            }),
+        }
+    }
+}
+
+/// Everything the loop lends [`SnapshotBuilder::build`] for one snapshot.
+pub struct Sources<'a> {
+    pub cameras: &'a [Camera],
+    pub dispatcher: &'a Dispatcher,
+    pub workers: &'a [WorkerStatus],
+    /// The autoscaler's last decision, kept by the loop (`step` returns one per sync period).
+    pub decision: Option<&'a Decision>,
+    /// The replica count the supervisor is asked for now.
+    pub desired_replicas: u32,
+    pub counters: &'a Counters,
+    pub uplink: Option<&'a UplinkHandle>,
+}
+
+/// Loop-side state needed between snapshots: the previous frame totals for fps, and a CPU
+/// sampler of its own, so worker CPU and pool pressure are known with or without `[edge.hpa]`
+/// (cgroup counters are cumulative; two samplers reading them do not disturb each other).
+pub struct SnapshotBuilder {
+    node: String,
+    pool: PoolName,
+    cgroup_root: PathBuf,
+    sampler: Sampler<FsReader>,
+    previous: HashMap<String, (u64, Instant)>,
+}
+
+impl SnapshotBuilder {
+    /// `cgroup_root` is the supervisor's (`supervisor.host().root()`), `pool` the workers' pool.
+    pub fn new(node: String, pool: PoolName, cgroup_root: PathBuf) -> Self {
+        Self {
+            node,
+            pool,
+            cgroup_root,
+            sampler: Sampler::new(FsReader::new("/")),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// Reads everything once; call every second from the loop.
+    pub fn build(&mut self, now: Instant, sources: &Sources<'_>) -> Snapshot {
+        let sample = self
+            .sampler
+            .sample(now, sources.workers, &self.cgroup_root, &self.pool);
+        let dispatch_stats: HashMap<&str, &dispatch::CameraStats> =
+            sources.dispatcher.camera_stats().collect();
+        let cameras = sources
+            .cameras
+            .iter()
+            .map(|camera| {
+                let name = camera.name();
+                let mut snapshot =
+                    camera_snapshot(name, &camera.stats(), dispatch_stats.get(name).copied());
+                let previous = self
+                    .previous
+                    .insert(name.to_string(), (snapshot.frames_processed, now));
+                snapshot.fps = fps(previous, snapshot.frames_processed, now);
+                snapshot
+            })
+            .collect();
+        let workers: Vec<WorkerSnapshot> = sources
+            .workers
+            .iter()
+            .map(|w| WorkerSnapshot {
+                pool: w.pool.to_string(),
+                id: w.id,
+                pid: w.pid.map(|p| p.as_raw()),
+                state: w.state.into(),
+                restarts: w.restarts,
+                cpu_cores: w
+                    .pid
+                    .and_then(|pid| sample.cpu_of(w.id, pid))
+                    .map(|usage| usage.cores),
+            })
+            .collect();
+        Snapshot {
+            node: self.node.clone(),
+            cameras,
+            replicas: ReplicaSnapshot {
+                current: workers.iter().filter(|w| w.pid.is_some()).count() as u32,
+                desired: sources.desired_replicas,
+                conditions: sources
+                    .decision
+                    .map(|d| {
+                        d.conditions
+                            .iter()
+                            .map(|c| ConditionSnapshot {
+                                condition: c.kind.as_str().to_string(),
+                                status: c.status,
+                                reason: c.reason.as_str().to_string(),
+                                message: c.message.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                summary: sources.decision.map(status_line),
+            },
+            workers,
+            pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
+            counters: CounterSnapshot::read(sources.counters),
+            uplink: sources.uplink.map(UplinkSnapshot::read),
+            kubeedge_connected: false,
+        }
+    }
+}
+
+/// One camera's figures from its pipeline and from dispatch (absent before its first frame).
+pub fn camera_snapshot(
+    name: &str,
+    camera: &ingest::CameraStats,
+    dispatch: Option<&dispatch::CameraStats>,
+) -> CameraSnapshot {
+    CameraSnapshot {
+        name: name.to_string(),
+        state: camera.state.into(),
+        frames_in: camera.frames_in,
+        frames_processed: dispatch.map_or(0, |d| d.completed),
+        frames_dropped: camera.dropped + dispatch.map_or(0, |d| d.dropped_oldest),
+        reconnects: camera.reconnects,
+        fps: 0.0,
+        last_error: camera.last_error.clone(),
+    }
+}
+
+/// Frames per second since the previous reading; 0 on the first and after a counter reset.
+fn fps(previous: Option<(u64, Instant)>, frames: u64, now: Instant) -> f64 {
+    let Some((before, at)) = previous else {
+        return 0.0;
+    };
+    let seconds = now.saturating_duration_since(at).as_secs_f64();
+    if seconds <= 0.0 || frames < before {
+        return 0.0;
+    }
+    (frames - before) as f64 / seconds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fps_is_the_rate_since_the_previous_reading() {
+        let t0 = Instant::now();
+        assert_eq!(fps(None, 10, t0), 0.0);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(fps(Some((10, t0)), 20, t1), 5.0);
+        assert_eq!(fps(Some((30, t0)), 20, t1), 0.0, "reset");
+        assert_eq!(fps(Some((10, t1)), 20, t1), 0.0, "no time passed");
+    }
+
+    #[test]
+    fn camera_drops_add_mailbox_and_dispatch() {
+        let camera = ingest::CameraStats {
+            frames_in: 100,
+            frames_out: 50,
+            dropped: 3,
+            reconnects: 1,
+            state: ingest::CameraState::Streaming,
+            last_error: None,
+        };
+        let dispatch = dispatch::CameraStats {
+            completed: 40,
+            dropped_oldest: 4,
+            ..Default::default()
+        };
+        let s = camera_snapshot("gate", &camera, Some(&dispatch));
+        assert_eq!(s.state, CameraState::Streaming);
+        assert_eq!((s.frames_processed, s.frames_dropped), (40, 7));
+        assert_eq!(camera_snapshot("gate", &camera, None).frames_processed, 0);
+    }
+}
