@@ -282,11 +282,7 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
     let mut links = Links::default();
     if !cfg.mqtt.url.is_empty() {
         let settings = helmetd::uplink::UplinkSettings::from_config(&cfg)?;
-        let (uplink, handle) = {
-            let _inside = runtime.enter();
-            helmetd::uplink::Uplink::open(settings)?
-        };
-        runtime.spawn(uplink.run());
+        let handle = helmetd::uplink::Uplink::spawn(settings, runtime.handle())?;
         links.uplink = Some(handle);
     }
     // Bound before the loop starts, so a taken port fails the start-up; probes see the start too.

@@ -514,19 +514,7 @@ fn live_in(
         .context("starting the async runtime")?;
     let received = subscribe_alerts(&runtime, port, format!("{prefix}/{NODE}/+/alert"))?;
 
-    let (stop_cloud, cloud_stopped) = tokio::sync::oneshot::channel::<()>();
-    let cloud_cfg = cfg.clone();
-    let cloud = std::thread::Builder::new()
-        .name("bench-cloud".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(crate::cloud::service::serve(&cloud_cfg, async {
-                let _ = cloud_stopped.await;
-            }))
-            .map_err(anyhow::Error::from)
-        })?;
+    let cloud = super::demo::InProcessCloud::start(&cfg, "bench-cloud")?;
 
     let signals = Arc::new(Signals::default());
     {
@@ -557,11 +545,7 @@ fn live_in(
         }));
     }
     let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
-    let (uplink, handle) = {
-        let _inside = runtime.enter();
-        crate::uplink::Uplink::open(settings)?
-    };
-    runtime.spawn(uplink.run());
+    let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
     links.uplink = Some(handle.clone());
 
     let until = Instant::now() + seconds;
@@ -570,12 +554,7 @@ fn live_in(
     let _ = runtime.block_on(handle.shutdown());
     // Alerts handed over in the last moments are still on their way through the broker.
     std::thread::sleep(Duration::from_millis(500));
-    let _ = stop_cloud.send(());
-    match cloud.join() {
-        Ok(Ok(stats)) => tracing::debug!(?stats, "cloud service stopped"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cloud service"),
-        Err(_) => tracing::warn!("cloud service thread panicked"),
-    }
+    cloud.stop();
     drop(server);
     runtime.shutdown_timeout(Duration::from_secs(2));
     let summary = result?;

@@ -180,20 +180,7 @@ pub fn run(
     );
     println!("  config   {}", config_path.display());
 
-    // The cloud service: same process, its own thread and runtime, stopped by a oneshot.
-    let (stop_cloud, cloud_stopped) = tokio::sync::oneshot::channel::<()>();
-    let cloud_cfg = cfg.clone();
-    let cloud = std::thread::Builder::new()
-        .name("demo-cloud".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(crate::cloud::service::serve(&cloud_cfg, async {
-                let _ = cloud_stopped.await;
-            }))
-            .map_err(anyhow::Error::from)
-        })?;
+    let cloud = InProcessCloud::start(&cfg, "demo-cloud")?;
 
     let counters = Arc::new(Counters::default());
     let mut links = Links {
@@ -212,11 +199,7 @@ pub fn run(
         );
     }));
     let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
-    let (uplink, handle) = {
-        let _inside = runtime.enter();
-        crate::uplink::Uplink::open(settings)?
-    };
-    runtime.spawn(uplink.run());
+    let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
     links.uplink = Some(handle.clone());
 
     let until = if opts.run_forever {
@@ -234,12 +217,7 @@ pub fn run(
     signals.shutdown.store(true, Ordering::Release);
     let _ = status.join();
     let _ = runtime.block_on(handle.shutdown());
-    let _ = stop_cloud.send(());
-    match cloud.join() {
-        Ok(Ok(stats)) => tracing::debug!(?stats, "cloud service stopped"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cloud service"),
-        Err(_) => tracing::warn!("cloud service thread panicked"),
-    }
+    cloud.stop();
     drop(server);
     let run = result?;
     Ok(DemoSummary {
@@ -250,6 +228,41 @@ pub fn run(
         workers_max: run.workers_max,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `helmetd cloud` on its own thread and runtime in this process, for the demo and benchmarks.
+pub(crate) struct InProcessCloud {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<crate::cloud::service::ServiceStats>>,
+}
+
+impl InProcessCloud {
+    pub(crate) fn start(cfg: &crate::config::Config, name: &str) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let cfg = cfg.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(crate::cloud::service::serve(&cfg, async {
+                    let _ = stopped.await;
+                }))
+                .map_err(anyhow::Error::from)
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Finishes the inference in progress, disconnects, and joins the thread.
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(());
+        match self.thread.join() {
+            Ok(Ok(stats)) => tracing::debug!(?stats, "cloud service stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cloud service"),
+            Err(_) => tracing::warn!("cloud service thread panicked"),
+        }
+    }
 }
 
 /// One line, refreshed every second on a terminal, printed every 5 s otherwise.

@@ -488,6 +488,19 @@ impl Uplink {
     }
 
     /// Runs the session until [`UplinkHandle::shutdown`], or until every handle is dropped.
+    /// [`Uplink::open`] and its event loop started on `runtime`: what every caller does.
+    pub fn spawn(
+        settings: UplinkSettings,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<UplinkHandle, UplinkError> {
+        let (uplink, handle) = {
+            let _inside = runtime.enter();
+            Uplink::open(settings)?
+        };
+        runtime.spawn(uplink.run());
+        Ok(handle)
+    }
+
     pub async fn run(mut self) {
         let mut stopping: Option<Stopping> = None;
         loop {
