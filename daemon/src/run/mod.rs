@@ -205,6 +205,38 @@ fn camera_settings(cfg: &Config, cam: &config::CameraConfig) -> anyhow::Result<C
     Ok(s)
 }
 
+/// Refuses a second daemon on the same worker cgroups: its start-up sweep would kill the first
+/// one's workers, which the first would restart, without end. The lock (flock, released when the
+/// process dies, however it dies) is a file in /run/lock named after the root.
+fn lock_cgroup_root(root: &CgroupRoot) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let name = match root {
+        CgroupRoot::Path(path) => path.display().to_string(),
+        CgroupRoot::Delegated { daemon_leaf } => format!("delegated-{daemon_leaf}"),
+    };
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = Path::new("/run/lock");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("helmetd{safe}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            anyhow::anyhow!(
+                "another helmetd already runs workers under {name} ({}: {errno}); \
+             give this one its own edge.worker.cgroup_root",
+                path.display()
+            )
+        },
+    )
+}
+
 /// What the caller plugs in: the MQTT session (built on the runtime), an alert watcher, and
 /// counters it wants to read while the daemon runs.
 #[derive(Default)]
@@ -233,9 +265,11 @@ pub fn run(
     );
 
     // Workers first: a sweep of what an earlier run left behind must precede any new worker.
+    let root = cgroup_root(&cfg)?;
+    let _one_daemon = lock_cgroup_root(&root)?;
     let host = RealHost::new(RealHostConfig {
         mount: PathBuf::from("/sys/fs/cgroup"),
-        root: cgroup_root(&cfg)?,
+        root,
     })
     .context("setting up worker cgroups (root, or a delegated cgroup, is needed)")?;
     tracing::info!(root = %host.root().display(), layout = ?host.layout(), "worker cgroups");
