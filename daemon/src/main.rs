@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use helmet_pipelines::hem::HardExampleMining;
 use helmet_pipelines::output::SednaOutputs;
@@ -241,7 +240,6 @@ fn init_runtime(cfg: &config::Config) -> anyhow::Result<()> {
 fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
     use helmetd::run::{ConfigOrigin, Links, Signals};
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
 
     let origin = ConfigOrigin {
         source: config
@@ -251,34 +249,7 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
         overrides: config.overrides.clone(),
     };
     let cfg = origin.load()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("helmetd-rt")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let signals = Arc::new(Signals::default());
-    {
-        let signals = signals.clone();
-        runtime.spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::hangup()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = term.recv() => signals.shutdown.store(true, Ordering::Release),
-                    _ = int.recv() => signals.shutdown.store(true, Ordering::Release),
-                    _ = hup.recv() => signals.reload.store(true, Ordering::Release),
-                }
-            }
-        });
-    }
+    let (runtime, signals) = Signals::with_runtime()?;
     let mut links = Links::default();
     if !cfg.mqtt.url.is_empty() {
         let settings = helmetd::uplink::UplinkSettings::from_config(&cfg)?;
@@ -413,25 +384,10 @@ fn run_demo(
 ) -> anyhow::Result<()> {
     use helmetd::commands::demo::{self, DemoOptions};
     use helmetd::run::Signals;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
 
     let cfg = config::load(ConfigSource::Default, &[])?;
     init_runtime(&cfg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let signals = Arc::new(Signals::default());
-    {
-        let signals = signals.clone();
-        runtime.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                signals.shutdown.store(true, Ordering::Release);
-            }
-        });
-    }
+    let (runtime, signals) = Signals::with_runtime()?;
     let max_workers = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let opts = DemoOptions {
         video: video.unwrap_or_else(demo::default_video),

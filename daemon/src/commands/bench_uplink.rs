@@ -507,24 +507,11 @@ fn live_in(
     let cfg = origin.load()?;
     let prefix = cfg.mqtt.topic_prefix.clone();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (runtime, signals) = Signals::with_runtime()?;
     let received = subscribe_alerts(&runtime, port, format!("{prefix}/{NODE}/+/alert"))?;
 
     let cloud = super::demo::InProcessCloud::start(&cfg, "bench-cloud")?;
 
-    let signals = Arc::new(Signals::default());
-    {
-        let signals = signals.clone();
-        runtime.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                signals.shutdown.store(true, Ordering::Release);
-            }
-        });
-    }
     let seen: Seen = Arc::default();
     let mut links = Links {
         counters: Arc::new(Counters::default()),

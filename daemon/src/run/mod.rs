@@ -44,6 +44,40 @@ pub struct Signals {
     pub reload: AtomicBool,
 }
 
+impl Signals {
+    /// The async runtime that `helmetd run`, the demo and the benchmarks run on, with a task
+    /// that turns SIGTERM and SIGINT into `shutdown` and SIGHUP into `reload`.
+    pub fn with_runtime() -> anyhow::Result<(tokio::runtime::Runtime, Arc<Signals>)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("helmetd-rt")
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let signals = Arc::new(Signals::default());
+        let flags = signals.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => flags.shutdown.store(true, Ordering::Release),
+                    _ = int.recv() => flags.shutdown.store(true, Ordering::Release),
+                    _ = hup.recv() => flags.reload.store(true, Ordering::Release),
+                }
+            }
+        });
+        Ok((runtime, signals))
+    }
+}
+
 /// Where the config came from, so SIGHUP can read it again with the same overrides.
 pub struct ConfigOrigin {
     pub source: ConfigSource,
