@@ -303,7 +303,9 @@ fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
         if let Err(e) = helmet_pipelines::detect::Detector::load(&edge) {
             problems.push((config::KeyPath::parse("edge.model.input"), e.to_string()));
         }
-        if cfg.cloud.mode == config::CloudMode::Mqtt && !cfg.cloud.model.as_os_str().is_empty() {
+        if cfg.cloud.protocol == config::CloudProtocol::Mqtt
+            && !cfg.cloud.model.as_os_str().is_empty()
+        {
             let cloud = detect::cloud_model_spec(cfg);
             if let Err(e) = helmet_pipelines::detect::Detector::load(&cloud) {
                 problems.push((config::KeyPath::parse("cloud.model_input"), e.to_string()));

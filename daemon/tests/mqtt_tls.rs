@@ -120,6 +120,7 @@ fn mqtt_config(url: &str, ca: &Path, client: Option<&Pki>, spool_dir: &Path) -> 
         spool_max_mb: 64,
         spool_max_age_s: 3600,
         stats_interval_s: 10,
+        spool_kinds: Vec::new(),
     }
 }
 

@@ -83,6 +83,7 @@ fn mqtt_config(url: &str, spool_dir: &Path) -> MqttConfig {
         spool_max_mb: 64,
         spool_max_age_s: 3600,
         stats_interval_s: 10,
+        spool_kinds: Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub cloud: CloudConfig,
     pub kubeedge: KubeEdgeConfig,
+    pub sedna: SednaConfig,
     pub output: OutputConfig,
     pub http: HttpConfig,
 }
@@ -63,6 +64,17 @@ pub struct MqttConfig {
     pub spool_max_mb: u64,
     pub spool_max_age_s: u64,
     pub stats_interval_s: u64,
+    /// Which messages go through the crash-safe spool (the rest are sent once, at most).
+    pub spool_kinds: Vec<SpoolKind>,
+}
+
+/// A kind of message the spool can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolKind {
+    Alerts,
+    Snapshots,
+    HardExamples,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -170,7 +182,7 @@ pub struct AlertsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum CloudMode {
+pub enum CloudProtocol {
     Mqtt,
     SednaHttp,
     None,
@@ -179,7 +191,7 @@ pub enum CloudMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
-    pub mode: CloudMode,
+    pub protocol: CloudProtocol,
     pub url: String,
     pub timeout_ms: u64,
     pub model: PathBuf,
@@ -193,9 +205,31 @@ pub struct CloudConfig {
 #[serde(deny_unknown_fields)]
 pub struct KubeEdgeConfig {
     pub enabled: bool,
-    pub cloudcore: String,
+    /// Empty: the `[node]` name.
+    pub node_name: String,
+    pub cloudcore_host: String,
+    pub cert_port: u16,
+    pub websocket_port: u16,
     pub token_file: PathBuf,
     pub cert_dir: PathBuf,
+    pub keepalive_seconds: u64,
+    pub lease_seconds: u64,
+}
+
+/// What a Sedna deployment expects of its workers (docs/sedna.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SednaConfig {
+    /// Sedna's job name: the first path segment of `/<job>/predict`.
+    pub job_name: String,
+    /// The Local Controller's base URL for worker reports. Empty: no reports.
+    pub lc_server: String,
+    pub lc_period_s: u64,
+    pub namespace: String,
+    pub service_name: String,
+    pub worker_name: String,
+    /// The largest request body `helmetd cloud --sedna-http` accepts, in MiB.
+    pub max_body_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

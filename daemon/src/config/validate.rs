@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::load::KeyPath;
-use super::{CloudMode, Config};
+use super::{CloudProtocol, Config};
 
 type Problems = Vec<(KeyPath, String)>;
 
@@ -58,10 +58,10 @@ impl Config {
         self.validate_alerts(&mut p);
         self.validate_cloud(&mut p);
         if self.kubeedge.enabled {
-            if self.kubeedge.cloudcore.is_empty() || !self.kubeedge.cloudcore.contains(':') {
+            if self.kubeedge.cloudcore_host.is_empty() {
                 p.push((
-                    key("kubeedge.cloudcore"),
-                    "must be host:port when kubeedge is enabled".into(),
+                    key("kubeedge.cloudcore_host"),
+                    "is required when kubeedge is enabled".into(),
                 ));
             }
             if self.kubeedge.token_file.as_os_str().is_empty() {
@@ -294,12 +294,12 @@ impl Config {
         if !(1..=60_000).contains(&c.timeout_ms) {
             p.push((key("cloud.timeout_ms"), "must be within 1..=60000".into()));
         }
-        if c.mode == CloudMode::SednaHttp {
+        if c.protocol == CloudProtocol::SednaHttp {
             match url::Url::parse(&c.url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 _ => p.push((
                     key("cloud.url"),
-                    "must be an http:// or https:// URL in sedna-http mode".into(),
+                    "must be an http:// or https:// URL with protocol = \"sedna-http\"".into(),
                 )),
             }
         }

@@ -90,7 +90,7 @@ use tokio::time::Instant;
 
 use crate::cloud::protocol::MAX_RESPONSE_BYTES;
 use crate::cloud::{CloudClient, CloudClientSettings};
-use crate::config::{CloudMode, Config, MqttConfig};
+use crate::config::{CloudProtocol, Config, MqttConfig};
 use crate::spool::{Entry, FsyncPolicy, Spool, SpoolError, SpoolLimits, SpoolStats};
 use options::{OptionsError, mqtt_options};
 use window::{Origin, Window};
@@ -138,7 +138,7 @@ pub struct UplinkSettings {
 impl UplinkSettings {
     pub fn from_config(cfg: &Config) -> Result<Self, UplinkError> {
         let mut settings = Self::from_mqtt(&cfg.mqtt, &cfg.node_name())?;
-        if cfg.cloud.mode == CloudMode::Mqtt {
+        if cfg.cloud.protocol == CloudProtocol::Mqtt {
             settings.cloud = Some(CloudClientSettings::from_config(cfg));
         }
         Ok(settings)

@@ -282,6 +282,7 @@ mod tests {
             spool_max_mb: 256,
             spool_max_age_s: 86400,
             stats_interval_s: 10,
+            spool_kinds: Vec::new(),
         }
     }
 

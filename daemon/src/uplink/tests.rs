@@ -25,6 +25,7 @@ fn mqtt_config(url: &str) -> MqttConfig {
         spool_max_mb: 256,
         spool_max_age_s: 86400,
         stats_interval_s: 10,
+        spool_kinds: Vec::new(),
     }
 }
 
