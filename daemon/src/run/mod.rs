@@ -280,7 +280,12 @@ pub struct Links {
     pub counters: Arc<Counters>,
     /// `[http] listen`: the loop ticks its health and publishes a snapshot every second.
     pub telemetry: Option<Arc<crate::http::Telemetry>>,
+    /// Sees every model result as it leaves the workers, before finalize (benchmarks).
+    pub result_observer: Option<ResultObserver>,
 }
+
+/// Called from the control loop with each model result; must return quickly.
+pub type ResultObserver = Arc<dyn Fn(&Inferred) + Send + Sync>;
 
 /// Runs until `signals.shutdown` is set (or, with `until`, until that instant).
 pub fn run(
@@ -330,6 +335,7 @@ pub fn run(
     let counters = links.counters.clone();
     let telemetry = links.telemetry.clone();
     let uplink = links.uplink.clone();
+    let result_observer = links.result_observer.clone();
     let shared = Arc::new(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
         num_classes: cfg.edge.model.classes.len(),
@@ -439,6 +445,9 @@ pub fn run(
                         infer,
                         latency,
                     };
+                    if let Some(observe) = &result_observer {
+                        observe(&result);
+                    }
                     finalize::hand_over(&finalize_queues, result, &counters);
                 }
                 DispatchEvent::WorkerReady { worker, .. } => {
