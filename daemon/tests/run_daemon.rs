@@ -1078,6 +1078,113 @@ fn sighup_scales_workers_and_refuses_a_broken_file() {
     );
 }
 
+/// Per-camera `frames_in` from the stats lines after `cursor`, newest last.
+fn camera_frames_in(log: &[Line], camera: &str) -> Vec<u64> {
+    log.iter()
+        .filter_map(|l| l.message().strip_prefix("stats "))
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .filter_map(|stats| {
+            stats["cameras"]
+                .as_array()?
+                .iter()
+                .find(|c| c["camera"] == camera)?["frames_in"]
+                .as_u64()
+        })
+        .collect()
+}
+
+#[test]
+fn sighup_adds_and_removes_a_camera_without_restarting_the_others() {
+    let _serial = serial();
+    let Some(root) = TestRoot::new("sighup_cameras") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("helmetd.toml");
+    write_config(&config, 1, None);
+    let mut daemon = Daemon::start(&root, &config, tmp.path(), &[]);
+    let before = daemon.wait_log(Duration::from_secs(60), "yard streaming", |log| {
+        camera_frames_in(log, "yard")
+            .last()
+            .copied()
+            .filter(|&n| n > 0)
+    });
+
+    // A second camera appended to the file: it starts; "yard" keeps its stream (its frame
+    // count carries on, where a restarted camera would count from zero).
+    write_config(&config, 1, None);
+    let with_gate = fs::read_to_string(&config).unwrap()
+        + "\n[[camera]]\nname = \"gate\"\nurl = \"media/helmet-test.mp4\"\ndetect_fps = 2.0\n";
+    fs::write(&config, with_gate).unwrap();
+    let cursor = daemon.cursor();
+    daemon.signal(Signal::SIGHUP);
+    let reconciled = daemon.wait_log(Duration::from_secs(10), "cameras reconciled", |log| {
+        log[cursor..]
+            .iter()
+            .find(|l| l.message() == "cameras reconciled")
+            .cloned()
+    });
+    let field = |name: &str| {
+        reconciled
+            .json
+            .as_ref()
+            .and_then(|j| j["fields"][name].as_str().map(String::from))
+    };
+    assert_eq!(
+        field("started").as_deref(),
+        Some(r#"["gate"]"#),
+        "{}",
+        reconciled.text
+    );
+    assert_eq!(
+        field("restarted").as_deref(),
+        Some("[]"),
+        "{}",
+        reconciled.text
+    );
+    daemon.wait_log(Duration::from_secs(30), "gate streaming", |log| {
+        camera_frames_in(&log[cursor..], "gate")
+            .last()
+            .copied()
+            .filter(|&n| n > 0)
+    });
+    let yard = camera_frames_in(&daemon.lines()[cursor..], "yard");
+    assert!(
+        yard.iter().all(|&n| n >= before),
+        "yard restarted: frames_in went from {before} to {yard:?}"
+    );
+
+    // And removed again: it stops, "yard" still untouched.
+    write_config(&config, 1, None);
+    let cursor = daemon.cursor();
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_log(Duration::from_secs(10), "gate stopped", |log| {
+        log[cursor..]
+            .iter()
+            .find(|l| l.message() == "cameras reconciled")
+            .filter(|l| {
+                l.json
+                    .as_ref()
+                    .is_some_and(|j| j["fields"]["stopped"] == r#"["gate"]"#)
+            })
+            .cloned()
+    });
+    let last_yard = *yard.last().unwrap();
+    let after = daemon.wait_log(Duration::from_secs(10), "stats without gate", |log| {
+        log[cursor..]
+            .iter()
+            .filter_map(|l| l.message().strip_prefix("stats "))
+            .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+            .find(|s| s["cameras"].as_array().is_some_and(|c| c.len() == 1))
+    });
+    assert_eq!(after["cameras"][0]["camera"], "yard", "{after}");
+    assert!(
+        after["cameras"][0]["frames_in"].as_u64().unwrap() >= last_yard,
+        "yard restarted on removal: {after}"
+    );
+    stop_cleanly(&mut daemon, &root);
+}
+
 #[test]
 fn chaos_of_kills_reloads_and_a_daemon_restart_leaves_exactly_the_desired_workers() {
     let _serial = serial();

@@ -5,6 +5,7 @@
 //! and, with MQTT, the uplink. Shutdown is a flag set by SIGTERM/SIGINT: the loop stops the
 //! cameras, the supervisor drains and kills the workers and removes their cgroups.
 
+mod cameras;
 mod finalize;
 mod launcher;
 
@@ -19,6 +20,8 @@ use anyhow::Context;
 use helmet_pipelines::ingest::{Camera, CameraSettings, Transport};
 use helmet_pipelines::output::SednaOutputs;
 
+pub use cameras::CameraChanges;
+use cameras::CameraSet;
 pub use finalize::{AlertWatcher, Counters, FinalizeShared, Inferred};
 use launcher::{DaemonLauncher, Link};
 
@@ -358,18 +361,8 @@ pub fn run(
         telemetry: telemetry.clone(),
     });
 
-    let mut cameras = Vec::new();
-    let mut finalize_queues = HashMap::new();
-    for cam in &enabled {
-        let camera = Camera::start(camera_settings(&cfg, cam)?)
-            .with_context(|| format!("camera {}", cam.name))?;
-        finalize_queues.insert(
-            cam.name.clone(),
-            finalize::spawn_camera(runtime, &cam.name, shared.clone()),
-        );
-        cameras.push(camera);
-    }
-    let mut dispatcher = Dispatcher::new(enabled.iter().map(|c| c.name.clone()));
+    let mut dispatcher = Dispatcher::new(std::iter::empty::<String>());
+    let mut cameras = CameraSet::start(&cfg, runtime, shared, &mut dispatcher)?;
     let mut links_by_worker: HashMap<WorkerKey, Arc<Link>> = HashMap::new();
     let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
@@ -386,7 +379,7 @@ pub fn run(
     };
     let mut last_decision: Option<crate::autoscaler::Decision> = None;
     let mut last_snapshot = Instant::now() - SAMPLE_EVERY;
-    tracing::info!(cameras = cameras.len(), "helmetd running");
+    tracing::info!(cameras = cameras.cameras().len(), "helmetd running");
     notify_systemd("READY=1");
 
     while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
@@ -395,7 +388,7 @@ pub fn run(
             t.health.tick();
         }
         if signals.reload.swap(false, Ordering::AcqRel)
-            && let Some(new_cfg) = reload(origin, &cfg, &mut supervisor)
+            && let Some(new_cfg) = reload(origin, &mut supervisor)
         {
             // The HPA state restarts with the new spec, from the replicas running now.
             let current = autoscaler
@@ -409,9 +402,10 @@ pub fn run(
             if autoscaler.is_some() {
                 supervisor.set_desired(desired_pools(&new_cfg, Some(current))?);
             }
+            log_camera_changes(&cameras.reconcile(&new_cfg, &mut dispatcher));
             cfg = new_cfg;
         }
-        for camera in &cameras {
+        for camera in cameras.cameras() {
             if let Some(frame) = camera.take_latest()
                 && let Err(e) = dispatcher.offer(frame)
             {
@@ -448,7 +442,7 @@ pub fn run(
                     if let Some(observe) = &result_observer {
                         observe(&result);
                     }
-                    finalize::hand_over(&finalize_queues, result, &counters);
+                    finalize::hand_over(cameras.queues(), result, &counters);
                 }
                 DispatchEvent::WorkerReady { worker, .. } => {
                     if let Some(link) = links_by_worker.get(&worker) {
@@ -516,7 +510,7 @@ pub fn run(
             let snapshot = builder.build(
                 now,
                 &crate::http::Sources {
-                    cameras: &cameras,
+                    cameras: cameras.cameras(),
                     dispatcher: &dispatcher,
                     workers: &workers,
                     decision: last_decision.as_ref(),
@@ -530,7 +524,12 @@ pub fn run(
             t.metrics.update(&snapshot);
         }
         if now.duration_since(last_stats) >= stats_every {
-            let stats = log_stats(&cameras, &dispatcher, &supervisor.status(now), &counters);
+            let stats = log_stats(
+                cameras.cameras(),
+                &dispatcher,
+                &supervisor.status(now),
+                &counters,
+            );
             if let Some(u) = &uplink
                 && let Err(e) =
                     u.publish_volatile(&u.topics().stats_topic(), stats.to_string(), false)
@@ -543,18 +542,16 @@ pub fn run(
 
     tracing::info!("shutting down");
     notify_systemd("STOPPING=1");
-    for camera in &cameras {
-        camera.stop();
-    }
+    cameras.stop_streams();
     // Workers finish the frame they hold and exit; the supervisor then only reaps them.
-    drain_all(&mut dispatcher, &finalize_queues, &counters);
+    drain_all(&mut dispatcher, cameras.queues(), &counters);
     let report = supervisor.shutdown()?;
     tracing::info!(
         drained = report.drained,
         killed = report.killed,
         "workers stopped, cgroups removed"
     );
-    drop(finalize_queues);
+    drop(cameras);
     summary.frames = Counters::get(&counters.frames);
     summary.hard = Counters::get(&counters.hard);
     summary.cloud_answered = Counters::get(&counters.cloud_answered);
@@ -611,10 +608,9 @@ fn drain_all(
 }
 
 /// SIGHUP: a bad file is refused and the running state kept; worker count and limits apply
-/// at once, a changed model replaces workers one at a time. Camera changes need a restart.
+/// at once, a changed model replaces workers one at a time. The caller reconciles the cameras.
 fn reload(
     origin: &ConfigOrigin,
-    running: &Config,
     supervisor: &mut Supervisor<RealHost, DaemonLauncher>,
 ) -> Option<Config> {
     let cfg = match origin.load() {
@@ -637,16 +633,23 @@ fn reload(
             return None;
         }
     }
-    let names = |c: &Config| {
-        c.cameras
-            .iter()
-            .map(|c| (c.name.clone(), c.url.clone(), c.enabled))
-            .collect::<Vec<_>>()
-    };
-    if names(&cfg) != names(running) {
-        tracing::warn!("camera changes take effect at the next restart");
-    }
     Some(cfg)
+}
+
+fn log_camera_changes(changes: &CameraChanges) {
+    if changes.is_empty() {
+        tracing::info!("cameras unchanged");
+        return;
+    }
+    for (name, why) in &changes.failed {
+        tracing::error!(camera = %name, "camera not started after reload: {why}");
+    }
+    tracing::info!(
+        started = ?changes.started,
+        stopped = ?changes.stopped,
+        restarted = ?changes.restarted,
+        "cameras reconciled"
+    );
 }
 
 /// Logs one stats line and returns the same figures as JSON for the stats topic.

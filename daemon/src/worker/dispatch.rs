@@ -138,6 +138,9 @@ struct Camera {
     name: Arc<str>,
     pending: Option<Pending>,
     stats: CameraStats,
+    /// Removed from the config: takes no frames; its slot stays because jobs in flight refer to
+    /// cameras by index, and is reused if the name comes back.
+    retired: bool,
 }
 
 #[derive(Debug)]
@@ -172,7 +175,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// The cameras are fixed: that is what bounds the pending frames. Duplicate names count once.
+    /// One pending frame per camera is what bounds the queue. Duplicate names count once.
     pub fn new<I, S>(cameras: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -188,17 +191,51 @@ impl Dispatcher {
             events: Vec::new(),
         };
         for name in cameras {
-            let name: Arc<str> = name.into();
-            if !d.by_name.contains_key(&name) {
-                d.by_name.insert(Arc::clone(&name), d.cameras.len());
-                d.cameras.push(Camera {
-                    name,
-                    pending: None,
-                    stats: CameraStats::default(),
-                });
-            }
+            d.add_camera(name);
         }
         d
+    }
+
+    /// Starts taking frames of `name`; a camera already known is left as it is.
+    pub fn add_camera(&mut self, name: impl Into<Arc<str>>) {
+        let name: Arc<str> = name.into();
+        if self.by_name.contains_key(&name) {
+            return;
+        }
+        let index = match self
+            .cameras
+            .iter()
+            .position(|c| c.retired && c.name == name)
+        {
+            Some(index) => {
+                self.cameras[index].retired = false;
+                index
+            }
+            None => {
+                self.cameras.push(Camera {
+                    name: Arc::clone(&name),
+                    pending: None,
+                    stats: CameraStats::default(),
+                    retired: false,
+                });
+                self.cameras.len() - 1
+            }
+        };
+        self.by_name.insert(name, index);
+    }
+
+    /// Stops taking frames of `name` and drops its waiting frame, which counts as dropped.
+    /// Frames already on a worker still come back as `Done`. Returns whether it was known.
+    pub fn remove_camera(&mut self, name: &str) -> bool {
+        let Some(index) = self.by_name.remove(name) else {
+            return false;
+        };
+        let camera = &mut self.cameras[index];
+        if camera.pending.take().is_some() {
+            camera.stats.dropped_oldest += 1;
+        }
+        camera.retired = true;
+        true
     }
 
     /// Queues the frame as its camera's pending one (replacing an older one) and sends what
@@ -317,8 +354,18 @@ impl Dispatcher {
         self.workers.iter().map(|w| w.key)
     }
 
+    /// The cameras taking frames now.
     pub fn camera_stats(&self) -> impl Iterator<Item = (&str, &CameraStats)> {
-        self.cameras.iter().map(|c| (&*c.name, &c.stats))
+        self.cameras
+            .iter()
+            .filter(|c| !c.retired)
+            .map(|c| (&*c.name, &c.stats))
+    }
+
+    /// Frames dropped for a newer one since the start, removed cameras included, so the total
+    /// never goes down.
+    pub fn dropped_oldest_total(&self) -> u64 {
+        self.cameras.iter().map(|c| c.stats.dropped_oldest).sum()
     }
 
     /// Frames waiting for a worker (at most one per camera).
@@ -690,6 +737,55 @@ mod tests {
         assert!(d.worker(old).is_none());
         d.offer(frame("c", 0)).unwrap();
         assert_eq!(d.worker_keys().collect::<Vec<_>>(), vec![new]);
+    }
+
+    #[test]
+    fn a_removed_camera_takes_no_frames_but_its_frames_in_flight_come_back() {
+        let mut d = Dispatcher::new(["a", "b"]);
+        let worker = ready_worker(&mut d, Duration::from_millis(50));
+        d.offer(frame("a", 0)).unwrap();
+        assert_eq!(d.worker(worker).unwrap().in_flight(), 1);
+        assert!(d.remove_camera("a"));
+        assert!(!d.remove_camera("a"));
+        assert!(matches!(
+            d.offer(frame("a", 1)),
+            Err(DispatchError::UnknownCamera(_))
+        ));
+        let events = poll_until(&mut d, |e| {
+            e.iter()
+                .any(|e| matches!(e, DispatchEvent::Done { frame, .. } if &*frame.camera == "a"))
+        });
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, DispatchEvent::Lost { .. }))
+        );
+        assert_eq!(
+            d.camera_stats().map(|(n, _)| n).collect::<Vec<_>>(),
+            vec!["b"]
+        );
+
+        d.add_camera("c");
+        d.add_camera("a");
+        d.offer(frame("a", 2)).unwrap();
+        d.offer(frame("c", 0)).unwrap();
+        assert_eq!(
+            stats(&d, "a").offered,
+            2,
+            "a returning camera keeps its counters"
+        );
+        assert_eq!(d.camera_stats().count(), 3);
+    }
+
+    #[test]
+    fn removing_a_camera_counts_its_waiting_frame_as_dropped() {
+        let mut d = Dispatcher::new(["a"]);
+        d.offer(frame("a", 0)).unwrap();
+        assert_eq!(d.pending(), 1);
+        d.remove_camera("a");
+        assert_eq!(d.pending(), 0);
+        assert_eq!(d.dropped_oldest_total(), 1);
+        assert_eq!(d.camera_stats().count(), 0);
     }
 
     #[test]
