@@ -5,6 +5,8 @@
 //! test works in its own cgroup root, removed by a guard even when the test fails, and kills
 //! only processes it started. The workers are `sleep`, so nothing of the real worker is needed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
@@ -12,19 +14,19 @@ use std::io::{self, BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use helmetd::supervisor::{
-    CgroupRoot, Host, HostError, Layout, LimitOutcome, PoolName, PoolSpec, RealHost,
-    RealHostConfig, SpawnParts, SpawnStage, Supervisor, SupervisorConfig, SupervisorError,
-    WorkerChannel, WorkerLauncher, WorkerState,
+    CgroupRoot, Host, HostError, LimitOutcome, PoolName, PoolSpec, RealHost, RealHostConfig,
+    SpawnParts, SpawnStage, Supervisor, SupervisorConfig, SupervisorError, WorkerChannel,
+    WorkerLauncher, WorkerState,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const MOUNT: &str = "/sys/fs/cgroup";
+use common::{MOUNT, TestRoot, dirs_below, pids_in};
+
 /// Set in the re-executed test binary that plays a daemon; holds the cgroup root.
 const MINI_DAEMON_ROOT: &str = "HELMETD_TEST_MINI_DAEMON_ROOT";
 const POOL: &str = "sleep";
@@ -79,54 +81,11 @@ fn desired(replicas: u32, cpu_limit_millis: Option<u64>) -> BTreeMap<PoolName, P
     )])
 }
 
-/// A test-unique cgroup root (`helmetd-test-<pid>-<n>`) in the cgroup2 hierarchy; on drop
-/// everything in it is killed and all its directories, v1 mirrors included, are removed.
-struct TestRoot {
-    layout: Layout,
-    name: String,
+trait TestHost {
+    fn host(&self) -> RealHost;
 }
 
-impl TestRoot {
-    /// `None` (with the reason printed) where cgroups cannot be written.
-    fn new(test: &str) -> Option<TestRoot> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let layout = match Layout::detect(Path::new(MOUNT)) {
-            Ok(layout) => layout,
-            Err(e) => {
-                println!("SKIPPED {test}: no usable cgroup2 hierarchy: {e}");
-                return None;
-            }
-        };
-        let name = format!(
-            "helmetd-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = layout.unified_mount().join(&name);
-        if let Err(e) = fs::create_dir(&dir) {
-            println!("SKIPPED {test}: cannot create {}: {e}", dir.display());
-            return None;
-        }
-        Some(TestRoot { layout, name })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.layout.unified_mount().join(&self.name)
-    }
-
-    /// Our directory in the v1 hierarchy of `controller`, on hybrid hosts.
-    fn v1(&self, controller: &str) -> Option<PathBuf> {
-        match &self.layout {
-            Layout::Hybrid { cpu, memory, .. } => match controller {
-                "cpu" => cpu.as_ref(),
-                "memory" => memory.as_ref(),
-                _ => None,
-            }
-            .map(|mount| mount.join(&self.name)),
-            Layout::Unified { .. } => None,
-        }
-    }
-
+impl TestHost for TestRoot {
     fn host(&self) -> RealHost {
         let host = RealHost::new(RealHostConfig {
             mount: PathBuf::from(MOUNT),
@@ -138,59 +97,6 @@ impl TestRoot {
             (&self.layout, self.path().as_path())
         );
         host
-    }
-
-    /// Every directory of ours, in all hierarchies.
-    fn trees(&self) -> Vec<PathBuf> {
-        std::iter::once(self.path())
-            .chain(self.v1("cpu"))
-            .chain(self.v1("memory"))
-            .collect()
-    }
-}
-
-fn dirs_below(dir: &Path, out: &mut Vec<PathBuf>) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs_below(&entry.path(), out);
-                out.push(entry.path());
-            }
-        }
-    }
-}
-
-fn pids_in(dir: &Path) -> Vec<Pid> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .map(Pid::from_raw)
-        .collect()
-}
-
-impl Drop for TestRoot {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path().join("cgroup.kill"), "1");
-        for tree in self.trees() {
-            let mut all = Vec::new();
-            dirs_below(&tree, &mut all);
-            all.push(tree);
-            for dir in &all {
-                for pid in pids_in(dir) {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(2);
-            for dir in &all {
-                while fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if dir.exists() {
-                    eprintln!("warning: could not remove {}", dir.display());
-                }
-            }
-        }
     }
 }
 
@@ -486,7 +392,12 @@ fn a_killed_daemon_takes_its_workers_along_and_the_next_start_sweeps_the_rest() 
     let mut ghosts = BTreeSet::new();
     for id in 0..2 {
         let dir = root.path().join(format!("workers/{POOL}/{id}"));
-        ghosts.extend(pids_in(&dir).into_iter().filter(|p| !workers.contains(p)));
+        ghosts.extend(
+            pids_in(&dir)
+                .into_iter()
+                .map(Pid::from_raw)
+                .filter(|p| !workers.contains(p)),
+        );
     }
     assert_eq!(ghosts.len(), 2, "each worker forked a child");
 
