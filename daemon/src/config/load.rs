@@ -175,7 +175,12 @@ pub fn load_with_checks(
         }
     };
 
-    let deserializer = toml::Deserializer::new(&effective);
+    // Keys the file leaves out take the embedded default's value, so a short file works and an
+    // upgrade that adds a key does not break a gateway's config. Errors are still positioned in
+    // the file: by key path, since the merged text has other line numbers.
+    let effective_doc = ImDocument::parse(effective.clone()).ok();
+    let merged = with_defaults(&doc);
+    let deserializer = toml::Deserializer::new(&merged);
     let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = KeyPath::parse(&e.path().to_string().replace(['[', ']'], "."));
         let path = KeyPath(
@@ -186,7 +191,10 @@ pub fn load_with_checks(
         );
         let inner = e.into_inner();
         let message = describe_serde_error(inner.message(), &path);
-        ConfigError::Invalid(vec![positioned(&path, inner.span(), message)])
+        let span = effective_doc
+            .as_ref()
+            .and_then(|d| span_of(d.as_item(), &path.0));
+        ConfigError::Invalid(vec![positioned(&path, span, message)])
     })?;
 
     let mut problems = config.validate();
@@ -196,16 +204,43 @@ pub fn load_with_checks(
     if problems.is_empty() {
         return Ok(config);
     }
-    let located = ImDocument::parse(effective.clone()).ok();
     Err(ConfigError::Invalid(
         problems
             .into_iter()
             .map(|(path, message)| {
-                let span = located.as_ref().and_then(|d| span_of(d.as_item(), &path.0));
+                let span = effective_doc
+                    .as_ref()
+                    .and_then(|d| span_of(d.as_item(), &path.0));
                 positioned(&path, span, format!("{path}: {message}"))
             })
             .collect(),
     ))
+}
+
+/// The embedded default with `doc` laid over it, as TOML text. Tables merge key by key; any
+/// other value (arrays, `[[camera]]` lists, inline tables such as HEM parameters) replaces the
+/// default's whole, so a list is never a mix of the two.
+fn with_defaults(doc: &DocumentMut) -> String {
+    let Ok(mut defaults) = DEFAULT_CONFIG.parse::<DocumentMut>() else {
+        // Only a broken build could get here (a unit test parses the default); the file alone
+        // then has to be complete.
+        return doc.to_string();
+    };
+    overlay(defaults.as_table_mut(), doc.as_table());
+    defaults.to_string()
+}
+
+fn overlay(base: &mut dyn TableLike, over: &dyn TableLike) {
+    for (key, item) in over.iter() {
+        match (base.get_mut(key), item) {
+            (Some(Item::Table(base_table)), Item::Table(over_table)) => {
+                overlay(base_table, over_table);
+            }
+            _ => {
+                base.insert(key, item.clone());
+            }
+        }
+    }
 }
 
 /// serde's messages say "unknown field `x`"; name the table it appeared in too.
@@ -415,6 +450,37 @@ mod tests {
         let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
         assert!(cfg.cameras.is_empty());
         assert_eq!(cfg.edge.model.input, [384, 640]);
+    }
+
+    #[test]
+    fn a_short_file_takes_the_defaults_for_what_it_leaves_out() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let text = format!(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n\n[edge.model]\npath = \"{root}/models/helmet_yolov12m_384x640_int8qdq.onnx\"\n\n[cloud]\nprotocol = \"none\"\n"
+        );
+        let f = write(&text);
+        let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
+        assert_eq!(cfg.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            cfg.mqtt.topic_prefix, "helmetd/v1",
+            "default kept beside a set key"
+        );
+        assert_eq!(cfg.edge.model.input, [384, 640]);
+        assert_eq!(cfg.alerts.classes, ["Without Helmet"]);
+        assert!(cfg.cameras.is_empty());
+    }
+
+    #[test]
+    fn an_error_in_a_short_file_is_positioned_in_that_file() {
+        let f = write("[alerts]\nmin_score = 0.5\nconfirm_frames = \"two\"\n");
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].place.ends_with(":3:1"),
+            "expected line 3 of the file: {}",
+            p[0].place
+        );
+        assert!(p[0].message.contains("confirm_frames"), "{}", p[0].message);
     }
 
     #[test]
