@@ -11,6 +11,7 @@ use helmet_pipelines::output::SednaOutputs;
 use helmetd::commands::detect::{self, DetectJob};
 use helmetd::config::{self, ConfigError, ConfigSource};
 use helmetd::logging::{self, LogFormat};
+use helmetd::sedna::env::{self as sedna_env, SednaEnv, SednaEnvMode};
 
 #[derive(Parser)]
 #[command(
@@ -19,8 +20,8 @@ use helmetd::logging::{self, LogFormat};
     about = "Helmet detection on RTSP cameras, with joint cloud inference"
 )]
 struct Cli {
-    /// Log format; RUST_LOG sets the level (default info,ort=warn).
-    /// Log format; inherited by the workers the daemon starts (through HELMETD_LOG_FORMAT).
+    /// Log format, inherited by the workers the daemon starts (through HELMETD_LOG_FORMAT);
+    /// RUST_LOG sets the level (default info,ort=warn).
     #[arg(
         long,
         value_enum,
@@ -54,6 +55,30 @@ impl ConfigArgs {
     }
 }
 
+/// Sedna's environment contract (docs/sedna.md): the variables of a Sedna edge worker pod
+/// override the config file; explicit --set overrides win over them.
+#[derive(clap::Args)]
+struct SednaEnvArg {
+    /// Configure from a Sedna edge pod's variables (docs/sedna.md); explicit --set wins over them.
+    #[arg(
+        long = "sedna-env",
+        value_enum,
+        default_value = "auto",
+        env = "HELMETD_SEDNA_ENV"
+    )]
+    mode: SednaEnvMode,
+}
+
+impl SednaEnvArg {
+    /// The overrides to load with (environment's, then explicit), and the environment, whose
+    /// [`SednaEnv::attribute`] names a variable that caused a config problem.
+    fn overrides(&self, explicit: &[String]) -> anyhow::Result<(Vec<String>, SednaEnv)> {
+        let mut env = sedna_env::from_process(self.mode)?;
+        env.log();
+        Ok((env.merge(explicit), env))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print the commented default configuration.
@@ -63,6 +88,8 @@ enum Command {
         file: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        #[command(flatten)]
+        sedna_env: SednaEnvArg,
     },
     /// Run the edge model on images, video files or rtsp:// URLs; one JSON line per frame.
     Detect {
@@ -103,14 +130,27 @@ enum Command {
         /// Stop by itself after this many seconds (tests and demos); default: until SIGTERM.
         #[arg(long)]
         duration: Option<f64>,
+        #[command(flatten)]
+        sedna_env: SednaEnvArg,
+    },
+    /// Turn a Sedna JointInferenceService manifest (YAML) into a complete helmetd config.
+    ImportSedna {
+        /// The manifest, e.g. helmet_detection_inference.yaml.
+        file: PathBuf,
+        /// Write the config here instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
     },
     /// An inference worker; started by the daemon with inherited descriptors, not by hand.
     #[command(hide = true)]
     Worker(helmetd::worker::WorkerArgs),
-    /// The cloud service: answers hard examples with the big model over MQTT 5.
+    /// The cloud service: answers hard examples with the big model over MQTT 5 and/or Sedna's HTTP API.
     Cloud {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Also serve Sedna's BigModelService HTTP API here (e.g. 0.0.0.0:5000); only that when mqtt.url is empty.
+        #[arg(long, value_name = "ADDR")]
+        sedna_http: Option<std::net::SocketAddr>,
     },
     /// Ask a running daemon (its [http] listen address) for a short status summary.
     Status {
@@ -163,6 +203,8 @@ enum BenchCommand {
     Dispatch(helmetd::commands::bench_dispatch::BenchDispatchArgs),
     /// Bytes per hard example vs Sedna's JSON body, and glass-to-alert latency vs the model's own time.
     Uplink(helmetd::commands::bench_uplink::BenchUplinkArgs),
+    /// Baseline → 4× cameras → baseline, autoscaled vs static max vs static min replicas: reaction, p99 and CPU ratios.
+    Surge(helmetd::commands::bench_surge::BenchSurgeArgs),
 }
 
 fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
@@ -212,6 +254,10 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
             println!("{}", helmetd::commands::bench_uplink::run(args)?);
             Ok(())
         }
+        BenchCommand::Surge(args) => {
+            println!("{}", helmetd::commands::bench_surge::run(args)?);
+            Ok(())
+        }
     }
 }
 
@@ -237,18 +283,23 @@ fn init_runtime(cfg: &config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
+fn run_daemon(
+    config: ConfigArgs,
+    duration: Option<f64>,
+    sedna_env: SednaEnvArg,
+) -> anyhow::Result<()> {
     use helmetd::run::{ConfigOrigin, Links, Signals};
     use std::sync::Arc;
 
+    let (overrides, env) = sedna_env.overrides(&config.overrides)?;
     let origin = ConfigOrigin {
         source: config
             .config
             .clone()
             .map_or(ConfigSource::Default, ConfigSource::File),
-        overrides: config.overrides.clone(),
+        overrides,
     };
-    let cfg = origin.load()?;
+    let cfg = origin.load().map_err(|e| env.attribute(e))?;
     let (runtime, signals) = Signals::with_runtime()?;
     let mut links = Links::default();
     if !cfg.mqtt.url.is_empty() {
@@ -267,6 +318,13 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
             Some(server)
         }
     };
+    // Sedna's Local Controller, when `[sedna] lc_server` names one.
+    let lc = helmetd::sedna::lc::LcSettings::from_config(&cfg)?.map(|settings| {
+        let counters = links.counters.clone();
+        helmetd::sedna::lc::LcReporter::spawn(runtime.handle(), settings, move || {
+            helmetd::sedna::lc::Totals::from(&*counters)
+        })
+    });
     let uplink = links.uplink.clone();
     let until = duration.map(|d| std::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until);
@@ -279,6 +337,10 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
         // Publishes `stopped`; what the broker has not acknowledged stays in the spool.
         let _ = runtime.block_on(uplink.shutdown());
     }
+    if let Some(lc) = lc {
+        // The last period's counts, at most 5 s.
+        runtime.block_on(lc.shutdown());
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     let summary = summary?;
     println!(
@@ -290,7 +352,12 @@ fn run_daemon(config: ConfigArgs, duration: Option<f64>) -> anyhow::Result<()> {
 
 /// Validates a config completely, including that ONNX Runtime loads and both model files have the
 /// declared input shapes (a typo'd shape would otherwise only show when the daemon starts).
-fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
+fn check_config(
+    file: PathBuf,
+    overrides: Vec<String>,
+    sedna_env: SednaEnvArg,
+) -> anyhow::Result<()> {
+    let (overrides, env) = sedna_env.overrides(&overrides)?;
     let cfg = config::load_with_checks(ConfigSource::File(file.clone()), &overrides, |cfg| {
         if let Err(e) = init_runtime(cfg) {
             return vec![(
@@ -312,7 +379,8 @@ fn check_config(file: PathBuf, overrides: Vec<String>) -> anyhow::Result<()> {
             }
         }
         problems
-    })?;
+    })
+    .map_err(|e| env.attribute(e))?;
     println!(
         "{}: ok ({} camera(s), node {:?})",
         file.display(),
@@ -428,7 +496,12 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())
         }
-        Command::CheckConfig { file, overrides } => check_config(file, overrides),
+        Command::CheckConfig {
+            file,
+            overrides,
+            sedna_env,
+        } => check_config(file, overrides, sedna_env),
+        Command::ImportSedna { file, output } => import_sedna(&file, output.as_deref()),
         Command::Detect {
             config,
             model,
@@ -456,11 +529,16 @@ fn main() -> ExitCode {
             helmetd::http::status_command(&address).map(|summary| print!("{summary}"))
         }
         Command::Worker(args) => helmetd::worker::worker_main(args),
-        Command::Run { config, duration } => run_daemon(config, duration),
-        Command::Cloud { config } => config
-            .load()
-            .map_err(anyhow::Error::from)
-            .and_then(|cfg| init_runtime(&cfg).and_then(|()| helmetd::cloud::cloud_main(cfg))),
+        Command::Run {
+            config,
+            duration,
+            sedna_env,
+        } => run_daemon(config, duration, sedna_env),
+        Command::Cloud { config, sedna_http } => {
+            config.load().map_err(anyhow::Error::from).and_then(|cfg| {
+                init_runtime(&cfg).and_then(|()| helmetd::cloud::cloud_main(cfg, sedna_http))
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -468,10 +546,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// `helmetd import-sedna`: the config to standard output, or to `output`.
+fn import_sedna(file: &std::path::Path, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let toml = helmetd::sedna::import::import_file(file)?;
+    match output {
+        Some(path) => {
+            use anyhow::Context as _;
+            std::fs::write(path, toml).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{}: written; check it with `helmetd check-config {0}`",
+                path.display()
+            );
+        }
+        None => print!("{toml}"),
+    }
+    Ok(())
+}
+
 fn report(e: anyhow::Error) -> ExitCode {
     if let Some(config_error) = e.downcast_ref::<ConfigError>() {
         eprintln!("{config_error}");
         return ExitCode::from(ConfigError::EXIT_CODE as u8);
+    }
+    // A bad Sedna variable or manifest is a bad config too.
+    if let Some(env_error) = e.downcast_ref::<sedna_env::EnvError>() {
+        eprintln!("{env_error}");
+        return ExitCode::from(sedna_env::EnvError::EXIT_CODE as u8);
+    }
+    if let Some(import_error) = e.downcast_ref::<helmetd::sedna::import::ImportError>() {
+        eprintln!("{import_error}");
+        return ExitCode::from(helmetd::sedna::import::ImportError::EXIT_CODE as u8);
     }
     eprintln!("helmetd: {e:#}");
     ExitCode::FAILURE

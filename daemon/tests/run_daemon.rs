@@ -296,6 +296,18 @@ struct Daemon {
 impl Daemon {
     /// `helmetd --log-format json run --config <config> --set …`, from the repository root.
     fn start(root: &TestRoot, config: &Path, out: &Path, extra: &[&str]) -> Daemon {
+        Self::start_under_systemd(root, config, out, extra, None)
+    }
+
+    /// [`Daemon::start`], with `notify` as its `NOTIFY_SOCKET` and a 2 s watchdog, as systemd
+    /// would start it.
+    fn start_under_systemd(
+        root: &TestRoot,
+        config: &Path,
+        out: &Path,
+        extra: &[&str],
+        notify: Option<&Path>,
+    ) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_helmetd"));
         cmd.current_dir(repo_root())
             .args(["--log-format", "json", "run", "--config"])
@@ -313,15 +325,14 @@ impl Daemon {
         for set in extra {
             cmd.args(["--set", set]);
         }
-        // Workers inherit the environment: text logs without colour, never journald or
-        // systemd's notify socket of whatever runs the tests.
-        cmd.env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,ort=warn")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
+        common::test_daemon_env(&mut cmd, "info,ort=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(socket) = notify {
+            cmd.env("NOTIFY_SOCKET", socket)
+                .env("WATCHDOG_USEC", "2000000");
+        }
         let mut child = cmd.spawn().expect("starting helmetd run");
         let log: Log = Arc::default();
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -1089,6 +1100,155 @@ fn sighup_adds_and_removes_a_camera_without_restarting_the_others() {
         "yard restarted on removal: {after}"
     );
     stop_cleanly(&mut daemon, &root);
+}
+
+#[test]
+fn a_gateway_without_cameras_waits_and_starts_one_added_by_sighup() {
+    let _serial = serial();
+    let Some(root) = TestRoot::new("no_cameras") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("helmetd.toml");
+    write_config(&config, 1, None);
+    let enabled = fs::read_to_string(&config).unwrap();
+    let disabled = enabled.replacen(
+        "detect_fps = 2.0\n",
+        "detect_fps = 2.0\nenabled = false\n",
+        1,
+    );
+    assert_ne!(disabled, enabled, "the example's camera block changed");
+    fs::write(&config, &disabled).unwrap();
+    let mut daemon = Daemon::start(&root, &config, tmp.path(), &[]);
+    daemon.wait_log(Duration::from_secs(30), "the no-camera warning", |log| {
+        log.iter()
+            .find(|l| l.message().starts_with("no enabled [[camera]]"))
+            .cloned()
+    });
+    wait_exact(&mut daemon, &root, 1, Duration::from_secs(30));
+
+    fs::write(&config, &enabled).unwrap();
+    let cursor = daemon.cursor();
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_log(
+        Duration::from_secs(30),
+        "yard streaming after SIGHUP",
+        |log| {
+            camera_frames_in(&log[cursor..], "yard")
+                .last()
+                .copied()
+                .filter(|&n| n > 0)
+        },
+    );
+    stop_cleanly(&mut daemon, &root);
+}
+
+/// Datagrams sent to a socket of ours, as systemd's notify socket would receive them.
+struct NotifySocket {
+    path: PathBuf,
+    received: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let received: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let sink = received.clone();
+        // Ends with the test process; reads at most until the socket file's directory goes.
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    lock(&sink).push((Instant::now(), text));
+                }
+            }
+        });
+        NotifySocket { path, received }
+    }
+
+    /// Every `KEY=value` line received so far, in order.
+    fn lines(&self) -> Vec<String> {
+        lock(&self.received)
+            .iter()
+            .flat_map(|(_, d)| d.lines().map(String::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn wait_for(&self, timeout: Duration, line: &str) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if let Some(at) = lines.iter().position(|l| l == line) {
+                return at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line} within {timeout:?}; got {lines:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn under_systemd_it_reports_ready_status_watchdog_reload_and_stopping() {
+    let _serial = serial();
+    let Some(root) = TestRoot::new("systemd_notify") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("helmetd.toml");
+    write_config(&config, 1, None);
+    let notify = NotifySocket::bind(tmp.path());
+    let mut daemon =
+        Daemon::start_under_systemd(&root, &config, tmp.path(), &[], Some(&notify.path));
+
+    // READY=1 only once a worker serves.
+    notify.wait_for(Duration::from_secs(60), "READY=1");
+    let ready_logged = daemon
+        .lines()
+        .iter()
+        .any(|l| matches!(l.ev, Ev::Ready { .. }));
+    assert!(ready_logged, "READY=1 before any worker was ready");
+
+    // The watchdog every second (half of WATCHDOG_USEC), and a status line.
+    thread::sleep(Duration::from_secs(3));
+    let lines = notify.lines();
+    let pings = lines.iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(pings >= 2, "{pings} watchdog pings in 3 s: {lines:?}");
+    let status = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .expect("a STATUS= line");
+    assert!(
+        status.contains("workers 1/1 ready") && status.starts_with("cameras "),
+        "{status}"
+    );
+
+    // A reload is bracketed by RELOADING=1 and READY=1.
+    let before = notify.lines().len();
+    daemon.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after: Vec<String> = notify.lines()[before..].to_vec();
+        let reloading = after.iter().position(|l| l == "RELOADING=1");
+        let ready = after.iter().rposition(|l| l == "READY=1");
+        if matches!((reloading, ready), (Some(a), Some(b)) if a < b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not reported: {after:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    stop_cleanly(&mut daemon, &root);
+    notify.wait_for(Duration::from_secs(1), "STOPPING=1");
 }
 
 #[test]

@@ -147,8 +147,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-/// Resizes `img` into the content rectangle of a grey `input_w × input_h` canvas.
-fn letterbox_rgb(
+/// Resizes `img` into the content rectangle of a grey `input_w × input_h` canvas. Public for
+/// frames that arrive as raw pixels (Sedna's JSON lists).
+pub fn letterbox_rgb(
     img: &image::RgbImage,
     input_w: u32,
     input_h: u32,

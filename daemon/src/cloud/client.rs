@@ -8,6 +8,18 @@
 //! Unlike Sedna's client (no timeout, 5 retries × 3 s, no memory of a dead cloud) an `ask`
 //! never takes longer than the timeout, and a [`Breaker`] makes asking free while the cloud is
 //! known to be down.
+//!
+//! # Through the uplink's spool
+//!
+//! Built by the uplink ([`CloudClient::over_uplink`]) with `hard_examples` in
+//! `mqtt.spool_kinds`, every hard example goes into the uplink's crash-safe spool, properties
+//! and all, and so reaches the broker even across an outage or a crash. The spool write
+//! counts against the timeout. A request only waits for its answer while it can come: while
+//! the session is down, or the breaker is open, the request is still spooled but `ask`
+//! returns at once (`Failed(Offline)` or `BreakerOpen`). Either way its correlation id is
+//! remembered as expired, so the answer to the replayed request counts as late and is not
+//! used. Without `hard_examples` in the list a request is sent once, and while the session is
+//! down it is not sent at all (`Failed(Offline)`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -20,13 +32,18 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::config::SpoolKind;
+use crate::uplink::{Delivery, Outbox};
+
 use super::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 use super::protocol::{
     self, CloudResponse, CorrelationId, CorrelationIds, HardExampleMeta, ResponseError,
 };
 
-/// Ids of timed-out requests remembered to tell a late answer from a stray one.
-const EXPIRED_MEMORY: usize = 64;
+/// Ids of requests no longer waited for, remembered to tell a late answer from a stray one.
+/// Sized for the hard examples spooled during a long outage, which all get answered late once
+/// the spool drains (16 bytes each).
+const EXPIRED_MEMORY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloudClientSettings {
@@ -63,13 +80,21 @@ pub enum CloudAnswer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    /// The MQTT session's request queue is full or gone (the broker is unreachable).
+    /// The MQTT session's request queue is full or gone (the broker is unreachable), or the
+    /// spool refused the request.
     #[error("cannot queue the request: {0}")]
     Publish(String),
+    /// The session to the broker is down: no answer can come. A spooled request is sent
+    /// after the reconnect.
+    #[error("not connected to the broker")]
+    Offline,
     #[error("cloud replica {replica:?} refused: {message}")]
     Refused { message: String, replica: String },
     #[error("unreadable answer: {0}")]
     BadResponse(#[from] ResponseError),
+    /// The Sedna HTTP cloud (`protocol = "sedna-http"`) failed to answer.
+    #[error(transparent)]
+    SednaHttp(#[from] crate::sedna::http_client::SednaHttpError),
 }
 
 /// The session's request queue is full or closed: the caller retries on its next ConnAck.
@@ -91,11 +116,23 @@ pub struct CloudStats {
     /// Publish errors, refusals and unreadable answers.
     pub failed: u64,
     pub breaker_open_skips: u64,
+    /// Requests spooled but not waited for (breaker open, or the broker away).
+    pub spooled_unwaited: u64,
     /// Messages on the response topic that matched no request we remember.
     pub unmatched: u64,
 }
 
 type Waiter = oneshot::Sender<Result<CloudResponse, ResponseError>>;
+
+/// Where a request went.
+enum Sent {
+    /// Out to the broker, or will be shortly: its answer may come in time.
+    Waitable,
+    /// Into the spool while the session is down: it is sent after the reconnect.
+    Spooled,
+    /// Nowhere: not spooled and the session is down.
+    Dropped,
+}
 
 struct Shared {
     breaker: Breaker,
@@ -104,8 +141,27 @@ struct Shared {
     stats: CloudStats,
 }
 
+impl Shared {
+    /// Remembers a request no longer waited for, so its answer counts as late.
+    fn expire(&mut self, id: CorrelationId) {
+        if self.expired.len() == EXPIRED_MEMORY {
+            self.expired.pop_front();
+        }
+        self.expired.push_back(id);
+    }
+}
+
+/// How requests leave.
+enum Requests {
+    /// Straight into the session's request queue, for a client whose caller drives the event
+    /// loop itself.
+    Direct(AsyncClient),
+    /// Through the uplink, honouring `mqtt.spool_kinds`.
+    Uplink(Outbox),
+}
+
 pub struct CloudClient {
-    mqtt: AsyncClient,
+    requests: Requests,
     settings: CloudClientSettings,
     request_topic: String,
     response_topic: String,
@@ -114,7 +170,18 @@ pub struct CloudClient {
 }
 
 impl CloudClient {
+    /// A client that queues requests on `mqtt` directly: no spool, and no view of whether the
+    /// session is up.
     pub fn new(mqtt: AsyncClient, settings: CloudClientSettings) -> Self {
+        Self::with_requests(Requests::Direct(mqtt), settings)
+    }
+
+    /// The client the uplink builds on its own session.
+    pub fn over_uplink(outbox: Outbox, settings: CloudClientSettings) -> Self {
+        Self::with_requests(Requests::Uplink(outbox), settings)
+    }
+
+    fn with_requests(requests: Requests, settings: CloudClientSettings) -> Self {
         Self {
             request_topic: protocol::request_topic(&settings.topic_prefix),
             response_topic: protocol::response_topic(&settings.topic_prefix, &settings.node),
@@ -125,7 +192,7 @@ impl CloudClient {
                 stats: CloudStats::default(),
             }),
             ids: CorrelationIds::new(),
-            mqtt,
+            requests,
             settings,
         }
     }
@@ -138,8 +205,11 @@ impl CloudClient {
     /// Subscribes to the response topic. Never waits, so the session's event loop may call it
     /// from its own task on ConnAck.
     pub fn subscribe(&self) -> Result<(), SubscribeError> {
-        self.mqtt
-            .try_subscribe(self.response_topic.clone(), QoS::AtLeastOnce)
+        let mqtt = match &self.requests {
+            Requests::Direct(mqtt) => mqtt,
+            Requests::Uplink(outbox) => outbox.client(),
+        };
+        mqtt.try_subscribe(self.response_topic.clone(), QoS::AtLeastOnce)
             .map_err(|_| SubscribeError {
                 topic: self.response_topic.clone(),
             })
@@ -162,39 +232,33 @@ impl CloudClient {
     /// waits at most the timeout for the cloud's boxes.
     pub async fn ask(&self, jpeg: Vec<u8>, meta: &HardExampleMeta) -> CloudAnswer {
         let started = Instant::now();
-        let (in_flight, answer) = {
+        let admitted = {
             let mut shared = self.lock();
-            let probe = match shared.breaker.admit(started) {
+            match shared.breaker.admit(started) {
                 Admission::Refused => {
                     shared.stats.breaker_open_skips += 1;
-                    return CloudAnswer::BreakerOpen;
+                    None
                 }
-                Admission::Probe => true,
-                Admission::Allowed => false,
-            };
-            shared.stats.asked += 1;
-            let id = self.ids.next_id();
-            let (tx, rx) = oneshot::channel();
-            shared.waiting.insert(id, tx);
-            (InFlight::new(self, id, probe), rx)
+                admission => {
+                    shared.stats.asked += 1;
+                    let id = self.ids.next_id();
+                    let (tx, rx) = oneshot::channel();
+                    shared.waiting.insert(id, tx);
+                    Some((InFlight::new(self, id, admission == Admission::Probe), rx))
+                }
+            }
         };
-        let properties = protocol::request_properties(
-            &self.settings.node,
-            meta,
-            &self.response_topic,
-            &in_flight.id,
-            self.settings.timeout,
-        );
-        // try_: a full queue means the broker is away; waiting for room would outlast the timeout.
-        let published = self.mqtt.try_publish_with_properties(
-            self.request_topic.clone(),
-            QoS::AtLeastOnce,
-            false,
-            jpeg,
-            properties,
-        );
-        if let Err(e) = published {
-            return in_flight.fail(AskError::Publish(e.to_string()));
+        let Some((in_flight, answer)) = admitted else {
+            if self.spools() {
+                self.spool_unwaited(jpeg, meta).await;
+            }
+            return CloudAnswer::BreakerOpen;
+        };
+        match self.send(jpeg, meta, &in_flight.id).await {
+            Ok(Sent::Waitable) => {}
+            Ok(Sent::Spooled) => return in_flight.offline(),
+            Ok(Sent::Dropped) => return in_flight.fail(AskError::Offline),
+            Err(e) => return in_flight.fail(AskError::Publish(e)),
         }
         match tokio::time::timeout_at(started + self.settings.timeout, answer).await {
             Ok(Ok(Ok(CloudResponse::Result { detections, .. }))) => {
@@ -207,6 +271,64 @@ impl CloudClient {
             // The waiter is only dropped by `InFlight`, which we still hold.
             Ok(Err(_)) => in_flight.fail(AskError::Publish("request was abandoned".into())),
             Err(_) => in_flight.time_out(),
+        }
+    }
+
+    /// Whether hard examples go through the uplink's spool.
+    fn spools(&self) -> bool {
+        matches!(&self.requests, Requests::Uplink(outbox) if outbox.spools(SpoolKind::HardExamples))
+    }
+
+    /// Publishes a request: see the module documentation for which way.
+    async fn send(
+        &self,
+        jpeg: Vec<u8>,
+        meta: &HardExampleMeta,
+        id: &CorrelationId,
+    ) -> Result<Sent, String> {
+        let properties = protocol::request_properties(
+            &self.settings.node,
+            meta,
+            &self.response_topic,
+            id,
+            self.settings.timeout,
+        );
+        let topic = self.request_topic.clone();
+        match &self.requests {
+            // try_: a full queue means the broker is away; waiting for room would outlast the
+            // timeout.
+            Requests::Direct(mqtt) => mqtt
+                .try_publish_with_properties(topic, QoS::AtLeastOnce, false, jpeg, properties)
+                .map(|()| Sent::Waitable)
+                .map_err(|e| e.to_string()),
+            Requests::Uplink(outbox) => {
+                let delivery = outbox
+                    .publish(
+                        SpoolKind::HardExamples,
+                        topic,
+                        jpeg,
+                        properties.into(),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(match delivery {
+                    Delivery::Spooled(_) if !outbox.connected() => Sent::Spooled,
+                    Delivery::Spooled(_) | Delivery::Sent => Sent::Waitable,
+                    Delivery::Dropped => Sent::Dropped,
+                })
+            }
+        }
+    }
+
+    /// Spools a request nobody waits for (the breaker is open), so the cloud still gets the
+    /// hard example; its answer will count as late.
+    async fn spool_unwaited(&self, jpeg: Vec<u8>, meta: &HardExampleMeta) {
+        let id = self.ids.next_id();
+        self.lock().expire(id);
+        match self.send(jpeg, meta, &id).await {
+            Ok(_) => self.lock().stats.spooled_unwaited += 1,
+            Err(e) => tracing::warn!(error = %e, "hard example not spooled"),
         }
     }
 
@@ -257,35 +379,48 @@ impl<'a> InFlight<'a> {
         }
     }
 
-    fn succeed(mut self, detections: Vec<Detection>, rtt: Duration) -> CloudAnswer {
+    /// Marks the request finished and forgets its waiter; the caller records the outcome.
+    fn close(&mut self) -> MutexGuard<'a, Shared> {
         self.finished = true;
-        let mut shared = self.client.lock();
+        let client = self.client;
+        let mut shared = client.lock();
         shared.waiting.remove(&self.id);
+        shared
+    }
+
+    fn succeed(mut self, detections: Vec<Detection>, rtt: Duration) -> CloudAnswer {
+        let mut shared = self.close();
         shared.stats.answered += 1;
         shared.breaker.record_success();
         CloudAnswer::Answered(detections, rtt)
     }
 
     fn fail(mut self, error: AskError) -> CloudAnswer {
-        self.finished = true;
-        let mut shared = self.client.lock();
-        shared.waiting.remove(&self.id);
+        let probe = self.probe;
+        let mut shared = self.close();
         shared.stats.failed += 1;
-        shared.breaker.record_failure(Instant::now(), self.probe);
+        shared.breaker.record_failure(Instant::now(), probe);
         CloudAnswer::Failed(error)
     }
 
     fn time_out(mut self) -> CloudAnswer {
-        self.finished = true;
-        let mut shared = self.client.lock();
-        shared.waiting.remove(&self.id);
-        if shared.expired.len() == EXPIRED_MEMORY {
-            shared.expired.pop_front();
-        }
-        shared.expired.push_back(self.id);
+        let (id, probe) = (self.id, self.probe);
+        let mut shared = self.close();
+        shared.expire(id);
         shared.stats.timed_out += 1;
-        shared.breaker.record_failure(Instant::now(), self.probe);
+        shared.breaker.record_failure(Instant::now(), probe);
         CloudAnswer::Late
+    }
+
+    /// Spooled while the session is down: no answer can come in time, so none is waited for;
+    /// it will count as late. A failure to the breaker: the cloud cannot be reached.
+    fn offline(self) -> CloudAnswer {
+        let (client, id) = (self.client, self.id);
+        let answer = self.fail(AskError::Offline);
+        let mut shared = client.lock();
+        shared.expire(id);
+        shared.stats.spooled_unwaited += 1;
+        answer
     }
 }
 

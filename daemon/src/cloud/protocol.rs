@@ -492,7 +492,7 @@ fn sedna_boxes(detections: &[Detection]) -> Vec<[f64; 6]> {
         .collect()
 }
 
-fn detection_from_sedna(b: &[f64; 6]) -> Result<Detection, String> {
+pub(crate) fn detection_from_sedna(b: &[f64; 6]) -> Result<Detection, String> {
     if !b.iter().all(|v| v.is_finite()) {
         return Err("non-finite value".into());
     }

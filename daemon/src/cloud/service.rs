@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +29,7 @@ use super::protocol::{
 };
 use crate::commands::detect::cloud_model_spec;
 use crate::config::Config;
+use crate::sedna::http_server::{self, SednaServerSettings};
 use crate::uplink::options::{OptionsError, mqtt_options};
 
 /// Requests waiting behind the running inference before the oldest is refused.
@@ -115,14 +117,49 @@ impl ServiceStats {
 }
 
 /// `helmetd cloud`: serves until SIGTERM or SIGINT. ONNX Runtime must be initialised.
-pub fn cloud_main(cfg: Config) -> anyhow::Result<()> {
+///
+/// With `sedna_http`, Sedna's HTTP API is served there too, or alone when `mqtt.url` is empty.
+/// Each protocol then has its own copy of the model.
+pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ServiceError::Runtime)?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(ServiceError::Signals)?;
-        serve(&cfg, shutdown).await?;
+        let Some(addr) = sedna_http else {
+            serve(&cfg, shutdown).await?;
+            return Ok(());
+        };
+        let listener = http_server::bind(addr).await?;
+        let (detector, _) = load_big_model(&cfg)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let http = http_server::serve(
+            listener,
+            SednaServerSettings::from_config(&cfg),
+            detector,
+            until_stopped(stopped.clone()),
+        );
+        if cfg.mqtt.url.is_empty() {
+            http.await?;
+        } else {
+            tokio::try_join!(
+                async {
+                    serve(&cfg, until_stopped(stopped))
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
+                async { http.await.map_err(anyhow::Error::from) },
+            )?;
+        }
         Ok(())
     })
 }
@@ -145,13 +182,7 @@ pub async fn serve(
     cfg: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServiceStats, ServiceError> {
-    let spec = cloud_model_spec(cfg);
-    let model = spec.path.file_name().map_or_else(
-        || spec.path.display().to_string(),
-        |name| name.to_string_lossy().into_owned(),
-    );
-    let mut detector = Detector::load(&spec)?;
-    warm_up(&mut detector)?;
+    let (detector, model) = load_big_model(cfg)?;
     let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
     let (mqtt, eventloop) = AsyncClient::new(service_options(cfg, &replica)?, MQTT_QUEUE);
     let filter = protocol::shared_request_filter(&cfg.cloud.share_group, &cfg.mqtt.topic_prefix);
@@ -176,6 +207,18 @@ pub async fn serve(
         warned: [false; RejectKind::COUNT],
     };
     service.run(incoming, shutdown, driver).await
+}
+
+/// The big model, warmed up, and its file name for answers and logs.
+fn load_big_model(cfg: &Config) -> Result<(Detector, String), DetectError> {
+    let spec = cloud_model_spec(cfg);
+    let model = spec.path.file_name().map_or_else(
+        || spec.path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let mut detector = Detector::load(&spec)?;
+    warm_up(&mut detector)?;
+    Ok((detector, model))
 }
 
 /// One hard example between acceptance and answer.
@@ -415,7 +458,7 @@ fn infer(mut detector: Detector, job: Job) -> Done {
 }
 
 /// The detector answers in JPEG pixels; the edge wants its camera frame's pixels.
-fn to_original(boxes: &[Detection], meta: &HardExampleMeta) -> Vec<Detection> {
+pub(crate) fn to_original(boxes: &[Detection], meta: &HardExampleMeta) -> Vec<Detection> {
     let (w, h) = (f64::from(meta.orig_w), f64::from(meta.orig_h));
     let x = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, w) as f32;
     let y = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, h) as f32;

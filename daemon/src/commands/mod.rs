@@ -2,6 +2,7 @@
 
 pub mod bench_dispatch;
 pub mod bench_pipeline;
+pub mod bench_surge;
 pub mod bench_uplink;
 pub mod demo;
 pub mod detect;

@@ -158,10 +158,12 @@ pub fn load_with_checks(
     let effective = doc.to_string();
 
     // Errors are positioned in `effective`; overrides keep existing keys on their lines, so the
-    // positions match the file unless the error is in an overridden key, which is named instead.
+    // positions match the file unless the error is in an overridden key, which is named instead
+    // (the last override of it: that is the one in force).
     let positioned = |path: &KeyPath, span: Option<Range<usize>>, message: String| -> Problem {
         if let Some((_, raw)) = applied
             .iter()
+            .rev()
             .find(|(p, _)| path.starts_with(p) || p.starts_with(path) && !path.0.is_empty())
         {
             return Problem {

@@ -57,6 +57,13 @@ impl Config {
         self.validate_edge(&mut p);
         self.validate_alerts(&mut p);
         self.validate_cloud(&mut p);
+        // The LC reporter's own reading of [sedna], so check-config refuses what it would.
+        if let Err(e) = crate::sedna::lc::LcSettings::from_config(self) {
+            p.push((
+                KeyPath::default().key("sedna").key(e.key),
+                format!("{:?}: {}", e.value, e.reason),
+            ));
+        }
         if self.kubeedge.enabled {
             if self.kubeedge.cloudcore_host.is_empty() {
                 p.push((
@@ -296,10 +303,12 @@ impl Config {
         }
         if c.protocol == CloudProtocol::SednaHttp {
             match url::Url::parse(&c.url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                // Sedna's big-model service speaks plain HTTP inside the cluster.
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
                 _ => p.push((
                     key("cloud.url"),
-                    "must be an http:// or https:// URL with protocol = \"sedna-http\"".into(),
+                    "must be an http:// URL (Sedna's big-model service) with protocol = \"sedna-http\""
+                        .into(),
                 )),
             }
         }

@@ -34,8 +34,7 @@ pub struct Snapshot {
     pub counters: CounterSnapshot,
     /// `None` without MQTT (`[mqtt] url` empty).
     pub uplink: Option<UplinkSnapshot>,
-    /// Always false for now: there is no KubeEdge link yet; the series exists so dashboards and
-    /// alerts can be written before it does.
+    /// The KubeEdge node link is up and the node registered; false when `[kubeedge]` is off.
     pub kubeedge_connected: bool,
 }
 
@@ -259,6 +258,7 @@ pub struct Sources<'a> {
     pub desired_replicas: u32,
     pub counters: &'a Counters,
     pub uplink: Option<&'a UplinkHandle>,
+    pub kubeedge_connected: bool,
 }
 
 /// Loop-side state needed between snapshots: the previous frame totals for fps, and a CPU
@@ -346,7 +346,7 @@ impl SnapshotBuilder {
             pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
             counters: CounterSnapshot::read(sources.counters),
             uplink: sources.uplink.map(UplinkSnapshot::read),
-            kubeedge_connected: false,
+            kubeedge_connected: sources.kubeedge_connected,
         }
     }
 }

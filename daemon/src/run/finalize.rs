@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use helmet_pipelines::hem::HardExampleMining;
-use helmet_pipelines::output::{Outcome, SednaOutputs, annotate, content_image, encode_jpeg};
+use helmet_pipelines::output::{
+    Outcome, OutputError, SednaOutputs, annotate, content_image, encode_jpeg,
+};
 use helmet_pipelines::{Detection, Detections, Frame};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
@@ -19,6 +21,9 @@ use tokio::sync::mpsc;
 use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
 use crate::cloud::client::{CloudAnswer, CloudClient};
 use crate::cloud::protocol::HardExampleMeta;
+use crate::config::SpoolKind;
+use crate::config::{CloudProtocol, Config};
+use crate::sedna::http_client::{SednaHttpClient, SednaHttpSettings, UrlError};
 use crate::uplink::{MessageProperties, UplinkHandle};
 
 /// A model result on its way to the final decision.
@@ -65,8 +70,8 @@ pub struct FinalizeShared {
     pub class_names: Vec<String>,
     pub alert_settings: AlertSettings,
     pub outputs: Option<SednaOutputs>,
-    pub cloud: Option<Arc<CloudClient>>,
-    /// Alerts and snapshots go out through the spool: durable before they are sent.
+    pub cloud: Option<CloudLink>,
+    /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
     pub hard_example_jpeg_quality: u8,
@@ -74,6 +79,43 @@ pub struct FinalizeShared {
     pub counters: Arc<Counters>,
     /// Cloud round trips for `/metrics`; `None` without `[http] listen`.
     pub telemetry: Option<Arc<crate::http::Telemetry>>,
+}
+
+/// Where hard examples go. Both answer in camera-frame pixels, through the same breaker logic.
+pub enum CloudLink {
+    /// `helmetd cloud` over the uplink's MQTT session.
+    Mqtt(Arc<CloudClient>),
+    /// An unmodified Sedna `BigModelService`.
+    SednaHttp(SednaHttpClient),
+}
+
+impl CloudLink {
+    /// The link `[cloud] protocol` asks for; the MQTT one comes with the uplink.
+    pub fn from_config(
+        cfg: &Config,
+        uplink: Option<&UplinkHandle>,
+    ) -> Result<Option<Self>, UrlError> {
+        Ok(match cfg.cloud.protocol {
+            CloudProtocol::SednaHttp => {
+                let client = SednaHttpClient::new(&SednaHttpSettings::from_config(cfg))?;
+                tracing::info!(url = %client.predict_url(), "hard examples go to a Sedna cloud");
+                Some(Self::SednaHttp(client))
+            }
+            CloudProtocol::Mqtt | CloudProtocol::None => {
+                uplink.and_then(|u| u.cloud().cloned()).map(Self::Mqtt)
+            }
+        })
+    }
+
+    /// Asks about the frame's letterbox content (a JPEG over MQTT, raw pixels to Sedna).
+    async fn ask(&self, r: &Inferred, jpeg_quality: u8) -> Result<CloudAnswer, OutputError> {
+        let image = content_image(&r.frame);
+        let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
+        Ok(match self {
+            Self::Mqtt(client) => client.ask(encode_jpeg(&image, jpeg_quality)?, &meta).await,
+            Self::SednaHttp(client) => client.ask(&image, &meta).await,
+        })
+    }
 }
 
 /// Bounded: a camera whose results pile up (cloud slow, disk slow) loses the newest results
@@ -174,20 +216,19 @@ async fn finalize(
 
 async fn ask_cloud(
     shared: &FinalizeShared,
-    cloud: &CloudClient,
+    cloud: &CloudLink,
     r: &Inferred,
 ) -> Option<Vec<Detection>> {
     let counters = &shared.counters;
-    let jpeg = match encode_jpeg(&content_image(&r.frame), shared.hard_example_jpeg_quality) {
-        Ok(jpeg) => jpeg,
+    let answer = match cloud.ask(r, shared.hard_example_jpeg_quality).await {
+        Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode a hard example");
             Counters::add(&counters.cloud_failed);
             return None;
         }
     };
-    let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
-    match cloud.ask(jpeg, &meta).await {
+    match answer {
         CloudAnswer::Answered(boxes, rtt) => {
             Counters::add(&counters.cloud_answered);
             if let Some(t) = &shared.telemetry {
@@ -241,10 +282,16 @@ async fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<
         ..Default::default()
     };
     if let Err(e) = uplink
-        .publish_reliable(topics.alert_topic(&event.camera), json, json_props, false)
+        .publish(
+            SpoolKind::Alerts,
+            topics.alert_topic(&event.camera),
+            json,
+            json_props,
+            false,
+        )
         .await
     {
-        tracing::warn!(error = %e, "alert not spooled");
+        tracing::warn!(error = %e, "alert not published");
     }
     if let Some(jpeg) = snapshot {
         let props = MessageProperties {
@@ -253,10 +300,16 @@ async fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<
         };
         // Retained: a dashboard that connects later still sees the latest violation.
         if let Err(e) = uplink
-            .publish_reliable(topics.snapshot_topic(&event.camera), jpeg, props, true)
+            .publish(
+                SpoolKind::Snapshots,
+                topics.snapshot_topic(&event.camera),
+                jpeg,
+                props,
+                true,
+            )
             .await
         {
-            tracing::warn!(error = %e, "snapshot not spooled");
+            tracing::warn!(error = %e, "snapshot not published");
         }
     }
 }

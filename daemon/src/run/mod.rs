@@ -28,10 +28,12 @@ use launcher::{DaemonLauncher, Link};
 use crate::alerts::AlertSettings;
 use crate::autoscaler::{Autoscaler, FsReader, status_line};
 use crate::config::{self, Config, ConfigError, ConfigSource};
+use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, LinkPhase, NodeHealth};
 use crate::supervisor::{
     CgroupRoot, Layout, PoolName, PoolSpec, RealHost, RealHostConfig, Supervisor, SupervisorConfig,
     WorkerState,
 };
+use crate::systemd::Notifier;
 use crate::worker::{DispatchEvent, Dispatcher, InputSize, WorkerArgs, WorkerKey};
 
 /// The only worker pool so far: the edge model.
@@ -299,12 +301,13 @@ pub fn run(
     signals: &Signals,
     until: Option<Instant>,
 ) -> anyhow::Result<RunSummary> {
-    let enabled: Vec<config::CameraConfig> =
-        cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
-    anyhow::ensure!(
-        !enabled.is_empty(),
-        "no enabled [[camera]] in the config: nothing to watch"
-    );
+    if !cfg.cameras.iter().any(|c| c.enabled) {
+        // A freshly flashed gateway has no cameras yet: it still registers and serves its
+        // endpoints, and a camera added later with SIGHUP starts without a restart.
+        tracing::warn!(
+            "no enabled [[camera]] in the config: waiting for one (add it and send SIGHUP)"
+        );
+    }
 
     // Workers first: a sweep of what an earlier run left behind must precede any new worker.
     let root = cgroup_root(&cfg)?;
@@ -352,7 +355,7 @@ pub fn run(
                 cfg.edge.model.classes.clone(),
             )?),
         },
-        cloud: links.uplink.as_ref().and_then(|u| u.cloud().cloned()),
+        cloud: finalize::CloudLink::from_config(&cfg, links.uplink.as_ref())?,
         uplink: links.uplink.clone(),
         watcher: links.watcher,
         hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
@@ -380,16 +383,27 @@ pub fn run(
     let mut last_decision: Option<crate::autoscaler::Decision> = None;
     let mut last_snapshot = Instant::now() - SAMPLE_EVERY;
     tracing::info!(cameras = cameras.cameras().len(), "helmetd running");
-    notify_systemd("READY=1");
+    let kubeedge = cfg
+        .kubeedge
+        .enabled
+        .then(|| KubeEdge::spawn(runtime, KubeEdgeSettings::from_config(&cfg)));
+    let mut last_health = Instant::now() - SAMPLE_EVERY;
+    let mut systemd = Notifier::from_env();
+    // systemd counts the service as started once a worker serves: the cameras' threads run by
+    // now, but a camera that is down must not fail the start (it reconnects on its own).
+    let mut announced_ready = false;
 
     while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
         let now = Instant::now();
         if let Some(t) = &telemetry {
             t.health.tick();
         }
-        if signals.reload.swap(false, Ordering::AcqRel)
-            && let Some(new_cfg) = reload(origin, &mut supervisor)
-        {
+        systemd.watchdog_tick(now);
+        let reload_asked = signals.reload.swap(false, Ordering::AcqRel);
+        if reload_asked {
+            systemd.reloading();
+        }
+        if reload_asked && let Some(new_cfg) = reload(origin, &mut supervisor) {
             // The HPA state restarts with the new spec, from the replicas running now.
             let current = autoscaler
                 .as_ref()
@@ -404,6 +418,9 @@ pub fn run(
             }
             log_camera_changes(&cameras.reconcile(&new_cfg, &mut dispatcher));
             cfg = new_cfg;
+        }
+        if reload_asked && announced_ready {
+            systemd.ready();
         }
         for camera in cameras.cameras() {
             if let Some(frame) = camera.take_latest()
@@ -479,6 +496,10 @@ pub fn run(
                 .filter(|w| w.state == WorkerState::Ready)
                 .count();
             summary.workers_max = summary.workers_max.max(ready);
+            if ready > 0 && !announced_ready {
+                systemd.ready();
+                announced_ready = true;
+            }
         }
         if now.duration_since(last_sample) >= SAMPLE_EVERY
             && let Some(a) = autoscaler.as_mut()
@@ -502,6 +523,18 @@ pub fn run(
                 last_decision = Some(decision);
             }
         }
+        if let Some(k) = &kubeedge
+            && now.duration_since(last_health) >= SAMPLE_EVERY
+        {
+            last_health = now;
+            k.report(node_health(
+                cameras.cameras(),
+                &supervisor.status(now),
+                autoscaler
+                    .as_ref()
+                    .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
+            ));
+        }
         if let (Some(t), Some(builder)) = (&telemetry, snapshots.as_mut())
             && now.duration_since(last_snapshot) >= SAMPLE_EVERY
         {
@@ -519,29 +552,48 @@ pub fn run(
                         .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
                     counters: &counters,
                     uplink: uplink.as_ref(),
+                    kubeedge_connected: kubeedge.as_ref().is_some_and(kubeedge_connected),
                 },
             );
             t.metrics.update(&snapshot);
         }
         if now.duration_since(last_stats) >= stats_every {
-            let stats = log_stats(
+            let mut stats = stats_json(
                 cameras.cameras(),
                 &dispatcher,
                 &supervisor.status(now),
                 &counters,
             );
+            if let Some(u) = &uplink {
+                let us = u.stats();
+                stats["mqtt"] = serde_json::json!({
+                    "connected": us.connected, "reconnects": us.reconnects,
+                    "spool_depth": us.spool.entries, "spool_bytes": us.spool.bytes,
+                    "spool_dropped": us.spool.dropped_full + us.spool.dropped_expired,
+                    "once_dropped": us.once_dropped, "volatile_dropped": us.volatile_dropped,
+                });
+            }
+            if let Some(k) = &kubeedge {
+                let link = k.link_state();
+                stats["kubeedge"] = serde_json::json!({
+                    "phase": link.phase.as_str(), "registered": link.registered,
+                    "reconnects": link.reconnects, "last_error": link.last_error,
+                });
+            }
             if let Some(u) = &uplink
                 && let Err(e) =
                     u.publish_volatile(&u.topics().stats_topic(), stats.to_string(), false)
             {
                 tracing::debug!(error = %e, "stats not published");
             }
+            tracing::info!("stats {stats}");
+            systemd.status(&status_line_of(&stats));
             last_stats = now;
         }
     }
 
     tracing::info!("shutting down");
-    notify_systemd("STOPPING=1");
+    systemd.stopping();
     cameras.stop_streams();
     // Workers finish the frame they hold and exit; the supervisor then only reaps them.
     drain_all(&mut dispatcher, cameras.queues(), &counters);
@@ -552,6 +604,9 @@ pub fn run(
         "workers stopped, cgroups removed"
     );
     drop(cameras);
+    if let Some(k) = kubeedge {
+        runtime.block_on(k.shutdown());
+    }
     summary.frames = Counters::get(&counters.frames);
     summary.hard = Counters::get(&counters.hard);
     summary.cloud_answered = Counters::get(&counters.cloud_answered);
@@ -652,8 +707,51 @@ fn log_camera_changes(changes: &CameraChanges) {
     );
 }
 
-/// Logs one stats line and returns the same figures as JSON for the stats topic.
-fn log_stats(
+fn kubeedge_connected(k: &KubeEdgeHandle) -> bool {
+    let link = k.link_state();
+    link.phase == LinkPhase::Connected && link.registered
+}
+
+/// What the KubeEdge node conditions are made of.
+fn node_health(
+    cameras: &[Camera],
+    workers: &[crate::supervisor::WorkerStatus],
+    desired: u32,
+) -> NodeHealth {
+    NodeHealth {
+        cameras_streaming: cameras
+            .iter()
+            .filter(|c| c.stats().state == helmet_pipelines::ingest::CameraState::Streaming)
+            .count(),
+        cameras_total: cameras.len(),
+        workers_ready: workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count(),
+        workers_desired: desired as usize,
+    }
+}
+
+/// The `systemctl status` line: what an operator checks first.
+fn status_line_of(stats: &serde_json::Value) -> String {
+    let cameras = stats["cameras"].as_array().map_or(&[][..], Vec::as_slice);
+    let streaming = cameras
+        .iter()
+        .filter(|c| c["state"].as_str() == Some("Streaming"))
+        .count();
+    format!(
+        "cameras {streaming}/{} streaming, workers {}/{} ready, frames {}, hard {}, alerts {}",
+        cameras.len(),
+        stats["workers_ready"],
+        stats["workers"],
+        stats["frames"],
+        stats["hard"],
+        stats["alerts"],
+    )
+}
+
+/// The loop's figures as JSON, for the stats log line and the stats topic.
+fn stats_json(
     cameras: &[Camera],
     dispatcher: &Dispatcher,
     workers: &[crate::supervisor::WorkerStatus],
@@ -686,28 +784,5 @@ fn log_stats(
         "alerts": get(&counters.alerts), "dispatch_dropped": dropped,
         "workers_ready": ready, "workers": workers.len(), "cameras": per_camera,
     });
-    tracing::info!("stats {stats}");
     stats
-}
-
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd set it.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let socket = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        socket.send_to(state.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
 }

@@ -13,6 +13,18 @@
 //! `stopped` on a clean shutdown. Connection failures are retried after 0.5 s, doubling to 30 s,
 //! reset by a successful connect.
 //!
+//! # Which messages are spooled
+//!
+//! [`UplinkHandle::publish`] takes the message's [`SpoolKind`]: kinds listed in
+//! `mqtt.spool_kinds` go through the spool ([`UplinkHandle::publish_reliable`]), the others are
+//! sent once as QoS 1 while the session is up and dropped, counted in
+//! [`UplinkStats::once_dropped`], while it is not. The cloud client routes hard examples the
+//! same way, through an [`Outbox`]. Every message leaving the spool carries its spool id as the
+//! user property [`SPOOL_ID_PROPERTY`], by which subscribers recognise re-sends. MQTT 5 fields
+//! other than user properties (content type, response topic, correlation data, message expiry)
+//! are stored under reserved keys in the spool entry's property map (see `message.rs`), so a
+//! replayed hard example is a complete request.
+//!
 //! # Reliable delivery
 //!
 //! [`UplinkHandle::publish_reliable`] returns once the message is in the crash-safe spool, so
@@ -69,7 +81,7 @@ mod tests;
 mod topics;
 mod window;
 
-pub use message::{MessageError, MessageProperties};
+pub use message::{MessageError, MessageProperties, SPOOL_ID_PROPERTY};
 pub use topics::{STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED, Topics};
 
 use std::path::PathBuf;
@@ -90,7 +102,7 @@ use tokio::time::Instant;
 
 use crate::cloud::protocol::MAX_RESPONSE_BYTES;
 use crate::cloud::{CloudClient, CloudClientSettings};
-use crate::config::{CloudProtocol, Config, MqttConfig};
+use crate::config::{CloudProtocol, Config, MqttConfig, SpoolKind};
 use crate::spool::{Entry, FsyncPolicy, Spool, SpoolError, SpoolLimits, SpoolStats};
 use options::{OptionsError, mqtt_options};
 use window::{Origin, Window};
@@ -131,6 +143,8 @@ pub struct UplinkSettings {
     pub spool_dir: PathBuf,
     pub spool_limits: SpoolLimits,
     pub fsync: FsyncPolicy,
+    /// What [`UplinkHandle::publish`] sends through the spool; other kinds are sent once.
+    pub spool_kinds: Vec<SpoolKind>,
     /// Joint inference over this session, if the cloud is reached by MQTT.
     pub cloud: Option<CloudClientSettings>,
 }
@@ -162,6 +176,7 @@ impl UplinkSettings {
                 Duration::from_secs(mqtt.spool_max_age_s),
             ),
             fsync: FsyncPolicy::EveryRecord,
+            spool_kinds: mqtt.spool_kinds.clone(),
             cloud: None,
         })
     }
@@ -216,6 +231,10 @@ pub struct UplinkStats {
     pub volatile_published: u64,
     /// Volatile messages dropped because the session was down or its queue full.
     pub volatile_dropped: u64,
+    /// Messages of kinds not in `spool_kinds`, handed to the session as QoS 1.
+    pub once_published: u64,
+    /// Of those kinds, dropped because the session was down or its queue full.
+    pub once_dropped: u64,
     /// The spool's depth and drops; as of the shutdown once the uplink has stopped.
     pub spool: SpoolStats,
 }
@@ -231,6 +250,8 @@ struct Counters {
     in_flight: usize,
     volatile_published: u64,
     volatile_dropped: u64,
+    once_published: u64,
+    once_dropped: u64,
     /// Refreshed when the spool is closed.
     spool: SpoolStats,
 }
@@ -271,6 +292,8 @@ impl Shared {
             in_flight: c.in_flight,
             volatile_published: c.volatile_published,
             volatile_dropped: c.volatile_dropped,
+            once_published: c.once_published,
+            once_dropped: c.once_dropped,
             spool: spool.unwrap_or(c.spool),
         }
     }
@@ -280,11 +303,108 @@ enum Command {
     Shutdown(oneshot::Sender<UplinkStats>),
 }
 
+/// How [`UplinkHandle::publish`] handled a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// In the spool under this id: durable, sent until the broker confirms it.
+    Spooled(u64),
+    /// Handed to the session once, as QoS 1.
+    Sent,
+    /// Not spooled and the session was down (or its queue full): dropped and counted.
+    Dropped,
+}
+
+/// What sends messages on the session: shared by the handles and the cloud client. Holds no
+/// command sender, so the cloud client inside the event loop does not keep it running.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    spool_kinds: Vec<SpoolKind>,
+}
+
+impl Outbox {
+    /// The session's client, for subscriptions.
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// Whether the session is up right now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether messages of `kind` go through the spool.
+    pub fn spools(&self, kind: SpoolKind) -> bool {
+        self.spool_kinds.contains(&kind)
+    }
+
+    /// A message of `kind`: through the spool if `spool_kinds` lists it
+    /// ([`publish_reliable`](Self::publish_reliable)), otherwise once as QoS 1 while the
+    /// session is up and dropped, counted, while it is not.
+    pub async fn publish(
+        &self,
+        kind: SpoolKind,
+        topic: String,
+        payload: Vec<u8>,
+        properties: MessageProperties,
+        retain: bool,
+    ) -> Result<Delivery, PublishError> {
+        if self.spools(kind) {
+            return self
+                .publish_reliable(topic, payload, properties, retain)
+                .await
+                .map(Delivery::Spooled);
+        }
+        let properties = message::to_properties(&topic, properties)?;
+        let sent = self.connected()
+            && self
+                .client
+                .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, properties)
+                .is_ok();
+        let mut counters = self.shared.counters();
+        if sent {
+            counters.once_published += 1;
+            Ok(Delivery::Sent)
+        } else {
+            counters.once_dropped += 1;
+            Ok(Delivery::Dropped)
+        }
+    }
+
+    /// Stores a message in the spool and returns its spool id; the event loop publishes it as
+    /// QoS 1 as soon as the broker can take it (see the module documentation). Once this returns
+    /// `Ok` the message is durable. The spool write runs on the blocking pool: under
+    /// `FsyncPolicy::EveryRecord` it waits for the disk.
+    pub async fn publish_reliable(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        properties: MessageProperties,
+        retain: bool,
+    ) -> Result<u64, PublishError> {
+        let entry = message::to_entry(topic, payload, properties, retain)?;
+        let shared = Arc::clone(&self.shared);
+        // Waking from the blocking task too means a caller that stops waiting still gets its
+        // stored message sent promptly.
+        tokio::task::spawn_blocking(move || {
+            let id = match shared.spool().as_mut() {
+                Some(spool) => spool.push(&entry)?,
+                None => return Err(PublishError::Stopped),
+            };
+            shared.unread.store(true, Ordering::Release);
+            shared.wake.notify_one();
+            tracing::debug!(id, topic = entry.topic, "spooled");
+            Ok(id)
+        })
+        .await?
+    }
+}
+
 /// The sending side of the session, cheap to clone.
 #[derive(Clone)]
 pub struct UplinkHandle {
-    shared: Arc<Shared>,
-    client: AsyncClient,
+    outbox: Outbox,
     commands: mpsc::Sender<Command>,
     topics: Topics,
     cloud: Option<Arc<CloudClient>>,
@@ -300,10 +420,21 @@ impl UplinkHandle {
         self.cloud.as_ref()
     }
 
-    /// Stores a message in the spool and returns its spool id; the event loop publishes it as
-    /// QoS 1 as soon as the broker can take it (see the module documentation). Once this returns
-    /// `Ok` the message is durable. The spool write runs on the blocking pool: under
-    /// `FsyncPolicy::EveryRecord` it waits for the disk.
+    /// See [`Outbox::publish`].
+    pub async fn publish(
+        &self,
+        kind: SpoolKind,
+        topic: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        properties: MessageProperties,
+        retain: bool,
+    ) -> Result<Delivery, PublishError> {
+        self.outbox
+            .publish(kind, topic.into(), payload.into(), properties, retain)
+            .await
+    }
+
+    /// See [`Outbox::publish_reliable`].
     pub async fn publish_reliable(
         &self,
         topic: impl Into<String>,
@@ -311,20 +442,9 @@ impl UplinkHandle {
         properties: MessageProperties,
         retain: bool,
     ) -> Result<u64, PublishError> {
-        let entry = message::to_entry(topic.into(), payload.into(), properties, retain)?;
-        let shared = Arc::clone(&self.shared);
-        // Waking from the blocking task too means a caller that stops waiting still gets its
-        // stored message sent promptly.
-        tokio::task::spawn_blocking(move || {
-            let id = match shared.spool().as_mut() {
-                Some(spool) => spool.push(&entry)?,
-                None => return Err(PublishError::Stopped),
-            };
-            shared.unread.store(true, Ordering::Release);
-            shared.wake.notify_one();
-            Ok(id)
-        })
-        .await?
+        self.outbox
+            .publish_reliable(topic.into(), payload.into(), properties, retain)
+            .await
     }
 
     /// Sends a QoS 0 message if the session is up. Returns whether it was handed to the
@@ -336,12 +456,13 @@ impl UplinkHandle {
         retain: bool,
     ) -> Result<bool, MessageError> {
         message::check_topic(topic)?;
-        let sent = self.shared.connected.load(Ordering::Acquire)
+        let sent = self.outbox.connected()
             && self
+                .outbox
                 .client
                 .try_publish(topic, QoS::AtMostOnce, retain, payload.into())
                 .is_ok();
-        let mut counters = self.shared.counters();
+        let mut counters = self.outbox.shared.counters();
         if sent {
             counters.volatile_published += 1;
         } else {
@@ -351,7 +472,7 @@ impl UplinkHandle {
     }
 
     pub fn stats(&self) -> UplinkStats {
-        self.shared.stats()
+        self.outbox.shared.stats()
     }
 
     /// Publishes the retained `stopped` status, waits (at most 5 s) for the broker to confirm
@@ -444,6 +565,8 @@ impl Uplink {
                 in_flight: 0,
                 volatile_published: 0,
                 volatile_dropped: 0,
+                once_published: 0,
+                once_dropped: 0,
                 spool: spool.stats(),
             }),
             spool: Mutex::new(Some(spool)),
@@ -452,9 +575,14 @@ impl Uplink {
             connected: AtomicBool::new(false),
         });
         let (client, eventloop) = AsyncClient::new(options, MQTT_QUEUE);
+        let outbox = Outbox {
+            shared: Arc::clone(&shared),
+            client,
+            spool_kinds: settings.spool_kinds,
+        };
         let cloud = settings
             .cloud
-            .map(|cloud| Arc::new(CloudClient::new(client.clone(), cloud)));
+            .map(|cloud| Arc::new(CloudClient::over_uplink(outbox.clone(), cloud)));
         let (commands_tx, commands) = mpsc::channel(4);
         let uplink = Uplink {
             eventloop,
@@ -478,8 +606,7 @@ impl Uplink {
             in_row: 0,
         };
         let handle = UplinkHandle {
-            shared,
-            client,
+            outbox,
             commands: commands_tx,
             topics,
             cloud,
@@ -660,7 +787,7 @@ impl Uplink {
     }
 
     fn take_in(&mut self, id: u64, entry: Entry) {
-        match message::to_publish(entry) {
+        match message::to_publish(id, entry) {
             Ok(publish) => self.window.push(Origin::Spool(id), publish),
             Err(e) => {
                 tracing::error!(id, error = %e, "spooled message cannot be published; dropped");

@@ -121,3 +121,17 @@ pub fn pids_in(dir: &Path) -> Vec<i32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// The environment of a daemon a test starts (workers inherit it): text logs without colour at
+/// `rust_log`, and never the journald stream or systemd notify socket of whatever runs the tests.
+pub fn test_daemon_env<'c>(
+    cmd: &'c mut std::process::Command,
+    rust_log: &str,
+) -> &'c mut std::process::Command {
+    cmd.env("NO_COLOR", "1")
+        .env("RUST_LOG", rust_log)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+}

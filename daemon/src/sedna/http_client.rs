@@ -1,0 +1,417 @@
+//! The edge side of joint inference against an unmodified Sedna `BigModelService`
+//! (`[cloud] protocol = "sedna-http"`).
+//!
+//! Wire format as Sedna's `ModelClient` (docs/sedna.md): `POST <cloud.url>/<job>/predict` with
+//! `{"data": <H×W×3 nested lists of RGB uint8>}`, answer `200 {"result": [[xmin, ymin, xmax,
+//! ymax, score, class], …]}`. What we send is the letterbox content of the frame (the camera
+//! frame scaled to the edge model's input), the only pixels a [`Frame`](helmet_pipelines::Frame)
+//! keeps; the boxes are mapped back to camera-frame pixels before the edge uses them.
+//!
+//! Unlike Sedna's client (no timeout, 5 attempts 3 s apart) one `ask` is one attempt bounded by
+//! `cloud.timeout_ms` from start to parsed answer, and the same circuit breaker as the MQTT
+//! client makes asking free while the cloud is known to be down.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use helmet_pipelines::Detection;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use image::RgbImage;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::cloud::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
+use crate::cloud::client::{AskError, CloudAnswer};
+use crate::cloud::protocol::{HardExampleMeta, detection_from_sedna};
+use crate::cloud::service::to_original;
+
+/// 300 boxes of six numbers are ~20 KB; a body beyond this is not an answer to us.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// How much of an error body goes into the error message.
+const ERROR_BODY_CHARS: usize = 200;
+
+/// `cloud.url` cannot be used for Sedna HTTP.
+#[derive(Debug, thiserror::Error)]
+#[error("cloud.url {url:?}: {reason}")]
+pub struct UrlError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// Why one request failed (a timeout is not an error: it is [`CloudAnswer::Late`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SednaHttpError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {authority} failed: {source}")]
+    Http {
+        authority: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{authority} sent more than {MAX_RESPONSE_BYTES} bytes or broke off the body")]
+    Body { authority: String },
+    #[error("{authority} answered {status}: {body}")]
+    Status {
+        authority: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("unreadable answer from {authority}: {reason}")]
+    BadResponse { authority: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SednaHttpSettings {
+    /// `cloud.url`, e.g. `http://10.0.0.5:5000`.
+    pub base_url: String,
+    /// `sedna.job_name`.
+    pub job: String,
+    pub timeout: Duration,
+    pub breaker: BreakerSettings,
+}
+
+impl SednaHttpSettings {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            base_url: cfg.cloud.url.clone(),
+            job: cfg.sedna.job_name.clone(),
+            timeout: Duration::from_millis(cfg.cloud.timeout_ms),
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+pub struct SednaHttpClient {
+    /// `host:port`, what we connect to and send as `Host`.
+    authority: String,
+    /// `/<job>/predict` under the base URL's path.
+    path: String,
+    timeout: Duration,
+    breaker: Mutex<Breaker>,
+}
+
+impl SednaHttpClient {
+    pub fn new(settings: &SednaHttpSettings) -> Result<Self, UrlError> {
+        let error = |reason: &str| UrlError {
+            url: settings.base_url.clone(),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(&settings.base_url).map_err(|e| error(&e.to_string()))?;
+        if url.scheme() != "http" {
+            // Sedna's BigModelService serves plain HTTP only.
+            return Err(error("only http:// is supported for Sedna HTTP"));
+        }
+        let host = url.host_str().ok_or_else(|| error("no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        if settings.job.is_empty() || settings.job.contains(['/', '?', '#']) {
+            return Err(error("sedna.job_name must be one non-empty path segment"));
+        }
+        Ok(Self {
+            authority: format!("{host}:{port}"),
+            path: format!(
+                "{}/{}/predict",
+                url.path().trim_end_matches('/'),
+                settings.job
+            ),
+            timeout: settings.timeout,
+            breaker: Mutex::new(Breaker::new(settings.breaker)),
+        })
+    }
+
+    /// The URL requests go to, for logs.
+    pub fn predict_url(&self) -> String {
+        format!("http://{}{}", self.authority, self.path)
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.lock().state()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Breaker> {
+        // Nothing under the lock panics; a poisoned breaker is still consistent.
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `image` (the letterbox content of the frame `meta` describes) and waits at most
+    /// the timeout for the big model's boxes, returned in camera-frame pixels.
+    pub async fn ask(&self, image: &RgbImage, meta: &HardExampleMeta) -> CloudAnswer {
+        let started = Instant::now();
+        let probe = match self.lock().admit(started) {
+            Admission::Refused => return CloudAnswer::BreakerOpen,
+            Admission::Probe => true,
+            Admission::Allowed => false,
+        };
+        let attempt = Attempt {
+            client: self,
+            probe,
+            finished: false,
+        };
+        let body = predict_body(image);
+        match tokio::time::timeout_at(started + self.timeout, self.exchange(body)).await {
+            Ok(Ok(boxes)) => {
+                attempt.succeed();
+                CloudAnswer::Answered(to_original(&boxes, meta), started.elapsed())
+            }
+            Ok(Err(e)) => {
+                attempt.fail();
+                CloudAnswer::Failed(AskError::SednaHttp(e))
+            }
+            Err(_) => {
+                attempt.fail();
+                CloudAnswer::Late
+            }
+        }
+    }
+
+    /// One request on a fresh connection: a hard example is rare and megabytes large, so a
+    /// kept-alive connection would save little and add a stale-connection failure mode.
+    async fn exchange(&self, body: Bytes) -> Result<Vec<Detection>, SednaHttpError> {
+        let authority = &self.authority;
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|source| SednaHttpError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
+        let http = |source| SednaHttpError::Http {
+            authority: authority.clone(),
+            source,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        // Aborted when this future is dropped (timeout), so a silent server holds no socket.
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        let request = Request::post(&self.path)
+            .header(HOST, authority)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| SednaHttpError::BadResponse {
+                authority: authority.clone(),
+                reason: format!("cannot build the request: {e}"),
+            })?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|_| SednaHttpError::Body {
+                authority: authority.clone(),
+            })?
+            .to_bytes();
+        drop(connection);
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&body);
+            return Err(SednaHttpError::Status {
+                authority: authority.clone(),
+                status,
+                body: text.trim().chars().take(ERROR_BODY_CHARS).collect(),
+            });
+        }
+        parse_result(&body).map_err(|reason| SednaHttpError::BadResponse {
+            authority: authority.clone(),
+            reason,
+        })
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One admitted request. Dropped unfinished (the caller cancelled `ask`), a probe counts as
+/// failed so the breaker cannot stay half-open forever.
+struct Attempt<'a> {
+    client: &'a SednaHttpClient,
+    probe: bool,
+    finished: bool,
+}
+
+impl Attempt<'_> {
+    fn succeed(mut self) {
+        self.finished = true;
+        self.client.lock().record_success();
+    }
+
+    fn fail(mut self) {
+        self.finished = true;
+        self.client
+            .lock()
+            .record_failure(Instant::now(), self.probe);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.probe {
+            self.client.lock().record_failure(Instant::now(), true);
+        }
+    }
+}
+
+/// Sedna's request body for an RGB image: `{"data":[[[r,g,b],…],…]}`, compact (Python's
+/// `json.dumps` adds a space after every comma; the receiving FastAPI does not care).
+///
+/// Written by hand, a pixel at a time from a digit table: serde_json would visit 3·W·H values
+/// through the generic serializer, and this is on the path of every hard frame.
+pub fn predict_body(image: &RgbImage) -> Bytes {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    // At most "[255,255,255]," per pixel and "[]," per row.
+    let mut out = Vec::with_capacity(16 + w * h * 14 + h * 3);
+    out.extend_from_slice(b"{\"data\":[");
+    for (y, row) in image.as_raw().chunks_exact(w * 3).enumerate() {
+        if y > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            if x > 0 {
+                out.push(b',');
+            }
+            push_pixel(&mut out, px);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
+}
+
+/// The decimal digits of every byte value, left-aligned, with their count.
+static DIGITS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, t, o) = ((v / 100) as u8, (v / 10 % 10) as u8, (v % 10) as u8);
+        table[v] = match v {
+            0..=9 => ([b'0' + o, 0, 0], 1),
+            10..=99 => ([b'0' + t, b'0' + o, 0], 2),
+            _ => ([b'0' + h, b'0' + t, b'0' + o], 3),
+        };
+        v += 1;
+    }
+    table
+};
+
+/// `[r,g,b]`, assembled on the stack and appended at once.
+fn push_pixel(out: &mut Vec<u8>, px: &[u8]) {
+    let mut buf = [0u8; 16];
+    buf[0] = b'[';
+    let mut n = 1;
+    for (k, &v) in px.iter().enumerate() {
+        if k > 0 {
+            buf[n] = b',';
+            n += 1;
+        }
+        let (digits, len) = DIGITS[usize::from(v)];
+        // Three bytes always fit (n ≤ 9 here); only `len` of them are kept.
+        buf[n..n + 3].copy_from_slice(&digits);
+        n += usize::from(len);
+    }
+    buf[n] = b']';
+    out.extend_from_slice(&buf[..=n]);
+}
+
+#[derive(Deserialize)]
+struct PredictResult {
+    result: Vec<[f64; 6]>,
+}
+
+/// `{"result": [[xmin, ymin, xmax, ymax, score, class], …]}` in the pixels of the image sent.
+/// Extra keys are ignored; a class may come as `2` or `2.0` (Sedna passes the model's dtype).
+pub fn parse_result(body: &[u8]) -> Result<Vec<Detection>, String> {
+    let parsed: PredictResult = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    parsed
+        .result
+        .iter()
+        .enumerate()
+        .map(|(i, b)| detection_from_sedna(b).map_err(|e| format!("box {i} {b:?}: {e}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str, job: &str) -> SednaHttpSettings {
+        SednaHttpSettings {
+            base_url: url.into(),
+            job: job.into(),
+            timeout: Duration::from_secs(1),
+            breaker: BreakerSettings::default(),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let client = SednaHttpClient::new(&settings("http://10.0.0.5:5000", "sedna")).unwrap();
+        assert_eq!(client.predict_url(), "http://10.0.0.5:5000/sedna/predict");
+        let client = SednaHttpClient::new(&settings("http://cloud/base/", "ji")).unwrap();
+        assert_eq!(client.predict_url(), "http://cloud:80/base/ji/predict");
+        let client = SednaHttpClient::new(&settings("http://[::1]:5000", "s")).unwrap();
+        assert_eq!(client.predict_url(), "http://[::1]:5000/s/predict");
+        assert!(SednaHttpClient::new(&settings("https://cloud:5000", "s")).is_err());
+        assert!(SednaHttpClient::new(&settings("http://cloud:5000", "a/b")).is_err());
+        assert!(SednaHttpClient::new(&settings("not a url", "s")).is_err());
+    }
+
+    #[test]
+    fn the_body_is_sednas_nested_lists() {
+        let image =
+            RgbImage::from_raw(2, 2, vec![0, 9, 10, 99, 100, 255, 1, 2, 3, 4, 5, 6]).unwrap();
+        let body = predict_body(&image);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"data":[[[0,9,10],[99,100,255]],[[1,2,3],[4,5,6]]]}"#
+        );
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["data"][1][0], serde_json::json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn results_parse_with_int_or_float_classes_and_junk_is_refused() {
+        let boxes = parse_result(
+            br#"{"result": [[1, 2.5, 30, 40, 0.9, 2], [0, 0, 1, 1, 0.5, 1.0]], "x": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            boxes[0],
+            Detection {
+                x1: 1.0,
+                y1: 2.5,
+                x2: 30.0,
+                y2: 40.0,
+                score: 0.9,
+                class: 2
+            }
+        );
+        assert_eq!(boxes[1].class, 1);
+        assert_eq!(parse_result(br#"{"result": []}"#).unwrap(), []);
+        for junk in [
+            &br#"{"detail": "x"}"#[..],
+            br#"{"result": [[1, 2, 3]]}"#,
+            br#"{"result": [[1, 2, 3, 4, 0.5, 1.5]]}"#,
+            br#"{"result": [[1, 2, 3, 4, 0.5, -1]]}"#,
+            br#"{"result": [[1, 2, 3, 4, "a", 1]]}"#,
+            b"<html>",
+        ] {
+            assert!(
+                parse_result(junk).is_err(),
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
+        }
+    }
+}

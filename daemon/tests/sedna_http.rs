@@ -1,0 +1,651 @@
+//! Sedna's HTTP joint-inference protocol on both sides (docs/sedna.md):
+//!
+//! - the edge's `SednaHttpClient` against an in-test server that behaves as Sedna's
+//!   `BigModelService` (shapes and status codes from docs/sedna-semantics.md §1.4);
+//! - `helmetd cloud --sedna-http` (the built binary, the real big model) against an in-test
+//!   client that sends exactly what Sedna's `ModelClient` sends.
+//!
+//! Run with `--nocapture` to see the measured sizes and parse times.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use helmet_pipelines::detect::Detector;
+use helmet_pipelines::output::{content_image, encode_jpeg};
+use helmet_pipelines::{Detection, still};
+use helmetd::cloud::protocol::HardExampleMeta;
+use helmetd::cloud::{AskError, BreakerSettings, BreakerState, CloudAnswer};
+use helmetd::sedna::http_client::{SednaHttpClient, SednaHttpError, SednaHttpSettings};
+use helmetd::sedna::http_server::parse_predict;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use image::RgbImage;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Loading the 80 MB big model and warming it up, on a busy 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Generous: the big model on 2 shared cores; the tests check answers, not speed.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_millis(400);
+/// Slack for scheduling on a loaded machine when checking that a timeout was kept.
+const SLACK: Duration = Duration::from_millis(300);
+
+fn root() -> PathBuf {
+    helmetd_e2e::workspace_root()
+}
+
+fn photo_path() -> PathBuf {
+    root().join("media/overeasy_construction.jpg")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edge's client against a stand-in for Sedna's BigModelService.
+
+/// How the stand-in answers `POST /sedna/predict`.
+#[derive(Clone)]
+enum Mode {
+    /// 200 `{"result": …}` with these boxes (in the pixels of the image received).
+    Answer(Value),
+    /// Accepts the request and never answers (Sedna's client would hang forever).
+    Silent,
+    /// This status with FastAPI's / uvicorn's body for it.
+    Status(StatusCode),
+}
+
+#[derive(Default)]
+struct Seen {
+    /// `[height, width, channels]` of every `data` received.
+    shapes: Vec<[usize; 3]>,
+    first_pixel: Option<Value>,
+}
+
+struct Stand {
+    mode: Mutex<Mode>,
+    seen: Mutex<Seen>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn stand_predict(State(stand): State<Arc<Stand>>, body: Bytes) -> Response {
+    let mode = lock(&stand.mode).clone();
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(_) => return (StatusCode::UNPROCESSABLE_ENTITY, "{}").into_response(),
+    };
+    let Some(rows) = body["data"].as_array() else {
+        let detail = json!({"detail": [{"loc": ["body", "data"], "msg": "field required", "type": "value_error.missing"}]});
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(detail)).into_response();
+    };
+    {
+        let mut seen = lock(&stand.seen);
+        let width = rows.first().and_then(Value::as_array).map_or(0, Vec::len);
+        let channels = rows[0][0].as_array().map_or(0, Vec::len);
+        seen.shapes.push([rows.len(), width, channels]);
+        seen.first_pixel = Some(rows[0][0].clone());
+    }
+    match mode {
+        Mode::Answer(result) => axum::Json(json!({ "result": result })).into_response(),
+        Mode::Silent => std::future::pending().await,
+        Mode::Status(status) if status == StatusCode::UNPROCESSABLE_ENTITY => {
+            let detail = json!({"detail": [{"loc": ["body", "data"], "msg": "value is not a valid list", "type": "type_error.list"}]});
+            (status, axum::Json(detail)).into_response()
+        }
+        Mode::Status(status) => (status, "Internal Server Error").into_response(),
+    }
+}
+
+async fn stand_info() -> axum::Json<Value> {
+    axum::Json(json!({"infos": [
+        {"path": "/sedna", "name": "model_info"},
+        {"path": "/sedna/predict", "name": "predict"},
+    ]}))
+}
+
+/// Starts the stand-in on a free loopback port.
+async fn start_stand(mode: Mode) -> (SocketAddr, Arc<Stand>) {
+    let stand = Arc::new(Stand {
+        mode: Mutex::new(mode),
+        seen: Mutex::new(Seen::default()),
+    });
+    let router = Router::new()
+        .route("/sedna", get(stand_info))
+        .route("/sedna/predict", post(stand_predict))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(stand.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, stand)
+}
+
+fn client(addr: SocketAddr, open_initial: Duration) -> SednaHttpClient {
+    SednaHttpClient::new(&SednaHttpSettings {
+        base_url: format!("http://{addr}"),
+        job: "sedna".into(),
+        timeout: TIMEOUT,
+        breaker: BreakerSettings {
+            failure_threshold: 3,
+            open_initial,
+            open_max: open_initial * 4,
+        },
+    })
+    .unwrap()
+}
+
+/// A 64×36 content image of a 1280×720 camera frame (letterbox scale 0.05).
+fn hard_example() -> (RgbImage, HardExampleMeta) {
+    let image = RgbImage::from_fn(64, 36, |x, y| image::Rgb([x as u8, y as u8, 200]));
+    let meta = HardExampleMeta {
+        camera: "gate".into(),
+        seq: 7,
+        capture_time: SystemTime::now(),
+        edge_result: Vec::new(),
+        orig_w: 1280,
+        orig_h: 720,
+        scale: 0.05,
+    };
+    (image, meta)
+}
+
+#[tokio::test]
+async fn an_answer_in_time_is_used_in_camera_frame_pixels() {
+    let (addr, stand) = start_stand(Mode::Answer(json!([
+        [10, 5.5, 20, 15, 0.875, 1],
+        [0, 0, 64, 36, 0.5, 0.0]
+    ])))
+    .await;
+    let client = client(addr, Duration::from_secs(5));
+    let (image, meta) = hard_example();
+    let answer = client.ask(&image, &meta).await;
+    let CloudAnswer::Answered(boxes, rtt) = answer else {
+        panic!("{answer:?}")
+    };
+    assert!(rtt < TIMEOUT, "{rtt:?}");
+    assert_eq!(
+        boxes,
+        [
+            Detection {
+                x1: 200.0,
+                y1: 110.0,
+                x2: 400.0,
+                y2: 300.0,
+                score: 0.875,
+                class: 1
+            },
+            Detection {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 1280.0,
+                y2: 720.0,
+                score: 0.5,
+                class: 0
+            }
+        ]
+    );
+    let seen = lock(&stand.seen);
+    assert_eq!(seen.shapes, [[36, 64, 3]], "H×W×3 nested lists");
+    assert_eq!(seen.first_pixel, Some(json!([0, 0, 200])));
+}
+
+#[tokio::test]
+async fn a_silent_cloud_costs_the_timeout_then_nothing_and_a_probe_recovers() {
+    let (addr, stand) = start_stand(Mode::Silent).await;
+    let open = Duration::from_millis(500);
+    let client = client(addr, open);
+    let (image, meta) = hard_example();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let answer = client.ask(&image, &meta).await;
+        let took = t0.elapsed();
+        assert!(matches!(answer, CloudAnswer::Late), "{answer:?}");
+        assert!(
+            took >= TIMEOUT && took < TIMEOUT + SLACK,
+            "a silent cloud cost {took:?}"
+        );
+    }
+    assert!(matches!(client.breaker_state(), BreakerState::Open { .. }));
+    let t0 = Instant::now();
+    let answer = client.ask(&image, &meta).await;
+    assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(lock(&stand.seen).shapes.len(), 3, "nothing sent while open");
+
+    // The cloud comes back: after the open interval one probe goes through and closes.
+    *lock(&stand.mode) = Mode::Answer(json!([]));
+    tokio::time::sleep(open).await;
+    let answer = client.ask(&image, &meta).await;
+    assert!(matches!(answer, CloudAnswer::Answered(..)), "{answer:?}");
+    assert_eq!(client.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn error_statuses_and_garbage_count_as_failures() {
+    let (addr, stand) = start_stand(Mode::Status(StatusCode::INTERNAL_SERVER_ERROR)).await;
+    let client = client(addr, Duration::from_secs(5));
+    let (image, meta) = hard_example();
+    let answer = client.ask(&image, &meta).await;
+    let CloudAnswer::Failed(AskError::SednaHttp(SednaHttpError::Status { status, body, .. })) =
+        answer
+    else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(status, 500);
+    assert_eq!(body, "Internal Server Error");
+
+    *lock(&stand.mode) = Mode::Status(StatusCode::UNPROCESSABLE_ENTITY);
+    let answer = client.ask(&image, &meta).await;
+    assert!(
+        matches!(
+            &answer,
+            CloudAnswer::Failed(AskError::SednaHttp(SednaHttpError::Status { status, .. }))
+                if *status == 422
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(client.breaker_state(), BreakerState::Closed, "two failures");
+
+    *lock(&stand.mode) = Mode::Answer(json!([[1, 2, 3]]));
+    let answer = client.ask(&image, &meta).await;
+    assert!(
+        matches!(
+            answer,
+            CloudAnswer::Failed(AskError::SednaHttp(SednaHttpError::BadResponse { .. }))
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(client.breaker_state(), BreakerState::Open { .. }),
+        "the third failure in a row opens the breaker"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_quick_failure() {
+    // A port that was free a moment ago.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let client = client(addr, Duration::from_secs(5));
+    let (image, meta) = hard_example();
+    let t0 = Instant::now();
+    let answer = client.ask(&image, &meta).await;
+    assert!(
+        matches!(
+            answer,
+            CloudAnswer::Failed(AskError::SednaHttp(SednaHttpError::Connect { .. }))
+        ),
+        "{answer:?}"
+    );
+    assert!(t0.elapsed() < TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `helmetd cloud --sedna-http` against what Sedna's edge sends.
+
+/// A `helmetd cloud --sedna-http 127.0.0.1:0` child process with its JSON log in a file.
+struct CloudProcess {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CloudProcess {
+    fn start(max_body_mb: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("cloud.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_helmetd"))
+            .args([
+                "--log-format",
+                "json",
+                "cloud",
+                "--sedna-http",
+                "127.0.0.1:0",
+            ])
+            .args(["--set", &format!("sedna.max_body_mb={max_body_mb}")])
+            .current_dir(root())
+            .env("RUST_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn raw_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the model is loaded and the server listens; returns its address.
+    fn wait_ready(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let listening = self.raw_log().lines().find_map(|line| {
+                let line: Value = serde_json::from_str(line).ok()?;
+                (line["fields"]["message"] == "serving Sedna HTTP")
+                    .then(|| line["fields"]["addr"].as_str()?.parse().ok())?
+            });
+            if let Some(addr) = listening {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("helmetd cloud exited with {status}:\n{}", self.raw_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helmetd cloud not serving within {READY_TIMEOUT:?}:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ignored SIGTERM:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sedna's request body, byte for byte: `requests.post(json={"post_process": None,
+/// "data": frame.tolist()})` serialises with Python's default separators.
+fn sedna_body(image: &RgbImage) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s = String::from(r#"{"post_process": null, "data": ["#);
+    for (y, row) in image
+        .as_raw()
+        .chunks_exact(image.width() as usize * 3)
+        .enumerate()
+    {
+        if y > 0 {
+            s.push_str(", ");
+        }
+        s.push('[');
+        for (x, p) in row.chunks_exact(3).enumerate() {
+            if x > 0 {
+                s.push_str(", ");
+            }
+            let _ = write!(s, "[{}, {}, {}]", p[0], p[1], p[2]);
+        }
+        s.push(']');
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// One HTTP/1.1 exchange as `requests` does it (Content-Length, JSON content type).
+async fn exchange(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    })
+    .await
+    .expect("helmetd cloud answers");
+    let json = serde_json::from_slice(&response.1)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&response.1)));
+    (response.0, json)
+}
+
+fn iou(a: &Detection, b: &Detection) -> f32 {
+    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
+    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
+    let inter = iw * ih;
+    let area = |d: &Detection| (d.x2 - d.x1) * (d.y2 - d.y1);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// The default config with this crate's absolute model paths.
+fn config() -> helmetd::config::Config {
+    let models = root().join("models");
+    let overrides = [
+        format!(
+            "edge.model.path={}/helmet_yolov12m_384x640_int8qdq.onnx",
+            models.display()
+        ),
+        format!(
+            "cloud.model={}/helmet_yolov12m_640_fp32.onnx",
+            models.display()
+        ),
+    ];
+    helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
+}
+
+#[test]
+fn helmetd_cloud_answers_sednas_edge_worker() {
+    const LIMIT_MB: u64 = 16;
+    let mut cloud = CloudProcess::start(LIMIT_MB);
+
+    // Sedna sends whole frames: a photo as decoded, and a busy street as a 720p camera frame.
+    let photo = image::open(photo_path()).unwrap().into_rgb8();
+    let street = street_720p();
+    // The big model run in this process on the same pixels, for comparison.
+    helmet_pipelines::runtime::init_onnxruntime(None)
+        .expect("ORT_DYLIB_PATH is set for cargo test");
+    let spec = helmetd::commands::detect::cloud_model_spec(&config());
+    let mut detector = Detector::load(&spec).unwrap();
+    let (w, h) = detector.input_size();
+    let mut reference = |image: &RgbImage| {
+        let (letterbox, pixels) = still::letterbox_rgb(image, w, h).unwrap();
+        let frame = helmet_pipelines::Frame {
+            camera: "reference".into(),
+            seq: 0,
+            pts: None,
+            capture_time: SystemTime::now(),
+            letterbox,
+            pixels,
+        };
+        detector.detect(&frame).unwrap().to_vec()
+    };
+    let images = [
+        ("photo", reference(&photo), photo),
+        ("street", reference(&street), street),
+    ];
+    drop(detector);
+
+    let addr = cloud.wait_ready();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (status, info) = exchange(addr, "GET", "/sedna", Vec::new()).await;
+        assert_eq!(status, 200);
+        assert!(
+            info["infos"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"path": "/sedna/predict", "name": "predict"})),
+            "{info}"
+        );
+
+        for (name, reference, image) in &images {
+            assert!(!reference.is_empty(), "the {name} shows people");
+            let body = sedna_body(image);
+            let started = Instant::now();
+            let (status, answer) = exchange(addr, "POST", "/sedna/predict", body.clone()).await;
+            let took = started.elapsed();
+            assert_eq!(status, 200, "{answer}");
+            let boxes: Vec<Detection> = answer["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let v: Vec<f64> = serde_json::from_value(b.clone()).unwrap();
+                    assert!(
+                        b[5].is_u64(),
+                        "class is an integer, as Sedna's big model sends"
+                    );
+                    Detection {
+                        x1: v[0] as f32,
+                        y1: v[1] as f32,
+                        x2: v[2] as f32,
+                        y2: v[3] as f32,
+                        score: v[4] as f32,
+                        class: v[5] as u16,
+                    }
+                })
+                .collect();
+            assert_eq!(boxes.len(), reference.len(), "{boxes:?} vs {reference:?}");
+            for r in reference {
+                let best = boxes
+                    .iter()
+                    .filter(|b| b.class == r.class)
+                    .map(|b| iou(b, r))
+                    .fold(0.0, f32::max);
+                assert!(best > 0.95, "{name}: {r:?} not found in {boxes:?}");
+            }
+            println!(
+                "{name} {}x{}: Sedna JSON body {} B; answered {} boxes in {took:?}",
+                image.width(),
+                image.height(),
+                body.len(),
+                boxes.len(),
+            );
+        }
+
+        let (status, error) = exchange(
+            addr,
+            "POST",
+            "/sedna/predict",
+            br#"{"post_process": null}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 422);
+        assert_eq!(error["detail"][0]["loc"], json!(["body", "data"]));
+        assert_eq!(error["detail"][0]["type"], "value_error.missing");
+
+        let (status, error) = exchange(
+            addr,
+            "POST",
+            "/sedna/predict",
+            br#"{"data": [[[1, 2, 3]], [[4, 5, 6], [7, 8, 9]]]}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 422);
+        let message = error["detail"][0]["msg"].as_str().unwrap();
+        assert!(message.contains("row 1 has 2 pixels"), "{message}");
+
+        let (status, _) = exchange(addr, "POST", "/other/predict", Vec::new()).await;
+        assert_eq!(status, 404);
+
+        // Over the limit: refused on the declared length, before the body is sent.
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /sedna/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            (LIMIT_MB << 20) + 1
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(ANSWER_TIMEOUT, stream.read_to_end(&mut response))
+            .await
+            .expect("a prompt answer")
+            .unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+        assert!(response.contains("sedna.max_body_mb"), "{response}");
+    });
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements for docs/sedna.md.
+
+/// A 16:9 photo of a busy street scaled to 1280×720, as a camera would deliver it.
+fn street_720p() -> RgbImage {
+    let path = root().join("media/overeasy_dense_street1.jpg");
+    let (frame, _) = still::load_still(&path, "street", 1280, 720).unwrap();
+    let image = content_image(&frame);
+    assert_eq!(image.dimensions(), (1280, 720));
+    image
+}
+
+#[test]
+fn measure_body_sizes_and_parse_time_for_720p() {
+    let image = street_720p();
+    let sedna = sedna_body(&image);
+    let started = Instant::now();
+    let ours = helmetd::sedna::http_client::predict_body(&image);
+    let serialise = started.elapsed();
+    let jpeg = encode_jpeg(&image, config().cloud.jpeg_quality).unwrap();
+
+    let mut parse = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let request = parse_predict(&sedna).unwrap();
+        parse = parse.min(started.elapsed());
+        assert!(request.image == image, "the parse gives back the pixels");
+    }
+    // Our compact body parses to the same pixels.
+    assert!(parse_predict(&ours).unwrap().image == image);
+    println!(
+        "1280x720: raw {} B, Sedna JSON body {} B, compact JSON {} B (serialised in {:?}), \
+         JPEG q{} {} B (Sedna/JPEG {:.0}x); server parse of the Sedna body {:?}",
+        image.as_raw().len(),
+        sedna.len(),
+        ours.len(),
+        serialise,
+        config().cloud.jpeg_quality,
+        jpeg.len(),
+        sedna.len() as f64 / jpeg.len() as f64,
+        parse
+    );
+    assert!(sedna.len() > 4 * image.as_raw().len());
+    assert!(sedna.len() > 20 * jpeg.len());
+}
