@@ -5,7 +5,11 @@
 //! file and sets the `reload` flag of the [`Signals`] it handed to `run::run`, exactly what
 //! SIGHUP does, so the daemon reconciles its cameras while it runs. Every camera streams the
 //! same video from one gst-rtsp-server in this process, served at 640×360 and 5 fps so that its
-//! encoders stay cheap next to the model; each camera samples `--fps` frames per second.
+//! encoders stay cheap next to the model; each camera samples `--fps` frames per second. A
+//! camera samples on a grid that starts when its stream starts, and real cameras are not
+//! phase-locked; cameras added in one reload would all sample the same instants and queue behind
+//! each other, so the surge's cameras join one by one, `1 / (fps × cameras)` seconds apart (the
+//! surge is complete after less than one sampling period; its start is the first join).
 //!
 //! **Runs.** The profile runs three times, one after the other, with the real daemon
 //! (`run::run` in this process, supervised worker processes in their own cgroups under a
@@ -565,11 +569,19 @@ impl Watch<'_> {
     fn run(&self) -> anyhow::Result<(Vec<Tick>, CpuTrace)> {
         let s = &self.bench.schedule;
         let surge = self.bench.args.surge_cameras as usize;
-        let phases = [
-            (s.baseline, "baseline", 1, false),
-            (s.surge, "surge", surge, true),
-            (s.after, "baseline again", 1, true),
-        ];
+        // The surge's cameras join a fraction of a sampling period apart (see the module docs).
+        let stagger = 1.0 / self.bench.args.fps / surge.max(1) as f64;
+        let mut phases = vec![(s.baseline, "baseline", 1, false)];
+        phases.extend((2..=surge).map(|cameras| {
+            let name = if cameras == 2 { "surge" } else { "surge, +1" };
+            (
+                s.surge + (cameras - 2) as f64 * stagger,
+                name,
+                cameras,
+                true,
+            )
+        }));
+        phases.push((s.after, "baseline again", 1, true));
         let cpu_stat = self
             .bench
             .cgroup_root
