@@ -39,7 +39,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_millis(400);
 /// Slack for scheduling on a loaded machine when checking that a timeout was kept.
-const SLACK: Duration = Duration::from_millis(300);
+const SLACK: Duration = Duration::from_secs(1);
 
 fn root() -> PathBuf {
     helmetd_e2e::workspace_root()
@@ -220,8 +220,9 @@ async fn a_silent_cloud_costs_the_timeout_then_nothing_and_a_probe_recovers() {
     let t0 = Instant::now();
     let answer = client.ask(&image, &meta).await;
     assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
+    // Nothing is sent or awaited: far below the timeout even on a loaded machine.
     assert!(
-        t0.elapsed() < Duration::from_millis(20),
+        t0.elapsed() < Duration::from_millis(250),
         "{:?}",
         t0.elapsed()
     );

@@ -1,15 +1,18 @@
 //! What happens to a frame after the model: hard-example decision, the cloud's answer when it
 //! comes in time, Sedna's output folders, and violation episodes.
 //!
-//! One task per camera takes that camera's results in order, so episodes see frames in capture
-//! order even when a hard frame waits for the cloud; the daemon loop hands results over with
-//! `try_send` into a bounded queue and never waits for this stage.
+//! One task per camera takes that camera's results in order. Up to [`IN_FLIGHT`] of them may wait
+//! for the cloud at once, but they are concluded (outputs, episodes) in capture order, so
+//! episodes see frames in order even when a hard frame waits; the daemon loop hands results over
+//! with `try_send` into a bounded queue and never waits for this stage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::HardExampleMining;
 use helmet_pipelines::output::{
     Outcome, OutputError, SednaOutputs, annotate, content_image, encode_jpeg,
@@ -148,21 +151,36 @@ pub fn hand_over(
     }
 }
 
+/// Hard frames of one camera that may wait for the cloud at once. The answers arrive in about a
+/// round trip each; waiting for them one by one would cap a camera at one hard frame per round
+/// trip and let its queue grow.
+const IN_FLIGHT: usize = 8;
+
 async fn camera_task(
     mut rx: mpsc::Receiver<Inferred>,
     mut tracker: EpisodeTracker,
     shared: Arc<FinalizeShared>,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
+    // Frames whose final result is being decided (the cloud asked), concluded in capture order.
+    let mut deciding = FuturesOrdered::new();
+    let mut receiving = true;
     // Ends episodes of a camera that stopped sending frames altogether.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    while receiving || !deciding.is_empty() {
         tokio::select! {
-            result = rx.recv() => match result {
-                Some(result) => finalize(&shared, &mut tracker, &mut rng, result).await,
-                None => break,
+            result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
+                Some(result) => {
+                    let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
+                    deciding.push_back(decide(shared.clone(), result, hard));
+                }
+                None => receiving = false,
             },
-            _ = tick.tick() => {
+            Some(decided) = deciding.next(), if !deciding.is_empty() => {
+                conclude(&shared, &mut tracker, decided).await;
+            }
+            // Not while frames are being decided: one of them may still show the violation.
+            _ = tick.tick(), if deciding.is_empty() => {
                 if let Some(event) = tracker.tick(SystemTime::now()) {
                     emit(&shared, &event, None).await;
                 }
@@ -171,22 +189,38 @@ async fn camera_task(
     }
 }
 
-async fn finalize(
-    shared: &FinalizeShared,
-    tracker: &mut EpisodeTracker,
-    rng: &mut rand::rngs::StdRng,
-    r: Inferred,
-) {
+/// A frame with its final result: the cloud's when it answered in time, else the edge's.
+struct Decided {
+    result: Inferred,
+    hard: bool,
+    cloud_result: Option<Vec<Detection>>,
+}
+
+async fn decide(shared: Arc<FinalizeShared>, result: Inferred, hard: bool) -> Decided {
     let counters = &shared.counters;
     Counters::add(&counters.frames);
-    let hard = shared.hem.is_hard(&r.detections, shared.num_classes, rng);
-    let mut cloud_result: Option<Vec<Detection>> = None;
+    let mut cloud_result = None;
     if hard {
         Counters::add(&counters.hard);
         if let Some(cloud) = &shared.cloud {
-            cloud_result = ask_cloud(shared, cloud, &r).await;
+            cloud_result = ask_cloud(&shared, cloud, &result).await;
         }
     }
+    Decided {
+        result,
+        hard,
+        cloud_result,
+    }
+}
+
+/// Outputs and violation episodes, in capture order.
+async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided: Decided) {
+    let Decided {
+        result: r,
+        hard,
+        cloud_result,
+    } = decided;
+    let counters = &shared.counters;
     let (final_result, source): (&[Detection], _) = match &cloud_result {
         Some(boxes) => (boxes, DecisionSource::Cloud),
         None => (&r.detections, DecisionSource::Edge),
