@@ -7,9 +7,9 @@
 //!
 //! Run with `--nocapture` to see the measured figures (latency, sizes).
 
-use std::fs::File;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ use rumqttc::NetworkOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use serde_json::Value;
+
+use common::{HelmetdProcess, message};
 use tokio::sync::mpsc;
 
 const PREFIX: &str = "helmetd/v1";
@@ -55,103 +56,18 @@ fn root() -> PathBuf {
     helmetd_e2e::workspace_root()
 }
 
-/// A `helmetd cloud` child process with its JSON log in a file.
-struct CloudProcess {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// `helmetd cloud` on the test broker.
+fn start_cloud(broker: &Mosquitto, node: &str) -> HelmetdProcess {
+    let url = format!("mqtt.url={}", broker.url());
+    let name = format!("node.name={node}");
+    HelmetdProcess::start(&["cloud", "--set", &url, "--set", &name])
 }
 
-impl CloudProcess {
-    fn start(broker: &Mosquitto, node: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("cloud.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_helmetd"))
-            .args(["--log-format", "json", "cloud"])
-            .args(["--set", &format!("mqtt.url={}", broker.url())])
-            .args(["--set", &format!("node.name={node}")])
-            .current_dir(root())
-            .env("RUST_LOG", "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn raw_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the subscription to be granted.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if self
-                .log_lines()
-                .iter()
-                .any(|l| message(l) == "ready for hard examples")
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "helmetd cloud exited with {status} before it was ready:\n{}",
-                    self.raw_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "helmetd cloud not ready within {READY_TIMEOUT:?}:\n{}",
-                self.raw_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM and wait (bounded) for a graceful exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "helmetd cloud ignored SIGTERM:\n{}",
-                self.raw_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for CloudProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn message(line: &Value) -> &str {
-    line["fields"]["message"].as_str().unwrap_or_default()
+/// Waits for the subscription to be granted.
+fn wait_ready(cloud: &mut HelmetdProcess) {
+    cloud.wait_for(READY_TIMEOUT, "ready for hard examples", |l| {
+        (message(l) == "ready for hard examples").then_some(())
+    });
 }
 
 /// MQTT options as the daemon uses them on loopback: TCP_NODELAY, answers up to 64 KiB.
@@ -326,13 +242,13 @@ fn hard_example_is_answered_in_original_pixels_with_its_correlation() {
 
 async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body() {
     let broker = Mosquitto::start().unwrap();
-    let mut cloud = CloudProcess::start(&broker, "cloud-a");
+    let mut cloud = start_cloud(&broker, "cloud-a");
     let mut edge = RawEdge::connect(&broker, "edge-b").await;
     // 3079×4619 portrait, sent as its 640×960 letterbox content.
     let (_, jpeg, meta) = hard_example(&street2(), 640, 960);
     assert_eq!((meta.orig_w, meta.orig_h), (3079, 4619));
     let reference = reference_boxes(&street2());
-    cloud.wait_ready();
+    wait_ready(&mut cloud);
 
     let mut rtts = Vec::new();
     let mut infer = Vec::new();
@@ -422,10 +338,10 @@ fn garbage_is_counted_and_refused_and_the_service_keeps_answering() {
 
 async fn garbage_is_counted_and_refused_and_the_service_keeps_answering_body() {
     let broker = Mosquitto::start().unwrap();
-    let mut cloud = CloudProcess::start(&broker, "cloud-g");
+    let mut cloud = start_cloud(&broker, "cloud-g");
     let mut edge = RawEdge::connect(&broker, "edge-g").await;
     let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
-    cloud.wait_ready();
+    wait_ready(&mut cloud);
 
     // Not a JPEG, with a reply address: refused with an answer.
     edge.send(b"GIF89a, honestly".to_vec(), edge.properties(&meta, 1))
@@ -493,12 +409,12 @@ fn two_replicas_share_the_work() {
 
 async fn two_replicas_share_the_work_body() {
     let broker = Mosquitto::start().unwrap();
-    let mut first = CloudProcess::start(&broker, "cloud-1");
-    let mut second = CloudProcess::start(&broker, "cloud-2");
+    let mut first = start_cloud(&broker, "cloud-1");
+    let mut second = start_cloud(&broker, "cloud-2");
     let mut edge = RawEdge::connect(&broker, "edge-s").await;
     let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
-    first.wait_ready();
-    second.wait_ready();
+    wait_ready(&mut first);
+    wait_ready(&mut second);
 
     for n in 1..=6u8 {
         edge.send(jpeg.clone(), edge.properties(&meta, n)).await;
@@ -597,8 +513,8 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
     assert!(slowest < Duration::from_millis(5), "{slowest:?}");
 
     // (f) The cloud comes back: a probe gets through and closes the breaker.
-    let mut cloud = CloudProcess::start(&broker, "cloud-f");
-    cloud.wait_ready();
+    let mut cloud = start_cloud(&broker, "cloud-f");
+    wait_ready(&mut cloud);
     let deadline = Instant::now() + Duration::from_secs(60);
     let rtt = loop {
         assert!(
@@ -630,10 +546,10 @@ fn service_resubscribes_after_the_broker_restarts() {
 
 async fn service_resubscribes_after_the_broker_restarts_body() {
     let mut broker = Mosquitto::start().unwrap();
-    let mut cloud = CloudProcess::start(&broker, "cloud-r");
+    let mut cloud = start_cloud(&broker, "cloud-r");
     let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
-    cloud.wait_ready();
-    let readiness = |cloud: &CloudProcess| {
+    wait_ready(&mut cloud);
+    let readiness = |cloud: &HelmetdProcess| {
         cloud
             .log_lines()
             .iter()

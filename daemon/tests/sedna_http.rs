@@ -7,10 +7,10 @@
 //!
 //! Run with `--nocapture` to see the measured sizes and parse times.
 
-use std::fs::File;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use common::{HelmetdProcess, message};
 use helmet_pipelines::detect::Detector;
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, still};
@@ -301,93 +302,18 @@ async fn a_refused_connection_is_a_quick_failure() {
 // ---------------------------------------------------------------------------------------------
 // `helmetd cloud --sedna-http` against what Sedna's edge sends.
 
-/// A `helmetd cloud --sedna-http 127.0.0.1:0` child process with its JSON log in a file.
-struct CloudProcess {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// `helmetd cloud --sedna-http 127.0.0.1:0` (HTTP only: no broker configured).
+fn start_sedna_cloud(max_body_mb: u64) -> HelmetdProcess {
+    let limit = format!("sedna.max_body_mb={max_body_mb}");
+    HelmetdProcess::start(&["cloud", "--sedna-http", "127.0.0.1:0", "--set", &limit])
 }
 
-impl CloudProcess {
-    fn start(max_body_mb: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("cloud.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_helmetd"))
-            .args([
-                "--log-format",
-                "json",
-                "cloud",
-                "--sedna-http",
-                "127.0.0.1:0",
-            ])
-            .args(["--set", &format!("sedna.max_body_mb={max_body_mb}")])
-            .current_dir(root())
-            .env("RUST_LOG", "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn raw_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the model is loaded and the server listens; returns its address.
-    fn wait_ready(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let listening = self.raw_log().lines().find_map(|line| {
-                let line: Value = serde_json::from_str(line).ok()?;
-                (line["fields"]["message"] == "serving Sedna HTTP")
-                    .then(|| line["fields"]["addr"].as_str()?.parse().ok())?
-            });
-            if let Some(addr) = listening {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("helmetd cloud exited with {status}:\n{}", self.raw_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "helmetd cloud not serving within {READY_TIMEOUT:?}:\n{}",
-                self.raw_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ignored SIGTERM:\n{}",
-                self.raw_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for CloudProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Waits until the model is loaded and the server listens; returns its address.
+fn serving_addr(cloud: &mut HelmetdProcess) -> SocketAddr {
+    cloud.wait_for(READY_TIMEOUT, "serving Sedna HTTP", |line| {
+        (message(line) == "serving Sedna HTTP")
+            .then(|| line["fields"]["addr"].as_str()?.parse().ok())?
+    })
 }
 
 /// Sedna's request body, byte for byte: `requests.post(json={"post_process": None,
@@ -470,7 +396,7 @@ fn config() -> helmetd::config::Config {
 #[test]
 fn helmetd_cloud_answers_sednas_edge_worker() {
     const LIMIT_MB: u64 = 16;
-    let mut cloud = CloudProcess::start(LIMIT_MB);
+    let mut cloud = start_sedna_cloud(LIMIT_MB);
 
     // Sedna sends whole frames: a photo as decoded, and a busy street as a 720p camera frame.
     let photo = image::open(photo_path()).unwrap().into_rgb8();
@@ -499,7 +425,7 @@ fn helmetd_cloud_answers_sednas_edge_worker() {
     ];
     drop(detector);
 
-    let addr = cloud.wait_ready();
+    let addr = serving_addr(&mut cloud);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -135,3 +135,105 @@ pub fn test_daemon_env<'c>(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
 }
+
+/// A `helmetd` child process (the binary under test, run from the workspace root with
+/// `--log-format json`) whose log goes to a file; killed on drop if still running.
+pub struct HelmetdProcess {
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HelmetdProcess {
+    /// `helmetd --log-format json <args…>`.
+    pub fn start(args: &[&str]) -> HelmetdProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("helmetd.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_helmetd"));
+        cmd.args(["--log-format", "json"])
+            .args(args)
+            .current_dir(helmetd_e2e::workspace_root());
+        let child = test_daemon_env(&mut cmd, "info,ort=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting helmetd {args:?}: {e}"));
+        HelmetdProcess {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn raw_log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.raw_log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a log line that `found` accepts; fails the test if the process
+    /// exits first or the time runs out, with the log.
+    pub fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut found: impl FnMut(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(hit) = self.log_lines().iter().find_map(&mut found) {
+                return hit;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "helmetd exited with {status} before {what}:\n{}",
+                    self.raw_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits (up to 40 s) for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        kill(pid, Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helmetd ignored SIGTERM:\n{}",
+                self.raw_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HelmetdProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A log line's message.
+pub fn message(line: &serde_json::Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
