@@ -255,6 +255,11 @@ impl EpisodeTracker {
         self.counts
     }
 
+    /// No violation is open or pending confirmation, so no `end` can still come.
+    pub fn is_idle(&self) -> bool {
+        self.current.is_none()
+    }
+
     fn expire(&mut self, now: SystemTime) -> Option<AlertEvent> {
         let last = self.current.as_ref()?.last.time;
         // A clock stepped backwards reads as no time passed: the episode waits for real evidence

@@ -167,7 +167,9 @@ async fn camera_task(
     let mut receiving = true;
     // Ends episodes of a camera that stopped sending frames altogether.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    while receiving || !deciding.is_empty() {
+    // A removed camera's task outlives its queue until its open episode has ended, so the
+    // episode gets its `end` instead of staying open for whoever watches the topic.
+    while receiving || !deciding.is_empty() || !tracker.is_idle() {
         tokio::select! {
             result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
                 Some(result) => {
@@ -345,5 +347,87 @@ async fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<
         {
             tracing::warn!(error = %e, "snapshot not published");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use helmet_pipelines::hem::HemConfig;
+    use helmet_pipelines::letterbox::Letterbox;
+
+    use super::*;
+    use crate::alerts::EventKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_removed_cameras_open_episode_still_ends() {
+        let events: Arc<Mutex<Vec<EventKind>>> = Arc::default();
+        let seen = events.clone();
+        let shared = Arc::new(FinalizeShared {
+            hem: HemConfig {
+                name: "EdgeOnly".into(),
+                parameters: Default::default(),
+            }
+            .build()
+            .unwrap(),
+            num_classes: 2,
+            class_names: vec!["With Helmet".into(), "Without Helmet".into()],
+            alert_settings: AlertSettings {
+                classes: vec![1],
+                class_names: vec!["With Helmet".into(), "Without Helmet".into()],
+                min_score: 0.5,
+                confirm_frames: 1,
+                end_after: Duration::from_millis(800),
+            },
+            outputs: None,
+            cloud: None,
+            uplink: None,
+            watcher: Some(Arc::new(move |e: &AlertEvent| {
+                seen.lock().unwrap().push(e.kind)
+            })),
+            hard_example_jpeg_quality: 90,
+            snapshot_jpeg_quality: 85,
+            counters: Arc::default(),
+            telemetry: None,
+        });
+        let queue = spawn_camera(&tokio::runtime::Handle::current(), "gate", shared);
+        let mut detections = Detections::new();
+        let violation = Detection {
+            x1: 1.0,
+            y1: 1.0,
+            x2: 20.0,
+            y2: 30.0,
+            score: 0.9,
+            class: 1,
+        };
+        detections.push(violation).unwrap();
+        let frame = Frame {
+            camera: "gate".into(),
+            seq: 0,
+            pts: None,
+            capture_time: SystemTime::now(),
+            letterbox: Letterbox::new(64, 64, 64, 64),
+            pixels: vec![114; 64 * 64 * 3],
+        };
+        let result = Inferred {
+            frame,
+            detections,
+            infer: Duration::from_millis(300),
+            latency: Duration::from_millis(300),
+        };
+        queue.send(result).await.unwrap();
+        // The camera is removed: its queue closes with the episode open.
+        drop(queue);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !events.lock().unwrap().contains(&EventKind::End) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no end event: {:?}",
+                events.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*events.lock().unwrap(), [EventKind::New, EventKind::End]);
     }
 }
