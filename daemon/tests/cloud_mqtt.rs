@@ -27,7 +27,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-use common::{HelmetdProcess, message};
+use common::{HelmetdProcess, default_config, message};
 use tokio::sync::mpsc;
 
 const PREFIX: &str = "helmetd/v1";
@@ -202,32 +202,11 @@ fn street2() -> PathBuf {
 fn reference_boxes(path: &Path) -> Vec<Detection> {
     helmet_pipelines::runtime::init_onnxruntime(None)
         .expect("ORT_DYLIB_PATH is set for cargo test");
-    // The default config's relative model paths, made absolute for this crate's directory.
-    let models = root().join("models");
-    let overrides = [
-        format!(
-            "edge.model.path={}/helmet_yolov12m_384x640_int8qdq.onnx",
-            models.display()
-        ),
-        format!(
-            "cloud.model={}/helmet_yolov12m_640_fp32.onnx",
-            models.display()
-        ),
-    ];
-    let cfg = helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap();
-    let spec = helmetd::commands::detect::cloud_model_spec(&cfg);
+    let spec = helmetd::commands::detect::cloud_model_spec(&default_config());
     let mut detector = Detector::load(&spec).unwrap();
     let (w, h) = detector.input_size();
     let (frame, _) = still::load_still(path, "reference", w, h).unwrap();
     detector.detect(&frame).unwrap().to_vec()
-}
-
-fn iou(a: &Detection, b: &Detection) -> f32 {
-    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = iw * ih;
-    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -317,7 +296,7 @@ async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body()
         let best = boxes
             .iter()
             .filter(|b| b.class == r.class)
-            .map(|b| iou(b, r))
+            .map(|b| b.iou(r))
             .fold(0.0f32, f32::max);
         println!("reference {r:?}: best IoU with a cloud box {best:.2}");
         assert!(best >= 0.5, "{r:?} not found in {boxes:?}");

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use common::{HelmetdProcess, message};
+use common::{HelmetdProcess, default_config, message};
 use helmet_pipelines::detect::Detector;
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, still};
@@ -369,30 +369,6 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> 
     (response.0, json)
 }
 
-fn iou(a: &Detection, b: &Detection) -> f32 {
-    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = iw * ih;
-    let area = |d: &Detection| (d.x2 - d.x1) * (d.y2 - d.y1);
-    inter / (area(a) + area(b) - inter)
-}
-
-/// The default config with this crate's absolute model paths.
-fn config() -> helmetd::config::Config {
-    let models = root().join("models");
-    let overrides = [
-        format!(
-            "edge.model.path={}/helmet_yolov12m_384x640_int8qdq.onnx",
-            models.display()
-        ),
-        format!(
-            "cloud.model={}/helmet_yolov12m_640_fp32.onnx",
-            models.display()
-        ),
-    ];
-    helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
-}
-
 #[test]
 fn helmetd_cloud_answers_sednas_edge_worker() {
     const LIMIT_MB: u64 = 16;
@@ -404,7 +380,7 @@ fn helmetd_cloud_answers_sednas_edge_worker() {
     // The big model run in this process on the same pixels, for comparison.
     helmet_pipelines::runtime::init_onnxruntime(None)
         .expect("ORT_DYLIB_PATH is set for cargo test");
-    let spec = helmetd::commands::detect::cloud_model_spec(&config());
+    let spec = helmetd::commands::detect::cloud_model_spec(&default_config());
     let mut detector = Detector::load(&spec).unwrap();
     let (w, h) = detector.input_size();
     let mut reference = |image: &RgbImage| {
@@ -473,7 +449,7 @@ fn helmetd_cloud_answers_sednas_edge_worker() {
                 let best = boxes
                     .iter()
                     .filter(|b| b.class == r.class)
-                    .map(|b| iou(b, r))
+                    .map(|b| b.iou(r))
                     .fold(0.0, f32::max);
                 assert!(best > 0.95, "{name}: {r:?} not found in {boxes:?}");
             }
@@ -550,7 +526,7 @@ fn measure_body_sizes_and_parse_time_for_720p() {
     let started = Instant::now();
     let ours = helmetd::sedna::http_client::predict_body(&image);
     let serialise = started.elapsed();
-    let jpeg = encode_jpeg(&image, config().cloud.jpeg_quality).unwrap();
+    let jpeg = encode_jpeg(&image, default_config().cloud.jpeg_quality).unwrap();
 
     let mut parse = Duration::MAX;
     for _ in 0..3 {
@@ -568,7 +544,7 @@ fn measure_body_sizes_and_parse_time_for_720p() {
         sedna.len(),
         ours.len(),
         serialise,
-        config().cloud.jpeg_quality,
+        default_config().cloud.jpeg_quality,
         jpeg.len(),
         sedna.len() as f64 / jpeg.len() as f64,
         parse

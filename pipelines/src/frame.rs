@@ -47,6 +47,16 @@ pub const MAX_DETECTIONS: usize = 300;
 pub type Detections = heapless::Vec<Detection, MAX_DETECTIONS>;
 
 impl Detection {
+    /// Intersection over union of the two boxes; 0 when both are empty.
+    pub fn iou(&self, other: &Detection) -> f32 {
+        let iw = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
+        let ih = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
+        let inter = iw * ih;
+        let area = |d: &Detection| (d.x2 - d.x1) * (d.y2 - d.y1);
+        let union = area(self) + area(other) - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
+
     /// Sedna's list form, as written to JSON and sent to/received from the cloud.
     pub fn to_sedna(&self) -> [f64; 6] {
         [

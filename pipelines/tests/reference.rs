@@ -121,20 +121,12 @@ fn json_u32(value: &serde_json::Value, key: &str) -> u32 {
         .unwrap_or_else(|| panic!("{key}: {}", value[key]))
 }
 
-fn iou(a: &Detection, b: &Detection) -> f32 {
-    let iw = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let ih = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = iw * ih;
-    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
-}
-
 /// The best same-class partner of `det` in `others` by IoU.
 fn best_match<'a>(det: &Detection, others: &'a [Detection]) -> Option<(f32, &'a Detection)> {
     others
         .iter()
         .filter(|o| o.class == det.class)
-        .map(|o| (iou(det, o), o))
+        .map(|o| (det.iou(o), o))
         .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 

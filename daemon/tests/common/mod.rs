@@ -237,3 +237,20 @@ impl Drop for HelmetdProcess {
 pub fn message(line: &serde_json::Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or_default()
 }
+
+/// The embedded default config with the models' paths made absolute, so it loads from any
+/// directory.
+pub fn default_config() -> helmetd::config::Config {
+    let models = helmetd_e2e::workspace_root().join("models");
+    let overrides = [
+        format!(
+            "edge.model.path={}/helmet_yolov12m_384x640_int8qdq.onnx",
+            models.display()
+        ),
+        format!(
+            "cloud.model={}/helmet_yolov12m_640_fp32.onnx",
+            models.display()
+        ),
+    ];
+    helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
+}
