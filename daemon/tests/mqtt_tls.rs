@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use helmetd::config::MqttConfig;
+use helmetd::config::{Config, MqttConfig};
 use helmetd::uplink::options::mqtt_options;
 use helmetd::uplink::{STATUS_ONLINE, STATUS_STOPPED, Topics, Uplink, UplinkSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
@@ -108,9 +108,6 @@ fn mqtt_config(url: &str, ca: &Path, client: Option<&Pki>, spool_dir: &Path) -> 
     };
     MqttConfig {
         url: url.into(),
-        client_id: String::new(),
-        username: String::new(),
-        password_file: PathBuf::new(),
         ca_file: ca.to_path_buf(),
         cert_file,
         key_file,
@@ -119,8 +116,8 @@ fn mqtt_config(url: &str, ca: &Path, client: Option<&Pki>, spool_dir: &Path) -> 
         spool_dir: spool_dir.to_path_buf(),
         spool_max_mb: 64,
         spool_max_age_s: 3600,
-        stats_interval_s: 10,
         spool_kinds: Vec::new(),
+        ..Config::embedded_default().unwrap().mqtt
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use helmetd::config::MqttConfig;
+use helmetd::config::{Config, MqttConfig};
 use helmetd::uplink::{
     MessageProperties, STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED, Topics, Uplink, UplinkHandle,
     UplinkSettings,
@@ -71,19 +71,13 @@ fn init_tracing() {
 fn mqtt_config(url: &str, spool_dir: &Path) -> MqttConfig {
     MqttConfig {
         url: url.into(),
-        client_id: String::new(),
-        username: String::new(),
-        password_file: PathBuf::new(),
-        ca_file: PathBuf::new(),
-        cert_file: PathBuf::new(),
-        key_file: PathBuf::new(),
         topic_prefix: PREFIX.into(),
         keep_alive_s: 5,
         spool_dir: spool_dir.to_path_buf(),
         spool_max_mb: 64,
         spool_max_age_s: 3600,
-        stats_interval_s: 10,
         spool_kinds: Vec::new(),
+        ..Config::embedded_default().unwrap().mqtt
     }
 }
 

@@ -264,6 +264,12 @@ pub fn resolve_path(path: &std::path::Path) -> PathBuf {
 }
 
 impl Config {
+    /// The embedded default as it is, deserialised but not validated (its model paths are
+    /// relative): a base for settings built in code, which then name only what differs.
+    pub fn embedded_default() -> Result<Config, toml::de::Error> {
+        toml::from_str(DEFAULT_CONFIG)
+    }
+
     /// The node name: configured, else the host name, else "helmetd".
     pub fn node_name(&self) -> String {
         if !self.node.name.is_empty() {

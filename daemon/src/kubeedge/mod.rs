@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn settings_follow_the_config() {
         // Deserialised only: validation would also want the model files.
-        let mut config: Config = toml::from_str(crate::config::DEFAULT_CONFIG).unwrap();
+        let mut config = Config::embedded_default().unwrap();
         config.node.name = "gw-7".into();
         config.kubeedge.node_name = String::new();
         config.kubeedge.keepalive_seconds = 7;

@@ -265,24 +265,15 @@ mod tests {
     use rumqttc::Transport;
 
     use super::{OptionsError, mqtt_options};
-    use crate::config::MqttConfig;
+    use crate::config::{Config, MqttConfig};
 
     fn mqtts(dir: &Path) -> MqttConfig {
         MqttConfig {
             url: "mqtts://broker.example".into(),
-            client_id: String::new(),
-            username: String::new(),
-            password_file: PathBuf::new(),
             ca_file: dir.join("ca.pem"),
-            cert_file: PathBuf::new(),
-            key_file: PathBuf::new(),
-            topic_prefix: "helmetd/v1".into(),
-            keep_alive_s: 15,
             spool_dir: dir.join("spool"),
-            spool_max_mb: 256,
-            spool_max_age_s: 86400,
-            stats_interval_s: 10,
             spool_kinds: Vec::new(),
+            ..Config::embedded_default().unwrap().mqtt
         }
     }
 

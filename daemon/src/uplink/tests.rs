@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -10,25 +9,14 @@ use super::window::{Origin, Window};
 use super::{Delivery, Topics, Uplink, UplinkHandle, UplinkSettings};
 use crate::cloud::protocol::{self, HardExampleMeta};
 use crate::cloud::{AskError, BreakerSettings, CloudAnswer, CloudClientSettings};
-use crate::config::{MqttConfig, SpoolKind};
+use crate::config::{Config, MqttConfig, SpoolKind};
 use crate::spool::FsyncPolicy;
 
 fn mqtt_config(url: &str) -> MqttConfig {
     MqttConfig {
         url: url.into(),
-        client_id: String::new(),
-        username: String::new(),
-        password_file: PathBuf::new(),
-        ca_file: PathBuf::new(),
-        cert_file: PathBuf::new(),
-        key_file: PathBuf::new(),
-        topic_prefix: "helmetd/v1".into(),
-        keep_alive_s: 15,
-        spool_dir: PathBuf::from("/var/lib/helmetd/spool"),
-        spool_max_mb: 256,
-        spool_max_age_s: 86400,
-        stats_interval_s: 10,
         spool_kinds: Vec::new(),
+        ..Config::embedded_default().unwrap().mqtt
     }
 }
 
