@@ -679,8 +679,7 @@ fn figures(record: &RunRecord, schedule: &Schedule, settle: f64) -> Figures {
 /// Nearest-rank 99th percentile.
 fn p99(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
-    let rank = (values.len() as f64 * 0.99).ceil() as usize;
-    values.get(rank.checked_sub(1)?).copied()
+    super::nearest_rank(&values, 0.99)
 }
 
 /// ∫ running workers dt over [from, to): each snapshot's count holds until the next one.

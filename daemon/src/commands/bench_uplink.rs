@@ -42,6 +42,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
+use super::nearest_rank;
 use crate::alerts::{AlertEvent, EventKind};
 use crate::cloud::CloudClientSettings;
 use crate::cloud::protocol::{self, CorrelationIds, HardExampleMeta};
@@ -218,17 +219,17 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
     );
     println!(
         "  glass → alert at a subscriber: p50 {} ms, p99 {} ms; glass → uplink: p50 {} ms, p99 {} ms; edge model {:.1} ms",
-        fmt(percentile(&glass_to_alert, 0.50)),
-        fmt(percentile(&glass_to_alert, 0.99)),
-        fmt(percentile(&to_uplink, 0.50)),
-        fmt(percentile(&to_uplink, 0.99)),
+        fmt(nearest_rank(&glass_to_alert, 0.50)),
+        fmt(nearest_rank(&glass_to_alert, 0.99)),
+        fmt(nearest_rank(&to_uplink, 0.50)),
+        fmt(nearest_rank(&to_uplink, 0.99)),
         ms(model)
     );
     Ok(format!(
         "RESULT bytes_ratio={:.5} alert_p50_ms={} alert_p99_ms={} model_ms={:.1} alerts={}",
         bytes_ratio,
-        fmt(percentile(&glass_to_alert, 0.50)),
-        fmt(percentile(&glass_to_alert, 0.99)),
+        fmt(nearest_rank(&glass_to_alert, 0.50)),
+        fmt(nearest_rank(&glass_to_alert, 0.99)),
         ms(model),
         glass_to_alert.len()
     ))
@@ -361,15 +362,6 @@ fn time_model(detector: &mut Detector, frame: &Frame) -> anyhow::Result<Duration
     runs.get(runs.len() / 2)
         .copied()
         .context("the model reported no inference time")
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 type Received = Arc<Mutex<HashMap<(String, u64), SystemTime>>>;
@@ -586,15 +578,6 @@ mod tests {
         assert_eq!(sedna_json_len(&rgb, 2), python.len());
         let one = r#"{"post_process": null, "data": [[[1, 2, 3]]]}"#;
         assert_eq!(sedna_json_len(&[1, 2, 3], 1), one.len());
-    }
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), Some(50.0));
-        assert_eq!(percentile(&v, 0.99), Some(99.0));
-        assert_eq!(percentile(&[3.0], 0.99), Some(3.0));
-        assert_eq!(percentile(&[], 0.5), None);
     }
 
     #[test]
