@@ -15,15 +15,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use helmet_pipelines::Detection;
-use http_body_util::{BodyExt, Full, Limited};
+use hyper::StatusCode;
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use image::RgbImage;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::post::{PostError, post_json};
 use crate::cloud::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 use crate::cloud::client::{AskError, CloudAnswer};
 use crate::cloud::protocol::{HardExampleMeta, detection_from_sedna};
@@ -176,39 +174,25 @@ impl SednaHttpClient {
     /// kept-alive connection would save little and add a stale-connection failure mode.
     async fn exchange(&self, body: Bytes) -> Result<Vec<Detection>, SednaHttpError> {
         let authority = &self.authority;
-        let stream = tokio::net::TcpStream::connect(authority)
+        let (status, body) = post_json(authority, &self.path, body, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|source| SednaHttpError::Connect {
-                authority: authority.clone(),
-                source,
+            .map_err(|e| match e {
+                PostError::Connect(source) => SednaHttpError::Connect {
+                    authority: authority.clone(),
+                    source,
+                },
+                PostError::Http(source) => SednaHttpError::Http {
+                    authority: authority.clone(),
+                    source,
+                },
+                PostError::Request(e) => SednaHttpError::BadResponse {
+                    authority: authority.clone(),
+                    reason: format!("cannot build the request: {e}"),
+                },
+                PostError::Body => SednaHttpError::Body {
+                    authority: authority.clone(),
+                },
             })?;
-        let http = |source| SednaHttpError::Http {
-            authority: authority.clone(),
-            source,
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        // Aborted when this future is dropped (timeout), so a silent server holds no socket.
-        let connection = AbortOnDrop(tokio::spawn(connection));
-        let request = Request::post(&self.path)
-            .header(HOST, authority)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| SednaHttpError::BadResponse {
-                authority: authority.clone(),
-                reason: format!("cannot build the request: {e}"),
-            })?;
-        let response = sender.send_request(request).await.map_err(http)?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|_| SednaHttpError::Body {
-                authority: authority.clone(),
-            })?
-            .to_bytes();
-        drop(connection);
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&body);
             return Err(SednaHttpError::Status {
@@ -221,14 +205,6 @@ impl SednaHttpClient {
             authority: authority.clone(),
             reason,
         })
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

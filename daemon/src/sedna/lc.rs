@@ -17,15 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::post::{PostError, post_json};
 use crate::config::Config;
 use crate::run::Counters;
 
@@ -292,6 +289,9 @@ impl Outage {
     }
 }
 
+/// The LC answers `{"Status":…,"Message":…}`; only the status matters, so little is read.
+const MAX_LC_ANSWER: usize = 64 << 10;
+
 /// One report on a fresh connection (one every `period`: nothing to keep alive).
 async fn post(settings: &LcSettings, body: String) -> Result<(), Failure> {
     let authority = &settings.authority;
@@ -299,44 +299,20 @@ async fn post(settings: &LcSettings, body: String) -> Result<(), Failure> {
         kind,
         detail: format!("http://{authority}{}: {detail}", settings.path),
     };
-    let stream = tokio::net::TcpStream::connect(authority)
+    let (status, _) = post_json(authority, &settings.path, Bytes::from(body), MAX_LC_ANSWER)
         .await
-        .map_err(|e| failure(FailureKind::Connect, e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| failure(FailureKind::Http, e.to_string()))?;
-    let request = Request::post(&settings.path)
-        .header(HOST, authority)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| failure(FailureKind::Http, e.to_string()))?;
-    let exchange = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| failure(FailureKind::Http, e.to_string()))?;
-        let status = response.status();
-        // The LC's reply is `{"Status":…,"Message":…}`; only the status matters.
-        let _ = response.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(failure(
-                FailureKind::Status(status.as_u16()),
-                format!("answered {status}"),
-            ))
-        }
-    };
-    // The connection is driven here rather than spawned, so that the caller's timeout, by
-    // dropping this future, also closes the socket.
-    let mut exchange = std::pin::pin!(exchange);
-    tokio::select! {
-        biased;
-        result = &mut exchange => result,
-        ended = connection => match ended {
-            // Closed after the answer (`Connection: close`): the answer is already read.
-            Ok(()) => exchange.await,
-            Err(e) => Err(failure(FailureKind::Http, e.to_string())),
-        },
+        .map_err(|e| match e {
+            PostError::Connect(e) => failure(FailureKind::Connect, e.to_string()),
+            PostError::Http(e) => failure(FailureKind::Http, e.to_string()),
+            PostError::Request(e) => failure(FailureKind::Http, e.to_string()),
+            PostError::Body => failure(FailureKind::Http, "the answer broke off".into()),
+        })?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(failure(
+            FailureKind::Status(status.as_u16()),
+            format!("answered {status}"),
+        ))
     }
 }

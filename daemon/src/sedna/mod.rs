@@ -7,3 +7,4 @@ pub mod http_server;
 pub mod env;
 pub mod import;
 pub mod lc;
+mod post;

@@ -1,0 +1,61 @@
+//! One JSON POST on a fresh HTTP/1.1 connection: how helmetd reaches Sedna's services (the big
+//! model for a hard example, the Local Controller for a report). Both are rare, so no connection
+//! is kept alive, and none can go stale.
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug)]
+pub(crate) enum PostError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+    /// The request could not be built (a path that is not a valid URI).
+    Request(hyper::http::Error),
+    /// The answer was larger than allowed or broke off.
+    Body,
+}
+
+/// POSTs `body` as JSON to `http://<authority><path>` and reads the answer, at most
+/// `max_answer` bytes. Dropping the future (a caller's timeout) closes the socket.
+pub(crate) async fn post_json(
+    authority: &str,
+    path: &str,
+    body: Bytes,
+    max_answer: usize,
+) -> Result<(StatusCode, Bytes), PostError> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(PostError::Connect)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(PostError::Http)?;
+    let connection = AbortOnDrop(tokio::spawn(connection));
+    let request = Request::post(path)
+        .header(HOST, authority)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(PostError::Request)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(PostError::Http)?;
+    let status = response.status();
+    let answer = Limited::new(response.into_body(), max_answer)
+        .collect()
+        .await
+        .map_err(|_| PostError::Body)?
+        .to_bytes();
+    drop(connection);
+    Ok((status, answer))
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
