@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Reference detections for pipelines/tests/reference.rs, made the way models/PROVENANCE.md says.
 
-Run by developers when the little model, the media or the pre-/post-processing rules change; CI only
-reads what it writes: pipelines/tests/fixtures/reference_detections.json (boxes, original sizes,
-checksums) and, for every image, the exact letterboxed model input onnxruntime was fed, as a
-lossless RGB PNG in pipelines/tests/fixtures/inputs/<image stem>.png. Needs onnxruntime==1.32.0
-(the same library the daemon loads), numpy and Pillow, e.g. in a throwaway venv:
+The Rust test runs this at test time, on the machine the test runs on, with the Python that
+scripts/setup installs (onnxruntime==1.32.0, the library the daemon loads, plus numpy and Pillow,
+in ${XDG_CACHE_HOME:-~/.cache}/helmetd/reference-venv). ONNX Runtime picks its INT8 kernels by CPU
+(AVX2 against AVX-512 VNNI, see pipelines/src/cpu.rs), so a reference made on one machine is not
+the truth on another: issue #22 was a fixture made on an AVX2 machine failing on a VNNI one.
 
-    python3 -m venv /tmp/refvenv
-    /tmp/refvenv/bin/pip install onnxruntime==1.32.0 numpy pillow
-    /tmp/refvenv/bin/python scripts/make_reference_detections.py
+It writes OUT (boxes, original sizes, checksums) and, for every image, the exact letterboxed model
+input onnxruntime was fed, as a lossless RGB PNG in OUT's folder under inputs/<image stem>.png:
+
+    ~/.cache/helmetd/reference-venv/bin/python scripts/make_reference_detections.py --out /tmp/ref/r.json
 
 Pre-processing is Pillow's (decode, BILINEAR resize), not OpenCV's, because the Rust side's
 fast_image_resize Convolution(Bilinear) reproduces Pillow's resampling; the remaining difference is
@@ -35,7 +36,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "helmet_yolov12m_384x640_int8qdq.onnx"
-DEFAULT_OUT = ROOT / "pipelines" / "tests" / "fixtures" / "reference_detections.json"
 INPUTS_DIR = "inputs"  # next to the JSON; paths in the JSON are relative to the JSON's folder
 INPUT_W, INPUT_H = 640, 384
 PAD = 114
@@ -134,11 +134,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--media", type=Path, default=ROOT / "media")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON; the PNGs go to its folder's inputs/")
+    ap.add_argument("--out", type=Path, required=True, help="JSON; the PNGs go to its folder's inputs/")
     args = ap.parse_args()
 
     if ort.__version__ != "1.32.0":
-        print(f"warning: onnxruntime {ort.__version__}, the daemon uses 1.32.0", file=sys.stderr)
+        print(f"onnxruntime {ort.__version__}, the daemon uses 1.32.0: run scripts/setup", file=sys.stderr)
+        return 1
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

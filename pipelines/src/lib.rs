@@ -1,6 +1,7 @@
 //! helmetd's data path: camera frames in, helmet detections and hard-example decisions out.
 //! Knows nothing of processes, MQTT or the daemon's config file.
 
+pub mod cpu;
 pub mod detect;
 pub mod frame;
 pub mod hem;
