@@ -207,7 +207,16 @@ enum BenchCommand {
     Surge(helmetd::commands::bench_surge::BenchSurgeArgs),
 }
 
+/// Runs a benchmark and prints its RESULT line, which ends with the INT8 kernel family: figures
+/// from two machines are comparable only when the same kernels ran.
 fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
+    let result = bench_result(bench)?;
+    let cpu = helmet_pipelines::cpu::CpuFeatures::detect();
+    println!("{result} {}", cpu.result_field());
+    Ok(())
+}
+
+fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
     match bench {
         BenchCommand::Pipeline {
             config,
@@ -243,21 +252,11 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 figures.hard,
                 figures.sampler_dropped
             );
-            println!("{}", figures.result_line());
-            Ok(())
+            Ok(figures.result_line())
         }
-        BenchCommand::Dispatch(args) => {
-            println!("{}", helmetd::commands::bench_dispatch::run(&args)?);
-            Ok(())
-        }
-        BenchCommand::Uplink(args) => {
-            println!("{}", helmetd::commands::bench_uplink::run(args)?);
-            Ok(())
-        }
-        BenchCommand::Surge(args) => {
-            println!("{}", helmetd::commands::bench_surge::run(args)?);
-            Ok(())
-        }
+        BenchCommand::Dispatch(args) => Ok(helmetd::commands::bench_dispatch::run(&args)?),
+        BenchCommand::Uplink(args) => Ok(helmetd::commands::bench_uplink::run(args)?),
+        BenchCommand::Surge(args) => Ok(helmetd::commands::bench_surge::run(args)?),
     }
 }
 
@@ -312,8 +311,13 @@ fn run_daemon(
         "" => None,
         listen => {
             let telemetry = Arc::new(helmetd::http::Telemetry::new(helmetd::http::HEALTH_TIMEOUT));
-            let server =
-                helmetd::http::HttpServer::start(listen, telemetry.clone(), runtime.handle())?;
+            let limits = helmetd::http::ConnectionLimits::from_http(&cfg.http);
+            let server = helmetd::http::HttpServer::start(
+                listen,
+                limits,
+                telemetry.clone(),
+                runtime.handle(),
+            )?;
             links.telemetry = Some(telemetry);
             Some(server)
         }
@@ -386,6 +390,10 @@ fn check_config(
         file.display(),
         cfg.cameras.len(),
         cfg.node_name()
+    );
+    println!(
+        "cpu: {}",
+        helmet_pipelines::cpu::CpuFeatures::detect().summary()
     );
     Ok(())
 }
@@ -577,6 +585,10 @@ fn report(e: anyhow::Error) -> ExitCode {
         eprintln!("{import_error}");
         return ExitCode::from(helmetd::sedna::import::ImportError::EXIT_CODE as u8);
     }
-    eprintln!("helmetd: {e:#}");
+    // Any error may quote a URL with a password in it (camera, broker).
+    eprintln!(
+        "helmetd: {}",
+        helmet_pipelines::redact::redact(&format!("{e:#}"))
+    );
     ExitCode::FAILURE
 }

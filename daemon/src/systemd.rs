@@ -100,6 +100,13 @@ impl Notifier {
         self.report(&[NotifyState::Status(&line)]);
     }
 
+    /// `EXTEND_TIMEOUT_USEC=…`: start-up is still making progress; systemd's start timeout now
+    /// ends `by` from now (at most about 71 minutes, the field's range).
+    pub fn extend_start_timeout(&self, by: Duration) {
+        let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+        self.report(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     /// `STOPPING=1`: shutdown has begun.
     pub fn stopping(&self) {
         self.report(&[NotifyState::Stopping]);
@@ -175,6 +182,45 @@ fn socket_addr(name: &OsStr) -> io::Result<SocketAddr> {
     }
 }
 
+/// systemd fails a start that has not sent READY=1 within `TimeoutStartSec=` (90 s in the unit),
+/// but a slow gateway's workers may load their model for minutes (`edge.worker.ready_timeout_s`).
+/// While a worker is still loading, the daemon asks for more time (`EXTEND_TIMEOUT_USEC`), never
+/// past the load bound plus a margin: a start that cannot succeed still fails.
+pub struct StartTimeout {
+    started: Instant,
+    give_up: Duration,
+    last_extended: Option<Instant>,
+}
+
+impl StartTimeout {
+    const EVERY: Duration = Duration::from_secs(10);
+    /// Each extension covers three periods, so one late loop tick does not let the timeout pass.
+    const BY: Duration = Duration::from_secs(30);
+    const MARGIN: Duration = Duration::from_secs(60);
+
+    /// `load_bound`: how long a worker may load its model.
+    pub fn new(started: Instant, load_bound: Duration) -> Self {
+        Self {
+            started,
+            give_up: load_bound + Self::MARGIN,
+            last_extended: None,
+        }
+    }
+
+    /// Call until READY=1 with whether a worker is still loading; returns whether it extended.
+    pub fn tick(&mut self, notifier: &Notifier, now: Instant, loading: bool) -> bool {
+        let due = self
+            .last_extended
+            .is_none_or(|at| now.saturating_duration_since(at) >= Self::EVERY);
+        if loading && due && now.saturating_duration_since(self.started) < self.give_up {
+            notifier.extend_start_timeout(Self::BY);
+            self.last_extended = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,8 +263,33 @@ mod tests {
             receive(&socket),
             "STATUS=2 cameras streaming, 1 worker ready"
         );
+        notifier.extend_start_timeout(Duration::from_secs(30));
+        assert_eq!(receive(&socket), "EXTEND_TIMEOUT_USEC=30000000");
         notifier.stopping();
         assert_eq!(receive(&socket), "STOPPING=1");
+    }
+
+    #[test]
+    fn the_start_timeout_is_extended_while_workers_load_and_not_past_the_bound() {
+        let (_dir, path, socket) = listener();
+        let notifier = Notifier::new(Some(path.as_os_str()), None).unwrap();
+        let t0 = Instant::now();
+        let mut timeout = StartTimeout::new(t0, Duration::from_secs(120));
+        assert!(!timeout.tick(&notifier, t0, false), "nothing loading");
+        assert!(timeout.tick(&notifier, t0, true));
+        assert_eq!(receive(&socket), "EXTEND_TIMEOUT_USEC=30000000");
+        assert!(!timeout.tick(&notifier, t0 + Duration::from_secs(5), true));
+        let mut extended = 1;
+        for s in (10..=300).step_by(10) {
+            if timeout.tick(&notifier, t0 + Duration::from_secs(s), true) {
+                extended += 1;
+                // Read as we go: a datagram socket queues only a few messages.
+                assert_eq!(receive(&socket), "EXTEND_TIMEOUT_USEC=30000000");
+            }
+        }
+        // Up to 120 s of loading plus 60 s: at 0, 10, …, 170 s.
+        assert_eq!(extended, 18);
+        assert!(nothing_waiting(&socket));
     }
 
     #[test]

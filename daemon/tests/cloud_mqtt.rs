@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use helmet_pipelines::detect::Detector;
@@ -18,9 +18,7 @@ use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, Frame, still};
 use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
-use helmetd::cloud::{
-    BreakerSettings, BreakerState, CloudAnswer, CloudClient, CloudClientSettings,
-};
+use helmetd::cloud::{BreakerSettings, BreakerState, CloudAnswer, CloudClientSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::NetworkOptions;
 use rumqttc::v5::mqttbytes::QoS;
@@ -434,41 +432,22 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
             open_max: Duration::from_secs(8),
         },
     };
-    let (handle, mut eventloop) = AsyncClient::new(options("edge-c", &broker), 64);
-    let cloud_client = Arc::new(CloudClient::new(handle, settings));
-    let (ready_tx, mut ready) = mpsc::channel(1);
-    let driver = {
-        let cloud_client = cloud_client.clone();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => cloud_client.subscribe().unwrap(),
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.try_send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        cloud_client.handle_incoming(&p);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), ready.recv())
-        .await
-        .unwrap();
+    let (cloud_client, driver) =
+        common::subscribed_cloud_client(options("edge-c", &broker), settings).await;
     let (frame, jpeg, _) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
     let meta = HardExampleMeta::for_frame(&frame, &[]);
 
-    // (e) Nobody serves the topic: each ask costs the timeout, then the breaker opens.
-    let slack = Duration::from_millis(150);
+    // (e) Nobody serves the topic: each ask waits out the timeout (how much longer depends on the
+    // machine's load: bench uplink measures it), then the breaker opens.
     for _ in 0..3 {
         let t0 = Instant::now();
         let answer = cloud_client.ask(jpeg.clone(), &meta).await;
         let took = t0.elapsed();
         assert!(matches!(answer, CloudAnswer::Late), "{answer:?}");
-        assert!(took >= timeout && took <= timeout + slack, "{took:?}");
+        assert!(
+            took >= timeout,
+            "answered Late before the timeout: {took:?}"
+        );
         println!(
             "ask with no cloud: {:.1} ms (timeout {timeout:?})",
             took.as_secs_f64() * 1e3
@@ -478,6 +457,9 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
         cloud_client.breaker_state(),
         BreakerState::Open { .. }
     ));
+    // With the breaker open an ask neither sends nor waits: counted as a skip, not as a request
+    // or a timeout.
+    let before = cloud_client.stats();
     let mut slowest = Duration::ZERO;
     for _ in 0..100 {
         let t0 = Instant::now();
@@ -485,11 +467,15 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
         slowest = slowest.max(t0.elapsed());
         assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
     }
+    let after = cloud_client.stats();
     println!(
         "ask with the breaker open: slowest of 100 {:.3} ms",
         slowest.as_secs_f64() * 1e3
     );
-    assert!(slowest < Duration::from_millis(5), "{slowest:?}");
+    assert_eq!(after.asked, before.asked, "no request sent while open");
+    assert_eq!(after.timed_out, before.timed_out, "no timeout waited out");
+    assert_eq!(after.breaker_open_skips, before.breaker_open_skips + 100);
+    assert!(slowest < timeout, "{slowest:?}");
 
     // (f) The cloud comes back: a probe gets through and closes the breaker.
     let mut cloud = start_cloud(&broker, "cloud-f");

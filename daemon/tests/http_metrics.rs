@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use helmetd::http::snapshot::{CameraSnapshot, CameraState, WorkerSnapshot, WorkerState};
-use helmetd::http::{HttpServer, Snapshot, Telemetry, status_command};
+use helmetd::http::{ConnectionLimits, HttpServer, Snapshot, Telemetry, status_command};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -75,8 +75,11 @@ fn snapshot(camera: CameraState, worker: WorkerState) -> Snapshot {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_metrics_and_status() {
     let telemetry = Arc::new(Telemetry::new(HEALTH_TIMEOUT));
+    let limits =
+        ConnectionLimits::from_http(&helmetd::config::Config::embedded_default().unwrap().http);
     let server = HttpServer::start(
         "127.0.0.1:0",
+        limits,
         telemetry.clone(),
         &tokio::runtime::Handle::current(),
     )

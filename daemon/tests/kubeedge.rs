@@ -7,6 +7,8 @@ mod kubeedge_fake;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -43,6 +45,7 @@ fn settings(fake: &FakeCloud, dir: &Path) -> KubeEdgeSettings {
         status_period: Duration::from_millis(500),
         register_delay: Duration::from_millis(50),
         request_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(3),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_millis(500),
     }
@@ -441,7 +444,7 @@ async fn the_fake_refuses_what_cloudcore_refuses_and_resends_until_acked() {
     );
     let mut h2 = (*tls::ca_config(&creds.ca, Some(creds.client_auth())).unwrap()).clone();
     h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let stream = tls::connect(std::sync::Arc::new(h2), "127.0.0.1", fake.ws_port)
+    let stream = tls::connect(Arc::new(h2), "127.0.0.1", fake.ws_port)
         .await
         .unwrap();
     let req = format!("wss://127.0.0.1:{}/x/{NODE}/events", fake.ws_port);
@@ -500,4 +503,79 @@ async fn the_fake_refuses_what_cloudcore_refuses_and_resends_until_acked() {
         .replace("\"route\"", "\"router\"");
     ws.send(Frame::text(text)).await.unwrap();
     eventually("the drop", || !fake.stats().dropped_messages.is_empty()).await;
+}
+
+// ---- Hostile or broken peers and files (issue #15) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_accepts_and_never_speaks_tls_does_not_hang_the_agent() {
+    let fake = FakeCloud::start(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, joined_agent) = joined(&fake, dir.path()).await;
+    joined_agent.shutdown().await;
+
+    // Accepts every connection and holds it open, silent.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.websocket_port = silent.local_addr().unwrap().port();
+    s.connect_timeout = Duration::from_millis(300);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let peer = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < 100 {
+            let Ok((socket, _)) = silent.accept().await else {
+                break;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+
+    let h = spawn(&s);
+    eventually("the handshake to time out, and a second attempt", || {
+        accepted.load(Ordering::SeqCst) >= 2
+            && h.link_state()
+                .last_error
+                .is_some_and(|e| e.contains("timed out"))
+    })
+    .await;
+    let link = h.link_state();
+    assert!(!link.registered);
+    assert!(link.reconnects >= 1, "{link:?}");
+    assert_eq!(link.connects, 0);
+    h.shutdown().await;
+    peer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_key_that_is_not_the_certificates_means_a_new_join() {
+    let fake = FakeCloud::start(FakeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (s, joined_agent) = joined(&fake, dir.path()).await;
+    joined_agent.shutdown().await;
+    assert_eq!(fake.stats().cert_requests, vec![("bootstrap", 200)]);
+
+    // Another key in place of the node's (half a rotation of a tool that renames file by file).
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(s.cert_dir.join(certs::KEY_FILE), other.serialize_pem()).unwrap();
+    assert!(matches!(
+        certs::load(&s),
+        Err(certs::CertError::Unusable { .. })
+    ));
+
+    let h = spawn(&s);
+    eventually("registration after a second join", || {
+        h.link_state().registered
+    })
+    .await;
+    let st = fake.stats();
+    assert_eq!(
+        st.cert_requests,
+        vec![("bootstrap", 200), ("bootstrap", 200)],
+        "the join token was used again"
+    );
+    assert_eq!(st.ca_requests, 2);
+    // What is stored now holds together.
+    assert!(certs::load(&s).is_ok());
+    h.shutdown().await;
 }

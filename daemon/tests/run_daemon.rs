@@ -1210,7 +1210,22 @@ fn under_systemd_it_reports_ready_status_watchdog_reload_and_stopping() {
         Daemon::start_under_systemd(&root, &config, tmp.path(), &[], Some(&notify.path));
 
     // READY=1 only once a worker serves.
-    notify.wait_for(Duration::from_secs(60), "READY=1");
+    let ready_at = notify.wait_for(Duration::from_secs(60), "READY=1");
+    // STATUS= follows the facts as they change, not only with the stats line: the loading
+    // worker before READY, the ready one in the same turn of the loop as READY.
+    let lines = notify.lines();
+    assert!(
+        lines[..ready_at]
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains("workers 0/1 ready")),
+        "no STATUS while the worker loaded: {lines:?}"
+    );
+    assert!(
+        lines
+            .get(ready_at + 1)
+            .is_some_and(|l| l.starts_with("STATUS=") && l.contains("workers 1/1 ready")),
+        "STATUS not refreshed at READY: {lines:?}"
+    );
     let ready_logged = daemon
         .lines()
         .iter()

@@ -604,3 +604,46 @@ async fn lc_reports_skip_idle_periods_and_survive_an_outage() {
     assert_eq!(lc.count(), before + 1);
     assert_eq!(lc.last().1["ownerInfo"]["inferenceNumber"], 30);
 }
+
+#[test]
+fn a_camera_password_in_video_url_is_never_printed() {
+    const SECRET: &str = "Zq9-s3cret";
+    let file = config_file("");
+    let run = |video_url: &str| {
+        helmetd()
+            .arg("check-config")
+            .arg(file.path())
+            .env("RUST_LOG", "info")
+            .env("HEM_NAME", "IBT")
+            .env("video_url", video_url)
+            .output()
+            .unwrap()
+    };
+    // Accepted: the override is logged, masked.
+    let out = run(&format!("rtsp://viewer:{SECRET}@127.0.0.1:8554/gate"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("viewer:***@127.0.0.1:8554"),
+        "{}",
+        stderr(&out)
+    );
+    // Refused by the config (scheme, port) and by the variable's own check: the error names
+    // the variable, not the password.
+    for bad in [
+        format!("rtsps://viewer:{SECRET}@127.0.0.1/gate"),
+        format!("rtsp://viewer:{SECRET}@127.0.0.1:99999/gate"),
+    ] {
+        let out = run(&bad);
+        assert_eq!(out.status.code(), Some(78), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("video_url"), "{}", stderr(&out));
+    }
+    for video_url in [
+        format!("rtsp://viewer:{SECRET}@127.0.0.1:8554/gate"),
+        format!("rtsps://viewer:{SECRET}@127.0.0.1/gate"),
+        format!("rtsp://viewer:{SECRET}@127.0.0.1:99999/gate"),
+    ] {
+        let out = run(&video_url);
+        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(!all.contains(SECRET), "{video_url}: {all}");
+    }
+}

@@ -192,6 +192,32 @@ fn the_real_model_is_ready_finds_people_and_drains() {
     assert!(status.success(), "drained worker exited with {status}");
 }
 
+/// A slow gateway loads the model for tens of seconds; the supervisor tells such a load from a
+/// hung start by the heartbeats the worker sends while it loads (issue #23).
+#[test]
+fn heartbeats_come_while_the_model_loads() {
+    let mut slow_args = args(None);
+    slow_args.heartbeat_ms = 10;
+    let mut worker = Worker::start(&slow_args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut beats_before_ready = 0;
+    'loading: loop {
+        assert!(Instant::now() < deadline, "no Ready within 120 s");
+        for event in worker.conn().poll_results(Duration::from_millis(100)) {
+            match event {
+                Event::Heartbeat { jobs_done, .. } => {
+                    assert_eq!(jobs_done, 0);
+                    beats_before_ready += 1;
+                }
+                Event::Ready(_) => break 'loading,
+                other => panic!("before Ready: {other:?}"),
+            }
+        }
+    }
+    println!("{beats_before_ready} heartbeats while the model loaded");
+    assert!(beats_before_ready >= 1, "no heartbeat before Ready");
+}
+
 #[test]
 fn fake_inference_answers_after_the_delay_with_no_boxes() {
     let mut worker = Worker::start(&args(Some(50)));

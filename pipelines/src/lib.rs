@@ -8,6 +8,8 @@ pub mod hem;
 pub mod ingest;
 pub mod letterbox;
 pub mod output;
+pub mod output_dir;
+pub mod redact;
 pub mod rtsp_server;
 pub mod runtime;
 pub mod still;

@@ -60,10 +60,16 @@ pub fn annotate(
     detections: &[Detection],
     class_names: &[String],
 ) {
+    // Coordinates are clamped into the image plus a margin before any arithmetic, so no f32
+    // (NaN, infinite, negative, huge) and no scale can overflow what follows; NaN lands on 0.
+    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    let px = |v: f32, limit: i64| {
+        let scaled = (f64::from(v) * scale).round();
+        scaled.clamp(0.0, (limit + 1) as f64) as i64
+    };
     for d in detections {
         let colour = class_colour(d.class);
-        let px = |v: f32| (f64::from(v) * scale).round().max(0.0) as i64;
-        let (x1, y1, x2, y2) = (px(d.x1), px(d.y1), px(d.x2), px(d.y2));
+        let (x1, y1, x2, y2) = (px(d.x1, w), px(d.y1, h), px(d.x2, w), px(d.y2, h));
         for t in 0..2 {
             draw_rect(image, x1 + t, y1 + t, x2 - t, y2 - t, colour);
         }
@@ -201,9 +207,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     };
     let tmp = path.with_extension("jpeg.part");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // On a full disk every frame would otherwise leave its partial file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 #[cfg(test)]
@@ -274,6 +285,51 @@ mod tests {
             }],
             &[],
         );
+    }
+
+    #[test]
+    fn annotate_is_total_on_any_f32_and_scale() {
+        let odd = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            -1.0,
+            0.0,
+            1e30,
+            300.0,
+        ];
+        let mut boxes = Vec::new();
+        for &a in &odd {
+            for &b in &odd {
+                boxes.push(Detection {
+                    x1: a,
+                    y1: b,
+                    x2: b,
+                    y2: a,
+                    score: a,
+                    class: u16::MAX,
+                });
+            }
+        }
+        for scale in [0.5, 0.0, -1.0, f64::NAN, f64::INFINITY, f64::MAX] {
+            let mut image = content_image(&frame());
+            annotate(&mut image, scale, &boxes, &[]);
+        }
+        // A box reaching far out still draws its visible edges.
+        let mut image = content_image(&frame());
+        let huge = Detection {
+            x1: 100.0,
+            y1: 100.0,
+            x2: f32::MAX,
+            y2: f32::INFINITY,
+            score: 0.5,
+            class: 1,
+        };
+        annotate(&mut image, 0.5, &[huge], &[]);
+        assert_eq!(image.get_pixel(50, 120).0, [230, 20, 20]);
+        assert_eq!(image.get_pixel(200, 50).0, [230, 20, 20]);
     }
 
     #[test]

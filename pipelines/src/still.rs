@@ -52,28 +52,38 @@ pub fn load_still(
         path: path.to_path_buf(),
         source,
     })?;
-    decode_still(&bytes, path, camera_name, input_w, input_h)
+    decode_still(
+        &bytes,
+        path,
+        camera_name,
+        input_w,
+        input_h,
+        image::Limits::default(),
+    )
 }
 
 /// [`load_still`] for an image already in memory (a hard example received over MQTT);
-/// `label` names it in errors.
+/// `label` names it in errors. `limits` bound what the decoder may produce: images from
+/// peers must not get the `image` crate's 512 MiB default.
 pub fn decode_still(
     bytes: &[u8],
     label: &Path,
     camera_name: &str,
     input_w: u32,
     input_h: u32,
+    limits: image::Limits,
 ) -> Result<(Frame, image::RgbImage), StillError> {
     let decode_error = |source| StillError::Decode {
         path: label.to_path_buf(),
         source,
     };
-    let reader = image::ImageReader::new(Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| StillError::Read {
             path: label.to_path_buf(),
             source,
         })?;
+    reader.limits(limits);
     if reader.format() == Some(ImageFormat::Jpeg) {
         jpeg_is_complete(bytes).map_err(|reason| {
             decode_error(image::ImageError::Decoding(

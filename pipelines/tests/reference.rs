@@ -149,7 +149,10 @@ fn load_fixture() -> (Vec<serde_json::Value>, ModelSpec, Detector) {
         fixture["model_sha256"].as_str().expect("model_sha256"),
         "the reference script ran another model than {LITTLE_MODEL}"
     );
-    assert_eq!(fixture["onnxruntime"], "1.32.0", "the reference's onnxruntime");
+    assert_eq!(
+        fixture["onnxruntime"], "1.32.0",
+        "the reference's onnxruntime"
+    );
     let as_f32 = |key: &str| fixture[key].as_f64().map(|v| v as f32);
     assert_eq!(as_f32("score_threshold"), Some(spec.score_threshold));
     assert_eq!(as_f32("nms_iou"), Some(spec.nms_iou));

@@ -189,3 +189,4 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, stop: &Atom
 }
 
 pub mod mosquitto;
+pub mod tmpfs;

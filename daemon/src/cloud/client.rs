@@ -37,7 +37,7 @@ use crate::uplink::{Delivery, Outbox};
 
 use super::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 use super::protocol::{
-    self, CloudResponse, CorrelationId, CorrelationIds, HardExampleMeta, ResponseError,
+    self, BoxFixes, CloudResponse, CorrelationId, HardExampleMeta, ResponseError,
 };
 
 /// Ids of requests no longer waited for, remembered to tell a late answer from a stray one.
@@ -118,8 +118,23 @@ pub struct CloudStats {
     pub breaker_open_skips: u64,
     /// Requests spooled but not waited for (breaker open, or the broker away).
     pub spooled_unwaited: u64,
-    /// Messages on the response topic that matched no request we remember.
+    /// Messages on the response topic that matched no request we remember: strays, and
+    /// forgeries with an id we never issued.
     pub unmatched: u64,
+    /// Boxes of used answers that reached outside the frame and were cut to it.
+    pub boxes_clipped: u64,
+    /// Boxes of used answers thrown away (non-finite, score outside 0..=1, empty in the frame).
+    pub boxes_dropped: u64,
+    /// Boxes of used answers beyond 300, the lowest-scoring.
+    pub boxes_over_cap: u64,
+}
+
+impl CloudStats {
+    fn record_fixes(&mut self, fixes: BoxFixes) {
+        self.boxes_clipped += fixes.clipped;
+        self.boxes_dropped += fixes.dropped;
+        self.boxes_over_cap += fixes.over_cap;
+    }
 }
 
 type Waiter = oneshot::Sender<Result<CloudResponse, ResponseError>>;
@@ -139,6 +154,8 @@ struct Shared {
     waiting: HashMap<CorrelationId, Waiter>,
     expired: VecDeque<CorrelationId>,
     stats: CloudStats,
+    /// Whether a repaired answer was logged at warn yet; later ones go to debug.
+    fixes_warned: bool,
 }
 
 impl Shared {
@@ -165,7 +182,6 @@ pub struct CloudClient {
     settings: CloudClientSettings,
     request_topic: String,
     response_topic: String,
-    ids: CorrelationIds,
     shared: Mutex<Shared>,
 }
 
@@ -190,8 +206,8 @@ impl CloudClient {
                 waiting: HashMap::new(),
                 expired: VecDeque::with_capacity(EXPIRED_MEMORY),
                 stats: CloudStats::default(),
+                fixes_warned: false,
             }),
-            ids: CorrelationIds::new(),
             requests,
             settings,
         }
@@ -241,7 +257,7 @@ impl CloudClient {
                 }
                 admission => {
                     shared.stats.asked += 1;
-                    let id = self.ids.next_id();
+                    let id = protocol::new_correlation_id();
                     let (tx, rx) = oneshot::channel();
                     shared.waiting.insert(id, tx);
                     Some((InFlight::new(self, id, admission == Admission::Probe), rx))
@@ -261,8 +277,14 @@ impl CloudClient {
             Err(e) => return in_flight.fail(AskError::Publish(e)),
         }
         match tokio::time::timeout_at(started + self.settings.timeout, answer).await {
-            Ok(Ok(Ok(CloudResponse::Result { detections, .. }))) => {
-                in_flight.succeed(detections, started.elapsed())
+            Ok(Ok(Ok(CloudResponse::Result {
+                detections,
+                replica,
+                ..
+            }))) => {
+                let (detections, fixes) =
+                    protocol::checked_boxes(detections, meta.orig_w, meta.orig_h);
+                in_flight.succeed(detections, fixes, &replica, started.elapsed())
             }
             Ok(Ok(Ok(CloudResponse::Error { message, replica }))) => {
                 in_flight.fail(AskError::Refused { message, replica })
@@ -324,7 +346,7 @@ impl CloudClient {
     /// Spools a request nobody waits for (the breaker is open), so the cloud still gets the
     /// hard example; its answer will count as late.
     async fn spool_unwaited(&self, jpeg: Vec<u8>, meta: &HardExampleMeta) {
-        let id = self.ids.next_id();
+        let id = protocol::new_correlation_id();
         self.lock().expire(id);
         match self.send(jpeg, meta, &id).await {
             Ok(_) => self.lock().stats.spooled_unwaited += 1,
@@ -388,9 +410,27 @@ impl<'a> InFlight<'a> {
         shared
     }
 
-    fn succeed(mut self, detections: Vec<Detection>, rtt: Duration) -> CloudAnswer {
+    fn succeed(
+        mut self,
+        detections: Vec<Detection>,
+        fixes: BoxFixes,
+        replica: &str,
+        rtt: Duration,
+    ) -> CloudAnswer {
         let mut shared = self.close();
         shared.stats.answered += 1;
+        if !fixes.is_empty() {
+            shared.stats.record_fixes(fixes);
+            if std::mem::replace(&mut shared.fixes_warned, true) {
+                tracing::debug!(replica, ?fixes, "repaired the boxes of a cloud answer");
+            } else {
+                tracing::warn!(
+                    replica,
+                    ?fixes,
+                    "repaired the boxes of a cloud answer (more are logged at debug level)"
+                );
+            }
+        }
         shared.breaker.record_success();
         CloudAnswer::Answered(detections, rtt)
     }
@@ -472,16 +512,11 @@ mod tests {
         }
     }
 
-    /// Reserves one correlation id so the test knows the salt; requests then get ids 1, 2, …
-    fn reserve(client: &CloudClient) -> CorrelationId {
-        client.ids.next_id()
-    }
-
-    /// The id of the `n`-th request (from 1) after `reserved`.
-    fn nth_id(reserved: &CorrelationId, n: u64) -> CorrelationId {
-        let mut id = *reserved;
-        id[..8].copy_from_slice(&n.to_be_bytes());
-        id
+    /// The id of the one request waiting for its answer.
+    fn pending(client: &CloudClient) -> CorrelationId {
+        let shared = client.lock();
+        assert_eq!(shared.waiting.len(), 1);
+        *shared.waiting.keys().next().unwrap()
     }
 
     fn answer(client: &CloudClient, id: Option<CorrelationId>, body: Vec<u8>) -> Publish {
@@ -497,7 +532,6 @@ mod tests {
     async fn an_answer_in_time_is_returned_with_its_round_trip() {
         let (client, _eventloop) = client();
         let meta = meta();
-        let id = nth_id(&reserve(&client), 1);
         let boxes = vec![Detection {
             x1: 1.0,
             y1: 2.0,
@@ -506,14 +540,10 @@ mod tests {
             score: 0.5,
             class: 1,
         }];
-        let reply = answer(
-            &client,
-            Some(id),
-            protocol::result_json(&boxes, "m", 1.0, "r"),
-        );
         let (outcome, consumed) = tokio::join!(client.ask(vec![0xFF, 0xD8], &meta), async {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            client.handle_incoming(&reply)
+            let body = protocol::result_json(&boxes, "m", 1.0, "r");
+            client.handle_incoming(&answer(&client, Some(pending(&client)), body))
         });
         assert!(consumed);
         let CloudAnswer::Answered(detections, rtt) = outcome else {
@@ -528,7 +558,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn timeouts_cost_the_timeout_then_the_breaker_makes_asking_free() {
         let (client, _eventloop) = client();
-        let reserved = reserve(&client);
         for _ in 0..3 {
             let t0 = Instant::now();
             assert!(matches!(
@@ -545,11 +574,8 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::ZERO);
 
         // The late answer to the first request is counted, once, and not returned.
-        let late = answer(
-            &client,
-            Some(nth_id(&reserved, 1)),
-            protocol::error_json("x", "r"),
-        );
+        let first = *client.lock().expired.front().unwrap();
+        let late = answer(&client, Some(first), protocol::error_json("x", "r"));
         assert!(client.handle_incoming(&late));
         assert!(client.handle_incoming(&late));
         assert!(client.handle_incoming(&answer(&client, None, Vec::new())));
@@ -567,15 +593,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refusals_count_as_failures_and_a_successful_probe_closes() {
         let (client, _eventloop) = client();
-        let (meta, reserved) = (meta(), reserve(&client));
-        for n in 1..=3 {
-            let refusal = answer(
-                &client,
-                Some(nth_id(&reserved, n)),
-                protocol::error_json("overloaded", "r"),
-            );
+        let meta = meta();
+        for _ in 0..3 {
             let (outcome, _) = tokio::join!(client.ask(vec![0xFF, 0xD8], &meta), async {
-                client.handle_incoming(&refusal)
+                let body = protocol::error_json("overloaded", "r");
+                client.handle_incoming(&answer(&client, Some(pending(&client)), body))
             });
             assert!(
                 matches!(outcome, CloudAnswer::Failed(AskError::Refused { .. })),
@@ -584,13 +606,9 @@ mod tests {
         }
         assert!(matches!(client.breaker_state(), BreakerState::Open { .. }));
         tokio::time::sleep(BreakerSettings::default().open_initial).await;
-        let reply = answer(
-            &client,
-            Some(nth_id(&reserved, 4)),
-            protocol::result_json(&[], "m", 1.0, "r"),
-        );
         let (outcome, _) = tokio::join!(client.ask(vec![0xFF, 0xD8], &meta), async {
-            client.handle_incoming(&reply)
+            let body = protocol::result_json(&[], "m", 1.0, "r");
+            client.handle_incoming(&answer(&client, Some(pending(&client)), body))
         });
         assert!(matches!(outcome, CloudAnswer::Answered(..)), "{outcome:?}");
         assert_eq!(client.breaker_state(), BreakerState::Closed);
@@ -611,5 +629,83 @@ mod tests {
         assert!(cancelled.is_err());
         assert!(matches!(client.breaker_state(), BreakerState::Open { .. }));
         assert!(client.lock().waiting.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_with_ids_we_never_issued_are_not_used() {
+        let (client, _eventloop) = client();
+        let meta = meta();
+        let absurd = [Detection {
+            x1: -1e30,
+            y1: 0.0,
+            x2: 1e30,
+            y2: 1e30,
+            score: 1.0,
+            class: 1,
+        }];
+        let (outcome, _) = tokio::join!(client.ask(vec![0xFF, 0xD8], &meta), async {
+            // What a forger who saw this request's id would guess for its neighbours.
+            let seen = pending(&client);
+            for byte in [7, 15] {
+                let mut guess = seen;
+                guess[byte] = guess[byte].wrapping_add(1);
+                let body = protocol::result_json(&absurd, "m", 1.0, "rogue");
+                assert!(client.handle_incoming(&answer(&client, Some(guess), body)));
+            }
+        });
+        assert!(matches!(outcome, CloudAnswer::Late), "{outcome:?}");
+        let stats = client.stats();
+        assert_eq!((stats.answered, stats.unmatched), (0, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_boxes_are_clipped_to_the_frame_and_counted() {
+        let (client, _eventloop) = client();
+        let meta = meta();
+        let boxes = [
+            Detection {
+                x1: -50.0,
+                y1: 10.0,
+                x2: 1e30,
+                y2: 700.0,
+                score: 0.9,
+                class: 1,
+            },
+            Detection {
+                x1: 5000.0,
+                y1: 10.0,
+                x2: 6000.0,
+                y2: 20.0,
+                score: 0.9,
+                class: 1,
+            },
+        ];
+        let (outcome, _) = tokio::join!(client.ask(vec![0xFF, 0xD8], &meta), async {
+            let body = protocol::result_json(&boxes, "m", 1.0, "r");
+            client.handle_incoming(&answer(&client, Some(pending(&client)), body))
+        });
+        let CloudAnswer::Answered(detections, _) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            detections,
+            [Detection {
+                x1: 0.0,
+                y1: 10.0,
+                x2: 1280.0,
+                y2: 700.0,
+                score: 0.9,
+                class: 1
+            }]
+        );
+        let stats = client.stats();
+        assert_eq!(
+            (
+                stats.boxes_clipped,
+                stats.boxes_dropped,
+                stats.boxes_over_cap
+            ),
+            (1, 1, 0)
+        );
     }
 }

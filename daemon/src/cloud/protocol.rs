@@ -8,7 +8,7 @@
 //! |---|---|
 //! | content type | `image/jpeg` |
 //! | response topic | `<prefix>/<node>/cloud-result` |
-//! | correlation data | 16 bytes: a per-client counter (big endian) and a random per-client salt |
+//! | correlation data | 16 random bytes, fresh for every request: unguessable from earlier ones |
 //! | message expiry | the edge's timeout rounded up to seconds: later answers are useless |
 //! | user `node`, `camera`, `seq` | where the frame comes from |
 //! | user `capture_time` | RFC 3339 with milliseconds, UTC |
@@ -21,10 +21,9 @@
 //! "replica":…}` with boxes in original-frame pixels, or `{"error":…,"replica":…}` when the
 //! request cannot be served, so the edge stops waiting at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use helmet_pipelines::{Detection, Frame};
+use helmet_pipelines::{Detection, Frame, MAX_DETECTIONS};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::{Deserialize, Serialize};
 
@@ -33,13 +32,34 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// A 640×640 letterbox content image at quality 90 is 50–150 KB; 4 MiB leaves room for edges
 /// that send whole 4K frames and still bounds what one request can make the cloud decode.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// Largest image side the cloud decodes: a small JPEG may declare a huge image.
+/// The ceiling of `cloud.max_image_side` and of any image side a peer may declare: JPEG itself
+/// allows 65535, and 8192² RGB is already 192 MiB.
 pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The default of `cloud.max_image_side`: about three times the largest letterbox content an
+/// edge sends (640) and above a whole 1080p frame (1920×1080) from a non-helmetd edge, while a
+/// decoded 2048² image stays at 12 MiB.
+pub const DEFAULT_MAX_IMAGE_SIDE: u32 = 2048;
+/// Camera frames larger than 16384 px a side do not exist; `orig_w`/`orig_h` beyond are lies.
+const MAX_ORIG_SIDE: u32 = 16384;
+/// JPEG pixels per original pixel: the edge sends the frame shrunk (≤ 1); ×64 either way is
+/// already absurd.
+const SCALE_RANGE: std::ops::RangeInclusive<f64> = (1.0 / 64.0)..=64.0;
+/// An honest request carries 8 user properties; rumqttc would take as many as the packet holds.
+const MAX_USER_PROPERTIES: usize = 16;
+/// All user property keys and values together: 300 edge boxes at ~40 bytes each plus the rest.
+const MAX_USER_PROPERTY_BYTES: usize = 32 * 1024;
+/// Node and camera names: ours are config names, far shorter.
+const MAX_NAME_CHARS: usize = 128;
 /// The edge's MQTT session must accept packets this large (rumqttc's default is 10 KiB):
 /// 300 boxes at ~45 bytes each plus the envelope.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Correlation data is echoed back verbatim; more than this is not an id.
 pub const MAX_CORRELATION_BYTES: usize = 64;
+/// Strings a peer puts in an answer (model, replica, error) are cut to this many characters
+/// before they reach logs and errors.
+const MAX_ANSWER_TEXT_CHARS: usize = 200;
+/// `infer_ms` beyond an hour is not a measurement.
+const MAX_INFER_MS: f64 = 3_600_000.0;
 /// The JPEG size must match `orig × scale` within this many pixels (rounding of the content).
 const SIZE_TOLERANCE_PX: f64 = 2.0;
 
@@ -58,48 +78,27 @@ pub fn shared_request_filter(group: &str, prefix: &str) -> String {
     format!("$share/{group}/{}", request_topic(prefix))
 }
 
-/// Whether `topic` is some node's result topic under `prefix`. The cloud answers only there,
-/// so a request cannot make it publish onto alert or status topics.
-fn is_response_topic(prefix: &str, topic: &str) -> bool {
+/// The node of `topic` if it is some node's result topic under `prefix`. The cloud answers only
+/// there, so a request cannot make it publish onto alert or status topics.
+fn response_topic_node<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
     topic
         .strip_prefix(prefix)
         .and_then(|t| t.strip_prefix('/'))
         .and_then(|t| t.strip_suffix("/cloud-result"))
-        .is_some_and(|node| !node.is_empty() && !node.contains(['/', '+', '#', '\0']))
+        .filter(|node| {
+            !node.is_empty()
+                && node.chars().count() <= MAX_NAME_CHARS
+                && !node.contains(['/', '+', '#', '\0'])
+        })
 }
 
 /// Matches an answer to its question.
 pub type CorrelationId = [u8; 16];
 
-/// Issues correlation ids that are unique for the life of a client (the counter) and across
-/// restarts of the same node (the random salt), without coordination.
-#[derive(Debug)]
-pub struct CorrelationIds {
-    salt: [u8; 8],
-    next: AtomicU64,
-}
-
-impl CorrelationIds {
-    pub fn new() -> Self {
-        Self {
-            salt: rand::random(),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    pub fn next_id(&self) -> CorrelationId {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&n.to_be_bytes());
-        id[8..].copy_from_slice(&self.salt);
-        id
-    }
-}
-
-impl Default for CorrelationIds {
-    fn default() -> Self {
-        Self::new()
-    }
+/// A fresh random id. Random rather than a counter: a peer that sees one id (on the request or
+/// the answer topic) must not be able to compute the next and answer it first.
+pub fn new_correlation_id() -> CorrelationId {
+    rand::random()
 }
 
 /// What the cloud needs to know about a hard example besides its pixels.
@@ -136,6 +135,8 @@ impl HardExampleMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTo {
     pub topic: String,
+    /// The node named by `topic`: requests are queued fairly by it.
+    pub node: String,
     pub correlation: Vec<u8>,
 }
 
@@ -162,6 +163,10 @@ pub enum RequestError {
     ContentType(Option<String>),
     #[error("payload of {0} bytes exceeds {MAX_REQUEST_BYTES}")]
     TooLarge(usize),
+    #[error(
+        "{count} user properties of {bytes} bytes (at most {MAX_USER_PROPERTIES} of {MAX_USER_PROPERTY_BYTES} bytes)"
+    )]
+    TooManyProperties { count: usize, bytes: usize },
     #[error("user property {0:?} is missing")]
     MissingProperty(&'static str),
     #[error("user property {key:?} = {value:?}: {reason}")]
@@ -221,7 +226,9 @@ impl RequestError {
             Self::NoCorrelation | Self::CorrelationTooLong(_) => RejectKind::NoCorrelation,
             Self::ContentType(_) => RejectKind::ContentType,
             Self::TooLarge(_) => RejectKind::TooLarge,
-            Self::MissingProperty(_) | Self::BadProperty { .. } => RejectKind::BadMetadata,
+            Self::TooManyProperties { .. }
+            | Self::MissingProperty(_)
+            | Self::BadProperty { .. } => RejectKind::BadMetadata,
             Self::NotJpeg => RejectKind::NotJpeg,
             Self::ImageSize { .. } | Self::Decode(_) => RejectKind::BadImage,
         }
@@ -267,9 +274,11 @@ pub fn reply_to(publish: &Publish, prefix: &str) -> Result<ReplyTo, RequestError
     let topic = props
         .and_then(|p| p.response_topic.clone())
         .ok_or(RequestError::NoResponseTopic)?;
-    if !is_response_topic(prefix, &topic) {
-        return Err(RequestError::ForeignResponseTopic(topic));
-    }
+    let Some(node) = response_topic_node(prefix, &topic).map(str::to_string) else {
+        return Err(RequestError::ForeignResponseTopic(
+            topic.chars().take(MAX_NAME_CHARS).collect(),
+        ));
+    };
     let correlation = props
         .and_then(|p| p.correlation_data.as_ref())
         .filter(|c| !c.is_empty())
@@ -279,47 +288,81 @@ pub fn reply_to(publish: &Publish, prefix: &str) -> Result<ReplyTo, RequestError
     }
     Ok(ReplyTo {
         topic,
+        node,
         correlation: correlation.to_vec(),
     })
 }
 
-/// Checks a request's content type, size, metadata and JPEG header. Decoding is left to the
-/// inference thread, which reports failures as [`RequestError::Decode`].
-pub fn parse_request(publish: Publish) -> Result<HardExampleRequest, RequestError> {
+/// Checks a request's content type, size, metadata and JPEG header against `max_image_side`
+/// (`cloud.max_image_side`). Decoding is left to the inference thread, which reports failures
+/// as [`RequestError::Decode`]. The edge's boxes are made safe by [`checked_boxes`]; what that
+/// changed is returned for counting.
+pub fn parse_request(
+    publish: Publish,
+    max_image_side: u32,
+) -> Result<(HardExampleRequest, BoxFixes), RequestError> {
     let props = publish.properties.unwrap_or_default();
     if props.content_type.as_deref() != Some(JPEG_CONTENT_TYPE) {
-        return Err(RequestError::ContentType(props.content_type));
+        return Err(RequestError::ContentType(
+            props
+                .content_type
+                .map(|c| c.chars().take(MAX_NAME_CHARS).collect()),
+        ));
     }
     if publish.payload.len() > MAX_REQUEST_BYTES {
         return Err(RequestError::TooLarge(publish.payload.len()));
     }
-    let user = UserProperties(&props.user_properties);
-    let node = user.get("node")?.to_string();
+    let user = UserProperties::new(&props.user_properties)?;
+    let node = user.name("node")?;
+    let response_node = props
+        .response_topic
+        .as_deref()
+        .and_then(|t| t.rsplit('/').nth(1));
+    if response_node != Some(node.as_str()) {
+        return Err(bad("node", &node, "is not the node of the response topic"));
+    }
+    let (orig_w, orig_h) = (user.side("orig_w")?, user.side("orig_h")?);
+    let scale: f64 = user.parse("scale")?;
+    if !SCALE_RANGE.contains(&scale) {
+        return Err(bad(
+            "scale",
+            &scale.to_string(),
+            format!(
+                "must be within {}..={}",
+                SCALE_RANGE.start(),
+                SCALE_RANGE.end()
+            ),
+        ));
+    }
+    let (edge_result, fixes) = user.get("edge_result").and_then(|v| {
+        let boxes: Vec<[f64; 6]> = serde_json::from_str(v).map_err(|e| bad("edge_result", v, e))?;
+        let boxes = boxes
+            .iter()
+            .map(|b| detection_from_sedna(b).map_err(|e| bad("edge_result", v, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(checked_boxes(boxes, orig_w, orig_h))
+    })?;
     let meta = HardExampleMeta {
-        camera: user.get("camera")?.to_string(),
+        camera: user.name("camera")?,
         seq: user.parse("seq")?,
         capture_time: user.get("capture_time").and_then(|v| {
             humantime::parse_rfc3339_weak(v).map_err(|e| bad("capture_time", v, e))
         })?,
-        edge_result: user.get("edge_result").and_then(|v| {
-            let boxes: Vec<[f64; 6]> =
-                serde_json::from_str(v).map_err(|e| bad("edge_result", v, e))?;
-            boxes
-                .iter()
-                .map(|b| detection_from_sedna(b).map_err(|e| bad("edge_result", v, e)))
-                .collect()
-        })?,
-        orig_w: user.parse_positive("orig_w")?,
-        orig_h: user.parse_positive("orig_h")?,
-        scale: user.parse_positive("scale")?,
+        edge_result,
+        orig_w,
+        orig_h,
+        scale,
     };
     let (image_w, image_h) = jpeg_size(&publish.payload).ok_or(RequestError::NotJpeg)?;
-    check_geometry(&meta, image_w, image_h)?;
-    Ok(HardExampleRequest {
-        node,
-        meta,
-        jpeg: publish.payload.into(),
-    })
+    check_geometry(&meta, image_w, image_h, max_image_side)?;
+    Ok((
+        HardExampleRequest {
+            node,
+            meta,
+            jpeg: publish.payload.into(),
+        },
+        fixes,
+    ))
 }
 
 fn bad(key: &'static str, value: &str, reason: impl std::fmt::Display) -> RequestError {
@@ -332,8 +375,20 @@ fn bad(key: &'static str, value: &str, reason: impl std::fmt::Display) -> Reques
 
 struct UserProperties<'a>(&'a [(String, String)]);
 
-impl UserProperties<'_> {
-    fn get(&self, key: &'static str) -> Result<&str, RequestError> {
+impl<'a> UserProperties<'a> {
+    /// Bounds the properties as a whole before any is parsed.
+    fn new(props: &'a [(String, String)]) -> Result<Self, RequestError> {
+        let bytes = props.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if props.len() > MAX_USER_PROPERTIES || bytes > MAX_USER_PROPERTY_BYTES {
+            return Err(RequestError::TooManyProperties {
+                count: props.len(),
+                bytes,
+            });
+        }
+        Ok(Self(props))
+    }
+
+    fn get(&self, key: &'static str) -> Result<&'a str, RequestError> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
@@ -349,32 +404,47 @@ impl UserProperties<'_> {
         value.trim().parse().map_err(|e| bad(key, value, e))
     }
 
-    /// Sizes and scales: a finite number above zero.
-    fn parse_positive<T>(&self, key: &'static str) -> Result<T, RequestError>
-    where
-        T: std::str::FromStr + Into<f64> + Copy,
-        T::Err: std::fmt::Display,
-    {
-        let parsed: T = self.parse(key)?;
-        let v: f64 = parsed.into();
-        if v.is_finite() && v > 0.0 {
-            Ok(parsed)
-        } else {
-            Err(bad(
+    /// Node and camera names end up in logs and topics: short, printable.
+    fn name(&self, key: &'static str) -> Result<String, RequestError> {
+        let value = self.get(key)?;
+        if value.is_empty()
+            || value.chars().count() > MAX_NAME_CHARS
+            || value.chars().any(char::is_control)
+        {
+            return Err(bad(
                 key,
-                &v.to_string(),
-                "must be a finite number above zero",
-            ))
+                value,
+                format!("must be 1..={MAX_NAME_CHARS} printable characters"),
+            ));
         }
+        Ok(value.to_string())
+    }
+
+    /// A camera frame's side in pixels.
+    fn side(&self, key: &'static str) -> Result<u32, RequestError> {
+        let side: u32 = self.parse(key)?;
+        if !(1..=MAX_ORIG_SIDE).contains(&side) {
+            return Err(bad(
+                key,
+                &side.to_string(),
+                format!("must be within 1..={MAX_ORIG_SIDE}"),
+            ));
+        }
+        Ok(side)
     }
 }
 
 /// The JPEG must be the original scaled by `scale`, or the boxes would land in the wrong place.
-fn check_geometry(meta: &HardExampleMeta, w: u32, h: u32) -> Result<(), RequestError> {
+fn check_geometry(
+    meta: &HardExampleMeta,
+    w: u32,
+    h: u32,
+    max_side: u32,
+) -> Result<(), RequestError> {
     let size_error = |reason: String| RequestError::ImageSize { w, h, reason };
-    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+    if w == 0 || h == 0 || w > max_side || h > max_side {
         return Err(size_error(format!(
-            "each side must be within 1..={MAX_IMAGE_SIDE}"
+            "each side must be within 1..={max_side} (cloud.max_image_side)"
         )));
     }
     let expected_w = f64::from(meta.orig_w) * meta.scale;
@@ -492,6 +562,9 @@ fn sedna_boxes(detections: &[Detection]) -> Vec<[f64; 6]> {
         .collect()
 }
 
+/// A box in Sedna's list form as a [`Detection`]. Coordinates are saturated into `f32`'s range
+/// (a plain cast turns 1e39 into infinity) and left for [`checked_boxes`] to clip; a value that
+/// is not a number at all, or a class that is not one, makes the box unusable.
 pub(crate) fn detection_from_sedna(b: &[f64; 6]) -> Result<Detection, String> {
     if !b.iter().all(|v| v.is_finite()) {
         return Err("non-finite value".into());
@@ -500,14 +573,84 @@ pub(crate) fn detection_from_sedna(b: &[f64; 6]) -> Result<Detection, String> {
     if class.fract() != 0.0 || !(0.0..=f64::from(u16::MAX)).contains(&class) {
         return Err(format!("class {class} is not an integer in 0..=65535"));
     }
+    let f32_range = |v: f64| v.clamp(f64::from(f32::MIN), f64::from(f32::MAX)) as f32;
     Ok(Detection {
-        x1: b[0] as f32,
-        y1: b[1] as f32,
-        x2: b[2] as f32,
-        y2: b[3] as f32,
-        score: b[4] as f32,
+        x1: f32_range(b[0]),
+        y1: f32_range(b[1]),
+        x2: f32_range(b[2]),
+        y2: f32_range(b[3]),
+        score: f32_range(b[4]),
         class: class as u16,
     })
+}
+
+/// What [`checked_boxes`] changed, for counting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoxFixes {
+    /// Boxes that reached outside the frame and were cut to it.
+    pub clipped: u64,
+    /// Boxes thrown away: a non-finite value, a score outside 0..=1, or nothing left inside
+    /// the frame (reversed boxes included).
+    pub dropped: u64,
+    /// Boxes beyond [`MAX_DETECTIONS`], the lowest-scoring ones.
+    pub over_cap: u64,
+}
+
+impl BoxFixes {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn add(&mut self, other: BoxFixes) {
+        self.clipped += other.clipped;
+        self.dropped += other.dropped;
+        self.over_cap += other.over_cap;
+    }
+}
+
+/// The one gate for boxes from outside (cloud answers on MQTT and Sedna HTTP, the edge's boxes
+/// in a request): every value finite, every box inside the `frame_w × frame_h` frame and not
+/// empty, at most [`MAX_DETECTIONS`] boxes, the best-scoring kept. Whatever comes out can be
+/// drawn, scaled and published as is.
+pub fn checked_boxes(
+    boxes: Vec<Detection>,
+    frame_w: u32,
+    frame_h: u32,
+) -> (Vec<Detection>, BoxFixes) {
+    let (w, h) = (frame_w as f32, frame_h as f32);
+    let mut fixes = BoxFixes::default();
+    let mut kept: Vec<Detection> = boxes
+        .into_iter()
+        .filter_map(|d| {
+            let values = [d.x1, d.y1, d.x2, d.y2, d.score];
+            if !values.iter().all(|v| v.is_finite()) || !(0.0..=1.0).contains(&d.score) {
+                fixes.dropped += 1;
+                return None;
+            }
+            let clipped = Detection {
+                x1: d.x1.clamp(0.0, w),
+                y1: d.y1.clamp(0.0, h),
+                x2: d.x2.clamp(0.0, w),
+                y2: d.y2.clamp(0.0, h),
+                ..d
+            };
+            if clipped.x2 <= clipped.x1 || clipped.y2 <= clipped.y1 {
+                fixes.dropped += 1;
+                return None;
+            }
+            if clipped != d {
+                fixes.clipped += 1;
+            }
+            Some(clipped)
+        })
+        .collect();
+    if kept.len() > MAX_DETECTIONS {
+        // Stable: an answer already in score order keeps its order.
+        kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+        fixes.over_cap = (kept.len() - MAX_DETECTIONS) as u64;
+        kept.truncate(MAX_DETECTIONS);
+    }
+    (kept, fixes)
 }
 
 /// `{"result":…,"model":…,"infer_ms":…,"replica":…}`
@@ -552,39 +695,60 @@ pub fn response_correlation(publish: &Publish) -> Option<CorrelationId> {
     CorrelationId::try_from(data.as_ref()).ok()
 }
 
+/// Reads an answer. Its boxes are converted but not yet made safe: that needs the frame the
+/// request described, so the asker applies [`checked_boxes`].
 pub fn parse_response(publish: &Publish) -> Result<CloudResponse, ResponseError> {
     let content_type = publish
         .properties
         .as_ref()
         .and_then(|p| p.content_type.clone());
     if content_type.as_deref() != Some(JSON_CONTENT_TYPE) {
-        return Err(ResponseError::ContentType(content_type));
+        return Err(ResponseError::ContentType(
+            content_type.map(|c| answer_text(&c)),
+        ));
     }
     if publish.payload.len() > MAX_RESPONSE_BYTES {
         return Err(ResponseError::TooLarge(publish.payload.len()));
     }
     let wire: WireResponse =
         serde_json::from_slice(&publish.payload).map_err(|e| ResponseError::Json(e.to_string()))?;
+    let replica = answer_text(&wire.replica);
     match (wire.result, wire.error) {
-        (Some(boxes), _) => Ok(CloudResponse::Result {
-            detections: boxes
-                .iter()
-                .enumerate()
-                .map(|(index, b)| {
-                    detection_from_sedna(b)
-                        .map_err(|reason| ResponseError::BadBox { index, reason })
-                })
-                .collect::<Result<_, _>>()?,
-            model: wire.model.unwrap_or_default(),
-            infer_ms: wire.infer_ms.unwrap_or_default(),
-            replica: wire.replica,
-        }),
+        (Some(boxes), _) => {
+            let infer_ms = wire.infer_ms.unwrap_or_default();
+            if !(0.0..=MAX_INFER_MS).contains(&infer_ms) {
+                return Err(ResponseError::Json(format!(
+                    "infer_ms {infer_ms} is not within 0..={MAX_INFER_MS}"
+                )));
+            }
+            Ok(CloudResponse::Result {
+                detections: boxes
+                    .iter()
+                    .enumerate()
+                    .map(|(index, b)| {
+                        detection_from_sedna(b)
+                            .map_err(|reason| ResponseError::BadBox { index, reason })
+                    })
+                    .collect::<Result<_, _>>()?,
+                model: answer_text(wire.model.as_deref().unwrap_or_default()),
+                infer_ms,
+                replica,
+            })
+        }
         (None, Some(message)) => Ok(CloudResponse::Error {
-            message,
-            replica: wire.replica,
+            message: answer_text(&message),
+            replica,
         }),
         (None, None) => Err(ResponseError::Empty),
     }
+}
+
+/// A peer's string, cut and with control characters replaced, fit for a log line.
+fn answer_text(text: &str) -> String {
+    text.chars()
+        .take(MAX_ANSWER_TEXT_CHARS)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -648,12 +812,14 @@ mod tests {
         let p = request(jpeg_header(640, 360), good_props());
         let reply = reply_to(&p, PREFIX).unwrap();
         assert_eq!(reply.topic, "helmetd/v1/edge-a/cloud-result");
+        assert_eq!(reply.node, "edge-a");
         assert_eq!(reply.correlation, vec![7; 16]);
         assert_eq!(
             p.properties.as_ref().unwrap().message_expiry_interval,
             Some(2)
         );
-        let req = parse_request(p).unwrap();
+        let (req, fixes) = parse_request(p, DEFAULT_MAX_IMAGE_SIDE).unwrap();
+        assert!(fixes.is_empty());
         assert_eq!(req.node, "edge-a");
         let mut expected = meta();
         expected.edge_result[0].x1 = 10.3; // rounded to 0.1 px on the wire
@@ -700,7 +866,7 @@ mod tests {
         let kind = |payload: Vec<u8>, edit: &dyn Fn(&mut PublishProperties)| {
             let mut props = good_props();
             edit(&mut props);
-            parse_request(request(payload, props))
+            parse_request(request(payload, props), DEFAULT_MAX_IMAGE_SIDE)
                 .map(|_| ())
                 .map_err(|e| e.kind())
         };
@@ -740,11 +906,24 @@ mod tests {
             Err(RejectKind::BadImage),
             "bomb"
         );
+        assert_eq!(
+            kind(jpeg_header(2049, 1153), &|p| set(p, "scale", "1.6")),
+            Err(RejectKind::BadImage),
+            "over cloud.max_image_side, though orig × scale agrees"
+        );
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
         for (key, value) in [
             ("seq", "-1"),
             ("scale", "NaN"),
             ("scale", "0"),
+            ("scale", "1e-300"),
+            ("scale", "inf"),
             ("orig_h", "0"),
+            ("orig_w", "16385"),
+            ("camera", long.as_str()),
+            ("camera", "gate\n1"),
+            ("camera", ""),
+            ("node", "edge-b"),
             ("orig_w", "wide"),
             ("capture_time", "yesterday"),
             ("edge_result", "[[1,2,3]]"),
@@ -836,11 +1015,133 @@ mod tests {
     }
 
     #[test]
-    fn correlation_ids_are_unique_and_carry_the_salt() {
-        let ids = CorrelationIds::new();
-        let (a, b) = (ids.next_id(), ids.next_id());
+    fn correlation_ids_are_random() {
+        let (a, b) = (new_correlation_id(), new_correlation_id());
         assert_ne!(a, b);
-        assert_eq!(a[8..], b[8..]);
-        assert_eq!(u64::from_be_bytes(b[..8].try_into().unwrap()), 1);
+        // A counter would leave most bytes equal between consecutive ids.
+        let equal = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(equal < 8, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn property_floods_are_refused_before_parsing() {
+        let refused = |edit: &dyn Fn(&mut PublishProperties)| {
+            let mut props = good_props();
+            edit(&mut props);
+            parse_request(
+                request(jpeg_header(640, 360), props),
+                DEFAULT_MAX_IMAGE_SIDE,
+            )
+            .map(|_| ())
+        };
+        assert_eq!(
+            refused(&|p| p
+                .user_properties
+                .extend((0..1000).map(|i| (format!("k{i}"), "v".into()))))
+            .map_err(|e| e.kind()),
+            Err(RejectKind::BadMetadata)
+        );
+        assert!(matches!(
+            refused(&|p| p.user_properties.push(("x".into(), "y".repeat(1 << 20)))),
+            Err(RequestError::TooManyProperties { count: 9, .. })
+        ));
+        assert!(matches!(
+            refused(&|p| set(p, "edge_result", &"[0,0,1,1,0.5,0],".repeat(4000))),
+            Err(RequestError::TooManyProperties { .. })
+        ));
+    }
+
+    fn det(x1: f32, y1: f32, x2: f32, y2: f32, score: f32) -> Detection {
+        Detection {
+            x1,
+            y1,
+            x2,
+            y2,
+            score,
+            class: 1,
+        }
+    }
+
+    #[test]
+    fn boxes_from_outside_are_finite_clipped_and_capped() {
+        let inside = det(10.0, 20.0, 30.0, 40.0, 0.9);
+        let (kept, fixes) = checked_boxes(
+            vec![
+                inside,
+                det(-5.0, -1e30, f32::MAX, 1e30, 0.8),
+                det(f32::NAN, 0.0, 1.0, 1.0, 0.5),
+                det(0.0, 0.0, f32::INFINITY, 1.0, 0.5),
+                det(0.0, 0.0, 1.0, 1.0, f32::NAN),
+                det(0.0, 0.0, 1.0, 1.0, 1.5),
+                det(0.0, 0.0, 1.0, 1.0, -0.1),
+                det(50.0, 50.0, 10.0, 10.0, 0.5),
+                det(200.0, 0.0, 300.0, 10.0, 0.5),
+            ],
+            100,
+            60,
+        );
+        assert_eq!(kept, [inside, det(0.0, 0.0, 100.0, 60.0, 0.8)]);
+        assert_eq!(
+            fixes,
+            BoxFixes {
+                clipped: 1,
+                dropped: 7,
+                over_cap: 0
+            }
+        );
+
+        let many: Vec<Detection> = (0..10_000)
+            .map(|i| det(0.0, 0.0, 10.0, 10.0, (i % 1000) as f32 / 1000.0))
+            .collect();
+        let (kept, fixes) = checked_boxes(many, 100, 100);
+        assert_eq!(kept.len(), MAX_DETECTIONS);
+        assert_eq!(fixes.over_cap, 10_000 - MAX_DETECTIONS as u64);
+        assert!(kept.iter().all(|d| d.score >= 0.97), "the best are kept");
+    }
+
+    #[test]
+    fn wire_values_beyond_f32_saturate_instead_of_becoming_infinite() {
+        let p = response(
+            br#"{"result":[[-1e39,0,1e39,1e300,0.5,0]],"infer_ms":1}"#.to_vec(),
+            Some(JSON_CONTENT_TYPE),
+        );
+        let Ok(CloudResponse::Result { detections, .. }) = parse_response(&p) else {
+            panic!("not a result")
+        };
+        assert!(
+            detections
+                .iter()
+                .all(|d| d.x1.is_finite() && d.x2.is_finite() && d.y2.is_finite())
+        );
+        let (kept, _) = checked_boxes(detections, 640, 480);
+        assert_eq!(
+            kept,
+            [det(0.0, 0.0, 640.0, 480.0, 0.5)].map(|d| Detection { class: 0, ..d })
+        );
+        for junk in [
+            &br#"{"result":[[NaN,0,1,1,0.5,0]]}"#[..],
+            br#"{"result":[[1e400,0,1,1,0.5,0]]}"#,
+            br#"{"result":[],"infer_ms":-1}"#,
+        ] {
+            let p = response(junk.to_vec(), Some(JSON_CONTENT_TYPE));
+            assert!(
+                parse_response(&p).is_err(),
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
+        }
+        let p = response(
+            format!(
+                r#"{{"error":"\u0007{}","replica":"r"}}"#,
+                "e".repeat(10_000)
+            )
+            .into_bytes(),
+            Some(JSON_CONTENT_TYPE),
+        );
+        let Ok(CloudResponse::Error { message, .. }) = parse_response(&p) else {
+            panic!("not an error")
+        };
+        assert_eq!(message.chars().count(), MAX_ANSWER_TEXT_CHARS);
+        assert!(!message.chars().any(char::is_control));
     }
 }

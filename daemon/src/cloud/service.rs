@@ -6,14 +6,19 @@
 //! queue: an edge waits about a second, so a request stuck behind several others is refused at
 //! once ("overloaded") rather than answered after the edge gave up. Every refused request that
 //! carries a reply address gets an `{"error": …}` answer so its edge stops waiting.
+//!
+//! The queue is fair between edge nodes (the node of each request's response topic): the next
+//! request is taken from the nodes in turn, and when the queue is full the one refused is the
+//! oldest of the node with the most waiting. One node flooding only pushes out its own
+//! requests.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use helmet_pipelines::detect::{DetectError, Detector};
+use helmet_pipelines::detect::{DetectError, Detector, ModelSpec};
 use helmet_pipelines::letterbox::PAD_VALUE;
 use helmet_pipelines::still::{self, StillError};
 use helmet_pipelines::{Detection, Frame, Letterbox};
@@ -30,9 +35,10 @@ use super::protocol::{
 use crate::commands::detect::cloud_model_spec;
 use crate::config::Config;
 use crate::sedna::http_server::{self, SednaServerSettings};
+use crate::systemd::Notifier;
 use crate::uplink::options::{OptionsError, mqtt_options};
 
-/// Requests waiting behind the running inference before the oldest is refused.
+/// Requests waiting behind the running inference before one is refused.
 const MAX_WAITING: usize = 4;
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the running inference.
@@ -80,6 +86,8 @@ pub struct ServiceStats {
     pub shed: u64,
     /// Inference errors (answered with an error).
     pub failed: u64,
+    /// Edge boxes in accepted requests that were clipped, dropped or over the cap.
+    pub edge_boxes_fixed: u64,
     /// Answers that could not be queued for the broker.
     pub publish_failed: u64,
     /// Decode, letterbox and model time of answered requests.
@@ -101,6 +109,7 @@ impl ServiceStats {
             overloaded = self.overloaded,
             shed = self.shed,
             failed = self.failed,
+            edge_boxes_fixed = self.edge_boxes_fixed,
             publish_failed = self.publish_failed,
             rejected_no_response_topic = self.rejected(RejectKind::NoResponseTopic),
             rejected_no_correlation = self.rejected(RejectKind::NoCorrelation),
@@ -120,19 +129,17 @@ impl ServiceStats {
 ///
 /// With `sedna_http`, Sedna's HTTP API is served there too, or alone when `mqtt.url` is empty.
 /// Each protocol then has its own copy of the model.
+///
+/// Under systemd (`Type=notify`) it sends `READY=1` once every model is loaded and the Sedna port
+/// bound, `STATUS=` at each step, and `WATCHDOG=1` from the runtime. SIGTERM is answered at any
+/// point, also while a model loads (that takes minutes on a slow CPU).
 pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ServiceError::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(ServiceError::Signals)?;
-        let Some(addr) = sedna_http else {
-            serve(&cfg, shutdown).await?;
-            return Ok(());
-        };
-        let listener = http_server::bind(addr).await?;
-        let (detector, _) = load_big_model(&cfg)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -142,26 +149,103 @@ pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result
             // An error means the sender is gone, which also means stop.
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let http = http_server::serve(
-            listener,
-            SednaServerSettings::from_config(&cfg),
-            detector,
-            until_stopped(stopped.clone()),
-        );
-        if cfg.mqtt.url.is_empty() {
-            http.await?;
+        let systemd = Arc::new(Mutex::new(Notifier::from_env()));
+        let watchdog = tokio::spawn(ping_watchdog(Arc::clone(&systemd)));
+        let notify = |line: &str| lock(&systemd).status(line);
+
+        notify("loading the big model");
+        let mqtt_model = if cfg.mqtt.url.is_empty() {
+            None
         } else {
-            tokio::try_join!(
-                async {
-                    serve(&cfg, until_stopped(stopped))
-                        .await
-                        .map_err(anyhow::Error::from)
-                },
-                async { http.await.map_err(anyhow::Error::from) },
-            )?;
-        }
+            match load_until(&cfg, until_stopped(stopped.clone())).await? {
+                Some(loaded) => Some(loaded),
+                None => return Ok(()),
+            }
+        };
+        let http = match sedna_http {
+            Some(addr) => {
+                let listener = http_server::bind(addr).await?;
+                let Some((detector, _)) = load_until(&cfg, until_stopped(stopped.clone())).await?
+                else {
+                    return Ok(());
+                };
+                Some((listener, detector))
+            }
+            None => None,
+        };
+        lock(&systemd).ready();
+        notify(&format!(
+            "serving: {}",
+            match (&mqtt_model, &http) {
+                (Some(_), Some(_)) => "MQTT and Sedna HTTP",
+                (Some(_), None) => "MQTT",
+                _ => "Sedna HTTP",
+            }
+        ));
+        let mqtt = async {
+            match mqtt_model {
+                Some(loaded) => serve_loaded(&cfg, loaded, until_stopped(stopped.clone()))
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
+                None => Ok(()),
+            }
+        };
+        let sedna = async {
+            match http {
+                Some((listener, detector)) => http_server::serve(
+                    listener,
+                    SednaServerSettings::from_config(&cfg),
+                    detector,
+                    until_stopped(stopped.clone()),
+                )
+                .await
+                .map_err(anyhow::Error::from),
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(mqtt, sedna)?;
+        lock(&systemd).stopping();
+        watchdog.abort();
         Ok(())
-    })
+    });
+    // A model load cut short by SIGTERM still runs on a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+fn lock(notifier: &Mutex<Notifier>) -> std::sync::MutexGuard<'_, Notifier> {
+    notifier.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `WATCHDOG=1` while the runtime turns: inference runs on its own threads, so a ping that stops
+/// means the service's loop is stuck.
+async fn ping_watchdog(systemd: Arc<Mutex<Notifier>>) {
+    let Some(every) = lock(&systemd).watchdog_interval() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
+    loop {
+        tick.tick().await;
+        lock(&systemd).watchdog_tick(std::time::Instant::now());
+    }
+}
+
+/// Loads and warms the big model on a blocking thread; `None` when `stop` completes first.
+async fn load_until(
+    cfg: &Config,
+    stop: impl Future<Output = ()>,
+) -> Result<Option<(Detector, String)>, ServiceError> {
+    let spec = cloud_model_spec(cfg);
+    tracing::info!(model = %spec.path.display(), "loading the big model");
+    let load = tokio::task::spawn_blocking(move || load_big_model(&spec));
+    tokio::select! {
+        loaded = load => Ok(Some(loaded??)),
+        () = stop => {
+            tracing::info!("stopped while loading the big model");
+            Ok(None)
+        }
+    }
 }
 
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
@@ -182,7 +266,19 @@ pub async fn serve(
     cfg: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServiceStats, ServiceError> {
-    let (detector, model) = load_big_model(cfg)?;
+    tokio::pin!(shutdown);
+    match load_until(cfg, &mut shutdown).await? {
+        Some(loaded) => serve_loaded(cfg, loaded, shutdown).await,
+        None => Ok(ServiceStats::default()),
+    }
+}
+
+/// [`serve`] with the model already loaded.
+async fn serve_loaded(
+    cfg: &Config,
+    (detector, model): (Detector, String),
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServiceStats, ServiceError> {
     let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
     let (mqtt, eventloop) = AsyncClient::new(service_options(cfg, &replica)?, MQTT_QUEUE);
     let filter = protocol::shared_request_filter(&cfg.cloud.share_group, &cfg.mqtt.topic_prefix);
@@ -201,7 +297,8 @@ pub async fn serve(
         filter,
         replica,
         model,
-        waiting: VecDeque::new(),
+        max_image_side: cfg.cloud.max_image_side,
+        waiting: FairQueue::default(),
         idle: Some(detector),
         stats: ServiceStats::default(),
         warned: [false; RejectKind::COUNT],
@@ -210,18 +307,18 @@ pub async fn serve(
 }
 
 /// The big model, warmed up, and its file name for answers and logs.
-fn load_big_model(cfg: &Config) -> Result<(Detector, String), DetectError> {
-    let spec = cloud_model_spec(cfg);
+fn load_big_model(spec: &ModelSpec) -> Result<(Detector, String), DetectError> {
     let model = spec.path.file_name().map_or_else(
         || spec.path.display().to_string(),
         |name| name.to_string_lossy().into_owned(),
     );
-    let mut detector = Detector::load(&spec)?;
+    let mut detector = Detector::load(spec)?;
     warm_up(&mut detector)?;
     Ok((detector, model))
 }
 
 /// One hard example between acceptance and answer.
+#[derive(Debug)]
 struct Job {
     reply: ReplyTo,
     request: HardExampleRequest,
@@ -245,7 +342,9 @@ struct Service {
     filter: String,
     replica: String,
     model: String,
-    waiting: VecDeque<Job>,
+    /// `cloud.max_image_side`: checked in the JPEG header, then enforced by the decoder.
+    max_image_side: u32,
+    waiting: FairQueue,
     /// The detector while no inference runs; the inference thread owns it otherwise.
     idle: Option<Detector>,
     stats: ServiceStats,
@@ -284,7 +383,7 @@ impl Service {
         tracing::info!("shutting down: refusing queued requests, finishing the running one");
         // Unsubscribing first lets the other replicas take new requests.
         let _ = self.mqtt.try_unsubscribe(self.filter.clone());
-        while let Some(job) = self.waiting.pop_front() {
+        while let Some(job) = self.waiting.pop() {
             self.shed(&job.reply);
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -325,28 +424,35 @@ impl Service {
             Ok(reply) => reply,
             Err(e) => return self.reject(&e, None),
         };
-        let request = match protocol::parse_request(publish) {
-            Ok(request) => request,
+        let request = match protocol::parse_request(publish, self.max_image_side) {
+            Ok((request, fixes)) => {
+                self.stats.edge_boxes_fixed += fixes.clipped + fixes.dropped + fixes.over_cap;
+                request
+            }
             Err(e) => return self.reject(&e, Some(&reply)),
         };
-        if self.waiting.len() >= MAX_WAITING
-            && let Some(oldest) = self.waiting.pop_front()
-        {
+        if let Some(refused) = self.waiting.push(Job { reply, request }) {
             self.stats.overloaded += 1;
-            tracing::debug!(node = %oldest.request.node, "overloaded: refusing the oldest request");
-            self.answer_error(&oldest.reply, "overloaded");
+            tracing::debug!(node = %refused.reply.node, "overloaded: refusing the oldest request of the busiest node");
+            self.answer_error(&refused.reply, "overloaded");
         }
-        self.waiting.push_back(Job { reply, request });
     }
 
     fn start_next(&mut self, running: &mut Option<JoinHandle<Done>>) {
         if running.is_some() || self.waiting.is_empty() {
             return;
         }
-        let (Some(detector), Some(job)) = (self.idle.take(), self.waiting.pop_front()) else {
+        let Some(detector) = self.idle.take() else {
             return;
         };
-        *running = Some(tokio::task::spawn_blocking(move || infer(detector, job)));
+        let Some(job) = self.waiting.pop() else {
+            self.idle = Some(detector);
+            return;
+        };
+        let max_side = self.max_image_side;
+        *running = Some(tokio::task::spawn_blocking(move || {
+            infer(detector, job, max_side)
+        }));
     }
 
     fn finish(&mut self, done: Done) {
@@ -434,6 +540,68 @@ impl Service {
     }
 }
 
+/// Waiting requests, one FIFO per edge node, served by turns.
+#[derive(Debug, Default)]
+struct FairQueue {
+    /// Each job with its arrival number.
+    by_node: HashMap<String, VecDeque<(u64, Job)>>,
+    /// Nodes with waiting requests, in serving order.
+    turns: VecDeque<String>,
+    len: usize,
+    arrivals: u64,
+}
+
+impl FairQueue {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues `job`; when that makes more than [`MAX_WAITING`], takes back the oldest request
+    /// of the node with the most waiting for the caller to refuse. Between nodes with as many,
+    /// the oldest request goes, as without nodes: it is the likeliest to be too late anyway.
+    fn push(&mut self, job: Job) -> Option<Job> {
+        let node = job.reply.node.clone();
+        let queue = self.by_node.entry(node.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(node);
+        }
+        queue.push_back((self.arrivals, job));
+        self.arrivals += 1;
+        self.len += 1;
+        if self.len <= MAX_WAITING {
+            return None;
+        }
+        let busiest = self
+            .by_node
+            .iter()
+            .max_by_key(|(_, q)| (q.len(), q.front().map(|(n, _)| std::cmp::Reverse(*n))))
+            .map(|(node, _)| node.clone())?;
+        self.take_from(&busiest)
+    }
+
+    /// The next request: the oldest of the node whose turn it is.
+    fn pop(&mut self) -> Option<Job> {
+        let node = self.turns.pop_front()?;
+        let job = self.take_from(&node);
+        if self.by_node.contains_key(&node) {
+            self.turns.push_back(node);
+        }
+        job
+    }
+
+    /// The oldest request of `node`, forgetting the node when it has no more.
+    fn take_from(&mut self, node: &str) -> Option<Job> {
+        let queue = self.by_node.get_mut(node)?;
+        let (_, job) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.by_node.remove(node);
+            self.turns.retain(|n| n != node);
+        }
+        self.len -= 1;
+        Some(job)
+    }
+}
+
 /// Awaits the running inference, or never if there is none.
 async fn join(running: &mut Option<JoinHandle<Done>>) -> Result<Done, JoinError> {
     match running {
@@ -443,10 +611,10 @@ async fn join(running: &mut Option<JoinHandle<Done>>) -> Result<Done, JoinError>
 }
 
 /// The blocking part of a job: decode, letterbox, run the model, map boxes to the original.
-fn infer(mut detector: Detector, job: Job) -> Done {
+fn infer(mut detector: Detector, job: Job, max_side: u32) -> Done {
     let started = std::time::Instant::now();
     let (input_w, input_h) = detector.input_size();
-    let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h)
+    let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h, max_side)
         .map_err(JobError::Image)
         .and_then(|frame| detector.detect(&frame).map_err(JobError::Inference))
         .map(|boxes| (to_original(&boxes, &job.request.meta), started.elapsed()));
@@ -474,10 +642,24 @@ pub(crate) fn to_original(boxes: &[Detection], meta: &HardExampleMeta) -> Vec<De
         .collect()
 }
 
-/// Decodes and letterboxes a JPEG held in memory, exactly as the edge letterboxes a file.
-fn letterbox_jpeg(jpeg: &[u8], input_w: u32, input_h: u32) -> Result<Frame, String> {
+/// Decodes and letterboxes a JPEG held in memory, exactly as the edge letterboxes a file. The
+/// header was checked against `max_side` already; the decoder enforces it again, with an
+/// allocation cap, in case the JPEG declares another size further on. Public for the fuzz
+/// target of hard-example requests (fuzz/).
+pub fn letterbox_jpeg(
+    jpeg: &[u8],
+    input_w: u32,
+    input_h: u32,
+    max_side: u32,
+) -> Result<Frame, String> {
     let label = std::path::Path::new("<hard example>");
-    match still::decode_still(jpeg, label, "hard-example", input_w, input_h) {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    // The decoder's output at its widest (RGBA) for the largest image allowed: 16 MiB at the
+    // default 2048, instead of the `image` crate's 512 MiB.
+    limits.max_alloc = Some(4 * u64::from(max_side) * u64::from(max_side));
+    match still::decode_still(jpeg, label, "hard-example", input_w, input_h, limits) {
         Ok((frame, _original)) => Ok(frame),
         Err(StillError::Decode { source, .. }) => Err(source.to_string()),
         Err(other) => Err(other.to_string()),
@@ -567,6 +749,7 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::protocol::{DEFAULT_MAX_IMAGE_SIDE, MAX_IMAGE_SIDE};
 
     #[test]
     fn boxes_are_mapped_to_original_pixels_and_clipped() {
@@ -604,13 +787,93 @@ mod tests {
     fn in_memory_jpegs_are_letterboxed_and_garbage_is_an_error() {
         let media = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../media");
         let jpeg = std::fs::read(media.join("overeasy_construction.jpg")).unwrap();
-        let frame = letterbox_jpeg(&jpeg, 640, 640).unwrap();
+        let frame = letterbox_jpeg(&jpeg, 640, 640, DEFAULT_MAX_IMAGE_SIDE).unwrap();
         let (expected, _) =
             still::load_still(media.join("overeasy_construction.jpg"), "x", 640, 640).unwrap();
         assert_eq!(frame.letterbox, expected.letterbox);
         assert!(frame.pixels == expected.pixels);
-        assert!(letterbox_jpeg(&jpeg[..jpeg.len() / 2], 640, 640).is_err());
-        assert!(letterbox_jpeg(b"garbage", 640, 640).is_err());
+        assert!(letterbox_jpeg(&jpeg[..jpeg.len() / 2], 640, 640, DEFAULT_MAX_IMAGE_SIDE).is_err());
+        assert!(letterbox_jpeg(b"garbage", 640, 640, DEFAULT_MAX_IMAGE_SIDE).is_err());
+    }
+
+    #[test]
+    fn the_decoder_enforces_the_side_limit_itself() {
+        let media = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../media");
+        // 3079×4619: refused by the decoder's limits, whatever the header check said.
+        let jpeg = std::fs::read(media.join("overeasy_dense_street2.jpg")).unwrap();
+        let error = letterbox_jpeg(&jpeg, 640, 640, DEFAULT_MAX_IMAGE_SIDE).unwrap_err();
+        assert!(error.contains("limit"), "{error}");
+        assert!(letterbox_jpeg(&jpeg, 640, 640, MAX_IMAGE_SIDE).is_ok());
+    }
+
+    fn job(node: &str, n: u8) -> Job {
+        let reply = ReplyTo {
+            topic: protocol::response_topic("p", node),
+            node: node.into(),
+            correlation: vec![n],
+        };
+        let request = HardExampleRequest {
+            node: node.into(),
+            meta: HardExampleMeta {
+                camera: "c".into(),
+                seq: u64::from(n),
+                capture_time: SystemTime::UNIX_EPOCH,
+                edge_result: Vec::new(),
+                orig_w: 1,
+                orig_h: 1,
+                scale: 1.0,
+            },
+            jpeg: Vec::new(),
+        };
+        Job { reply, request }
+    }
+
+    fn id(job: &Job) -> (String, u8) {
+        (job.reply.node.clone(), job.reply.correlation[0])
+    }
+
+    #[test]
+    fn a_flooding_node_only_pushes_out_its_own_requests() {
+        let mut queue = FairQueue::default();
+        let mut refused = Vec::new();
+        for n in 0..3 {
+            assert!(queue.push(job("flood", n)).is_none());
+        }
+        assert!(queue.push(job("calm", 0)).is_none());
+        for n in 3..100 {
+            refused.extend(queue.push(job("flood", n)).map(|j| id(&j)));
+        }
+        assert_eq!(refused.len(), 97);
+        assert!(
+            refused.iter().all(|(node, _)| node == "flood"),
+            "{refused:?}"
+        );
+        // Served by turns: the flooder's oldest still waiting, then the calm node.
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop()).map(|j| id(&j)).collect();
+        assert_eq!(
+            order,
+            [
+                ("flood".into(), 97),
+                ("calm".into(), 0),
+                ("flood".into(), 98),
+                ("flood".into(), 99)
+            ]
+        );
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn between_equal_nodes_the_oldest_request_is_refused() {
+        let mut queue = FairQueue::default();
+        for (n, node) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            assert!(queue.push(job(node, n as u8)).is_none());
+        }
+        let refused = queue.push(job("e", 4)).map(|j| id(&j));
+        assert_eq!(refused, Some(("a".into(), 0)));
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop())
+            .map(|j| id(&j).1)
+            .collect();
+        assert_eq!(order, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use super::nearest_rank;
 use crate::alerts::{AlertEvent, EventKind};
 use crate::cloud::CloudClientSettings;
-use crate::cloud::protocol::{self, CorrelationIds, HardExampleMeta};
+use crate::cloud::protocol::{self, HardExampleMeta};
 use crate::config::{self, Config, ConfigSource};
 use crate::run::{ConfigOrigin, Counters, Links, Signals};
 
@@ -285,7 +285,6 @@ fn measure_bytes(
     full: &[Frame],
 ) -> anyhow::Result<Vec<FrameBytes>> {
     let cloud = CloudClientSettings::from_config(cfg);
-    let ids = CorrelationIds::new();
     let request_topic = protocol::request_topic(&cloud.topic_prefix);
     let response_topic = protocol::response_topic(&cloud.topic_prefix, &cloud.node);
     edge.iter()
@@ -303,7 +302,7 @@ fn measure_bytes(
                 &cloud.node,
                 &meta,
                 &response_topic,
-                &ids.next_id(),
+                &protocol::new_correlation_id(),
                 cloud.timeout,
             );
             let jpeg_len = jpeg.len();

@@ -199,10 +199,12 @@ pub fn run(
         };
 
     for input in &job.inputs {
+        // Each JSON line names its input; an rtsp:// input's password stays out of it.
+        let shown = helmet_pipelines::redact::redact(input);
         match classify(input)? {
             Input::Image(path) => {
                 let (frame, _) = still::load_still(&path, &source_name(&path), input_w, input_h)?;
-                decide(input, &frame, &mut summary)?;
+                decide(&shown, &frame, &mut summary)?;
             }
             Input::Stream { url, file } => {
                 let name = if file {
@@ -230,7 +232,7 @@ pub fn run(
                     match camera.next_frame(Duration::from_millis(200)) {
                         Some(frame) => {
                             frames += 1;
-                            decide(input, &frame, &mut summary)?;
+                            decide(&shown, &frame, &mut summary)?;
                         }
                         None if camera.is_finished() => break,
                         None => {}
@@ -243,7 +245,7 @@ pub fn run(
                         .stats()
                         .last_error
                         .unwrap_or_else(|| "no frames".into());
-                    bail!("{input}: no frame was decoded: {why}");
+                    bail!("{shown}: no frame was decoded: {why}");
                 }
             }
         }

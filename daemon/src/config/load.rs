@@ -36,8 +36,11 @@ pub struct Problem {
 }
 
 impl fmt::Display for Problem {
+    /// Both halves may quote a camera URL (`--set camera.0.url=…`, Sedna's `video_url`, a
+    /// URL that does not parse): its password is masked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.place, self.message)
+        let text = format!("{}: {}", self.place, self.message);
+        f.write_str(&helmet_pipelines::redact::redact(&text))
     }
 }
 
@@ -48,7 +51,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--set {0:?}: expected dotted.key=value")]
+    #[error("--set {}: expected dotted.key=value", helmet_pipelines::redact::redact(&format!("{:?}", .0)))]
     BadOverride(String),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),

@@ -146,6 +146,8 @@ pub struct WorkerConfig {
     pub resources: Resources,
     pub restart_backoff_initial_s: f64,
     pub restart_backoff_max_s: f64,
+    /// The bound on a worker's model load; a load that stops heartbeating ends sooner.
+    pub ready_timeout_s: f64,
     pub cgroup_root: PathBuf,
 }
 
@@ -199,6 +201,8 @@ pub struct CloudConfig {
     pub intra_threads: usize,
     pub share_group: String,
     pub jpeg_quality: u8,
+    /// The largest JPEG side `helmetd cloud` decodes, checked in the header first.
+    pub max_image_side: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +234,10 @@ pub struct SednaConfig {
     pub worker_name: String,
     /// The largest request body `helmetd cloud --sedna-http` accepts, in MiB.
     pub max_body_mb: u64,
+    /// `helmetd cloud --sedna-http`'s connection cap and deadlines (`crate::http::guard`).
+    pub max_connections: usize,
+    pub header_timeout_s: u64,
+    pub body_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,12 +245,18 @@ pub struct SednaConfig {
 pub struct OutputConfig {
     pub dir: PathBuf,
     pub jpeg_quality: u8,
+    /// The folders under `dir` together, in MiB; the oldest files are removed beyond it.
+    pub max_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// The endpoint's connection cap and deadlines (`crate::http::guard`).
+    pub max_connections: usize,
+    pub header_timeout_s: u64,
+    pub body_timeout_s: u64,
 }
 
 /// Where relative paths in the config are looked up, after the current directory.

@@ -89,8 +89,13 @@ pub struct Metrics {
     output_errors: Counter,
     spool_depth: Gauge,
     spool_dropped: Counter,
+    spool_bypassed: Counter,
+    spool_lost: Counter,
     mqtt_connected: Gauge,
     kubeedge_connected: Gauge,
+    http_connections_open: Gauge,
+    http_connections_refused: Counter,
+    http_connections_timed_out: Counter,
 }
 
 impl Default for Metrics {
@@ -231,6 +236,16 @@ impl Metrics {
                 "Spool entries dropped unsent (spool full or too old)",
                 Counter::default()
             ),
+            spool_bypassed: register!(
+                "helmetd_spool_bypassed",
+                "Messages the spool could not store (disk full), sent once as QoS 1 instead",
+                Counter::default()
+            ),
+            spool_lost: register!(
+                "helmetd_spool_lost",
+                "Messages the spool could not store while the broker was not connected",
+                Counter::default()
+            ),
             mqtt_connected: register!(
                 "helmetd_mqtt_connected",
                 "1 while the MQTT session is up",
@@ -238,8 +253,23 @@ impl Metrics {
             ),
             kubeedge_connected: register!(
                 "helmetd_kubeedge_connected",
-                "1 while connected to KubeEdge (not implemented yet: always 0)",
+                "1 while the KubeEdge node link is up and the node registered; 0 when [kubeedge] is off",
                 Gauge::default()
+            ),
+            http_connections_open: register!(
+                "helmetd_http_connections_open",
+                "Connections open to this endpoint (at most http.max_connections)",
+                Gauge::default()
+            ),
+            http_connections_refused: register!(
+                "helmetd_http_connections_refused",
+                "Connections to this endpoint closed at once: http.max_connections were open",
+                Counter::default()
+            ),
+            http_connections_timed_out: register!(
+                "helmetd_http_connections_timed_out",
+                "Connections to this endpoint closed by a deadline (request head, idle keep-alive, body or an unread answer)",
+                Counter::default()
             ),
             registry,
             consistent: Mutex::new(()),
@@ -329,6 +359,8 @@ impl Metrics {
         self.spool_depth
             .set(i64::try_from(uplink.spool_depth).unwrap_or(i64::MAX));
         store(&self.spool_dropped, uplink.spool_dropped);
+        store(&self.spool_bypassed, uplink.spool_bypassed);
+        store(&self.spool_lost, uplink.spool_lost);
         self.mqtt_connected.set(i64::from(uplink.mqtt_connected));
         self.kubeedge_connected
             .set(i64::from(snapshot.kubeedge_connected));
@@ -339,6 +371,15 @@ impl Metrics {
     /// One answered cloud request; called by the finalize task that waited for it.
     pub fn observe_cloud_rtt(&self, rtt: Duration) {
         self.cloud_round_trip.observe(rtt.as_secs_f64());
+    }
+
+    /// The endpoint's own connection counters, stored at each scrape.
+    pub fn store_connections(&self, counts: crate::http::ConnectionCounts) {
+        let _consistent = lock(&self.consistent);
+        self.http_connections_open
+            .set(i64::try_from(counts.open).unwrap_or(i64::MAX));
+        store(&self.http_connections_refused, counts.refused);
+        store(&self.http_connections_timed_out, counts.timed_out);
     }
 
     /// The last snapshot applied; `None` before the loop's first.
@@ -408,8 +449,13 @@ mod tests {
         ("helmetd_output_errors_total", "counter"),
         ("helmetd_spool_depth", "gauge"),
         ("helmetd_spool_dropped_total", "counter"),
+        ("helmetd_spool_bypassed_total", "counter"),
+        ("helmetd_spool_lost_total", "counter"),
         ("helmetd_mqtt_connected", "gauge"),
         ("helmetd_kubeedge_connected", "gauge"),
+        ("helmetd_http_connections_open", "gauge"),
+        ("helmetd_http_connections_refused_total", "counter"),
+        ("helmetd_http_connections_timed_out_total", "counter"),
     ];
 
     fn sample_snapshot() -> Snapshot {

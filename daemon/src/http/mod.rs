@@ -4,12 +4,17 @@
 //! The control loop fills a [`Snapshot`] every second ([`SnapshotBuilder`]) and hands it to
 //! [`Metrics::update`]; it calls [`Health::tick`] every iteration. The server only reads those
 //! copies, so scrapes and probes never wait on the loop, nor the loop on them.
+//!
+//! [`guard`] is the accept loop this server and `helmetd cloud --sedna-http` share: a cap on
+//! open connections and deadlines for a request's head, body and answer.
 
+pub mod guard;
 pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod status;
 
+pub use guard::{ConnectionCounts, ConnectionLimits, ConnectionStats};
 pub use metrics::Metrics;
 pub use server::{HEALTH_TIMEOUT, Health, HttpError, HttpServer, Telemetry, readiness};
 pub use snapshot::{Snapshot, SnapshotBuilder, Sources};

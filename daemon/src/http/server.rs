@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`, served by axum on the
-//! daemon's tokio runtime. Handlers read only [`Telemetry`]: atomics and the last snapshot.
+//! daemon's tokio runtime behind [`super::guard`] (connection cap and deadlines). Handlers read
+//! only [`Telemetry`]: atomics and the last snapshot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::guard::{self, ConnectionLimits, ConnectionStats};
 use super::metrics::{CONTENT_TYPE, Metrics};
 use super::snapshot::{CameraState, Snapshot, WorkerState};
 use super::status::StatusReport;
@@ -36,12 +38,6 @@ pub enum HttpError {
     },
     #[error("cannot listen on {addr}")]
     Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP server on {addr} failed")]
-    Serve {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -101,6 +97,8 @@ impl Health {
 pub struct Telemetry {
     pub metrics: Metrics,
     pub health: Health,
+    /// The server's own: refused and timed-out connections, for `/metrics`.
+    pub connections: Arc<ConnectionStats>,
 }
 
 impl Telemetry {
@@ -109,6 +107,7 @@ impl Telemetry {
         Self {
             metrics: Metrics::new(),
             health: Health::new(health_timeout),
+            connections: Arc::default(),
         }
     }
 
@@ -119,6 +118,7 @@ impl Telemetry {
             uptime_s: self.health.uptime().as_secs_f64(),
             live: self.health.is_live(),
             missing: readiness(Some(&snapshot)),
+            cpu: helmet_pipelines::cpu::CpuFeatures::detect(),
             snapshot: Snapshot::clone(&snapshot),
         })
     }
@@ -151,15 +151,16 @@ pub fn readiness(snapshot: Option<&Snapshot>) -> Vec<String> {
 pub struct HttpServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl HttpServer {
     /// Binds `listen` (e.g. `127.0.0.1:9464`; port 0 picks a free one, see
     /// [`HttpServer::local_addr`]) at once, so a taken port fails the start-up rather than a
-    /// background task, then serves on `runtime`.
+    /// background task, then serves on `runtime` under `limits`.
     pub fn start(
         listen: &str,
+        limits: ConnectionLimits,
         telemetry: Arc<Telemetry>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, HttpError> {
@@ -183,16 +184,19 @@ impl HttpServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/status", get(status))
-            .with_state(telemetry);
+            .with_state(telemetry.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = runtime.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // A dropped sender stops the server as well.
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let task = runtime.spawn(guard::serve(
+            "http",
+            listener,
+            app,
+            limits,
+            telemetry.connections.clone(),
+            async {
+                // A dropped sender stops the server as well.
+                let _ = stopped.await;
+            },
+        ));
         tracing::info!(%addr, "HTTP endpoint: /metrics /healthz /readyz /status");
         Ok(Self { addr, stop, task })
     }
@@ -211,8 +215,7 @@ impl HttpServer {
         } = self;
         let _ = stop.send(());
         match tokio::time::timeout(STOP_TIMEOUT, &mut task).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(source))) => Err(HttpError::Serve { addr, source }),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(HttpError::Task { addr, source }),
             Err(_) => {
                 task.abort();
@@ -226,6 +229,9 @@ impl HttpServer {
 }
 
 async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    telemetry
+        .metrics
+        .store_connections(telemetry.connections.counts());
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         telemetry.metrics.encode(),
@@ -308,15 +314,17 @@ mod tests {
             .build()
             .expect("runtime");
         let telemetry = Arc::new(Telemetry::new(HEALTH_TIMEOUT));
-        let first = HttpServer::start("127.0.0.1:0", telemetry.clone(), runtime.handle())
+        let limits =
+            ConnectionLimits::from_http(&crate::config::Config::embedded_default().unwrap().http);
+        let first = HttpServer::start("127.0.0.1:0", limits, telemetry.clone(), runtime.handle())
             .expect("free port");
         let taken = first.local_addr().to_string();
-        let Err(e) = HttpServer::start(&taken, telemetry.clone(), runtime.handle()) else {
+        let Err(e) = HttpServer::start(&taken, limits, telemetry.clone(), runtime.handle()) else {
             panic!("second bind on {taken} succeeded");
         };
         assert!(matches!(e, HttpError::Bind { .. }), "{e:?}");
         assert!(e.to_string().contains(&taken), "{e}");
-        let Err(e) = HttpServer::start("localhost", telemetry, runtime.handle()) else {
+        let Err(e) = HttpServer::start("localhost", limits, telemetry, runtime.handle()) else {
             panic!("no port accepted");
         };
         assert!(e.to_string().contains("\"localhost\""), "{e}");

@@ -220,6 +220,12 @@ pub struct UplinkSnapshot {
     pub spool_bytes: u64,
     /// Entries dropped unsent because the spool was full or they were too old.
     pub spool_dropped: u64,
+    /// Messages the spool could not store (a full disk), sent once as QoS 1 instead.
+    #[serde(default)]
+    pub spool_bypassed: u64,
+    /// Messages the spool could not store while the broker was not connected: lost.
+    #[serde(default)]
+    pub spool_lost: u64,
     /// The cloud client's circuit breaker (`closed`, `open`, `half-open`); `None` without a cloud.
     pub cloud_breaker: Option<String>,
 }
@@ -235,6 +241,8 @@ impl UplinkSnapshot {
             spool_depth: stats.spool.entries as u64,
             spool_bytes: stats.spool.bytes,
             spool_dropped: stats.spool.dropped_full + stats.spool.dropped_expired,
+            spool_bypassed: stats.spool_bypassed,
+            spool_lost: stats.spool_lost,
             cloud_breaker: uplink.cloud().map(|c| {
                 match c.breaker_state() {
                     BreakerState::Closed => "closed",

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use helmet_pipelines::cpu::CpuFeatures;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::body::Bytes;
@@ -25,6 +26,8 @@ pub struct StatusReport {
     pub live: bool,
     /// `/readyz`'s reasons; empty when ready.
     pub missing: Vec<String>,
+    /// Which INT8 kernels this gateway's CPU runs: scores and timings depend on it.
+    pub cpu: CpuFeatures,
     #[serde(flatten)]
     pub snapshot: Snapshot,
 }
@@ -131,6 +134,7 @@ pub fn render(report: &StatusReport) -> String {
         (true, false) => format!("not ready: {}", report.missing.join("; ")),
     };
     let mut out = format!("node {}, up {uptime}, {health}\n", s.node);
+    let _ = writeln!(out, "cpu: {}", report.cpu.summary());
     let _ = writeln!(out, "cameras:");
     let width = s.cameras.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &s.cameras {
@@ -190,6 +194,11 @@ mod tests {
             uptime_s: 3723.4,
             live: true,
             missing: vec!["no worker is ready".into()],
+            cpu: CpuFeatures {
+                arch: "x86_64".into(),
+                features: vec!["avx2".into()],
+                int8_kernels: "avx2".into(),
+            },
             snapshot: Snapshot {
                 node: "gw-1".into(),
                 cameras: vec![CameraSnapshot {
@@ -211,6 +220,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  gate  streaming    5.0 fps"), "{text}");
+        assert!(
+            text.contains("cpu: x86_64 avx2 (INT8 kernels: avx2)\n"),
+            "{text}"
+        );
         assert!(
             text.contains("mqtt: DISCONNECTED (0 reconnects), spool 7 waiting"),
             "{text}"

@@ -71,6 +71,9 @@ pub struct KubeEdgeSettings {
     pub register_delay: Duration,
     /// A request without a reply for this long means the link is dead (edgecore: 60 s).
     pub request_timeout: Duration,
+    /// TCP connect, TLS and WebSocket handshakes together: a peer that accepts and then stalls
+    /// must not hold the agent.
+    pub connect_timeout: Duration,
     /// Reconnect backoff: doubles from `reconnect_min` up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -97,6 +100,7 @@ impl KubeEdgeSettings {
             status_period: Duration::from_secs(10),
             register_delay: Duration::from_secs(1),
             request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
         }

@@ -68,8 +68,17 @@ pub(super) async fn agent(
         let current = match creds
             .take()
             .filter(|c| c.not_after > SystemTime::now())
-            .or_else(|| certs::load(&settings))
-        {
+            .or_else(|| match certs::load(&settings) {
+                Ok(c) => Some(c),
+                Err(e @ certs::CertError::NotStored { .. }) => {
+                    debug!("kubeedge: {e}");
+                    None
+                }
+                Err(e) => {
+                    warn!("kubeedge: {e}; joining again with the token");
+                    None
+                }
+            }) {
             Some(c) => c,
             None => {
                 set_phase(LinkPhase::Bootstrapping);
@@ -146,7 +155,24 @@ async fn wait_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>)
     }
 }
 
+/// [`handshake`] within `connect_timeout`.
 async fn connect(
+    settings: &KubeEdgeSettings,
+    creds: &Credentials,
+) -> Result<(Ws, Option<IpAddr>), String> {
+    tokio::time::timeout(settings.connect_timeout, handshake(settings, creds))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "connecting to CloudHub at {} timed out after {:?}",
+                tls::authority(&settings.cloudcore_host, settings.websocket_port),
+                settings.connect_timeout
+            ))
+        })
+}
+
+/// TCP, mutual TLS, then the WebSocket upgrade.
+async fn handshake(
     settings: &KubeEdgeSettings,
     creds: &Credentials,
 ) -> Result<(Ws, Option<IpAddr>), String> {
@@ -286,11 +312,11 @@ async fn session(
             tokio::select! {
                 _ = sleep_until(wake) => {}
                 _ = stopped(shutdown) => {
-                    let _ = s.ws.close(None).await;
+                    s.close().await;
                     return Ok(Outcome::Shutdown);
                 }
                 new = &mut rotation => {
-                    let _ = s.ws.close(None).await;
+                    s.close().await;
                     return Ok(Outcome::Rotated(new));
                 }
                 changed = health.changed(), if health_open => {
@@ -363,6 +389,12 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// A close frame, at most [`SEND_TIMEOUT`]: a peer that stopped reading must not hold up a
+    /// shutdown or a rotation.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.close(None)).await;
+    }
+
     async fn send(&mut self, msg: Message) -> Result<(), String> {
         let text = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
         match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Frame::text(text))).await {

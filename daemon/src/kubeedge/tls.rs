@@ -73,6 +73,15 @@ pub fn ca_config(
     Ok(Arc::new(config))
 }
 
+/// Whether `key` is the private key of `cert`'s public key.
+pub fn check_key_pair(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<(), rustls::Error> {
+    let signing = provider().key_provider.load_private_key(key.clone_key())?;
+    rustls::sign::CertifiedKey::new(vec![cert.clone()], signing).keys_match()
+}
+
 /// `host:port` as it appears in URLs and the `Host` header (IPv6 literals bracketed).
 pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {

@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::HardExampleMining;
-use helmet_pipelines::output::{
-    Outcome, OutputError, SednaOutputs, annotate, content_image, encode_jpeg,
-};
+use helmet_pipelines::output::{Outcome, OutputError, annotate, content_image, encode_jpeg};
+use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
@@ -72,7 +71,7 @@ pub struct FinalizeShared {
     pub num_classes: usize,
     pub class_names: Vec<String>,
     pub alert_settings: AlertSettings,
-    pub outputs: Option<SednaOutputs>,
+    pub outputs: Option<CappedOutputs>,
     pub cloud: Option<CloudLink>,
     /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
@@ -101,7 +100,7 @@ impl CloudLink {
         Ok(match cfg.cloud.protocol {
             CloudProtocol::SednaHttp => {
                 let client = SednaHttpClient::new(&SednaHttpSettings::from_config(cfg))?;
-                tracing::info!(url = %client.predict_url(), "hard examples go to a Sedna cloud");
+                tracing::info!(url = %helmet_pipelines::redact::redact(&client.predict_url()), "hard examples go to a Sedna cloud");
                 Some(Self::SednaHttp(client))
             }
             CloudProtocol::Mqtt | CloudProtocol::None => {

@@ -8,6 +8,7 @@
 mod cameras;
 mod finalize;
 mod launcher;
+mod lock;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use helmet_pipelines::ingest::{Camera, CameraSettings, Transport};
-use helmet_pipelines::output::SednaOutputs;
+use helmet_pipelines::output_dir::CappedOutputs;
 
 pub use cameras::CameraChanges;
 use cameras::CameraSet;
@@ -33,7 +34,7 @@ use crate::supervisor::{
     CgroupRoot, Layout, PoolName, PoolSpec, RealHost, RealHostConfig, Supervisor, SupervisorConfig,
     WorkerState,
 };
-use crate::systemd::Notifier;
+use crate::systemd::{Notifier, StartTimeout};
 use crate::worker::{DispatchEvent, Dispatcher, InputSize, WorkerArgs, WorkerKey};
 
 /// The only worker pool so far: the edge model.
@@ -193,6 +194,7 @@ fn supervisor_config(cfg: &Config) -> SupervisorConfig {
     SupervisorConfig {
         backoff_initial: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_initial_s),
         backoff_max: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_max_s),
+        ready_timeout: Duration::from_secs_f64(cfg.edge.worker.ready_timeout_s),
         ..SupervisorConfig::default()
     }
 }
@@ -244,38 +246,6 @@ fn camera_settings(cfg: &Config, cam: &config::CameraConfig) -> anyhow::Result<C
     Ok(s)
 }
 
-/// Refuses a second daemon on the same worker cgroups: its start-up sweep would kill the first
-/// one's workers, which the first would restart, without end. The lock (flock, released when the
-/// process dies, however it dies) is a file in /run/lock named after the root.
-fn lock_cgroup_root(root: &CgroupRoot) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let name = match root {
-        CgroupRoot::Path(path) => path.display().to_string(),
-        CgroupRoot::Delegated { daemon_leaf } => format!("delegated-{daemon_leaf}"),
-    };
-    let safe: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let dir = Path::new("/run/lock");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("helmetd{safe}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| {
-            anyhow::anyhow!(
-                "another helmetd already runs workers under {name} ({}: {errno}); \
-             give this one its own edge.worker.cgroup_root",
-                path.display()
-            )
-        },
-    )
-}
-
 /// What the caller plugs in: the MQTT session (built on the runtime), an alert watcher, and
 /// counters it wants to read while the daemon runs.
 #[derive(Default)]
@@ -311,7 +281,7 @@ pub fn run(
 
     // Workers first: a sweep of what an earlier run left behind must precede any new worker.
     let root = cgroup_root(&cfg)?;
-    let _one_daemon = lock_cgroup_root(&root)?;
+    let _one_daemon = lock::lock_cgroup_root(&root)?;
     let host = RealHost::new(RealHostConfig {
         mount: PathBuf::from("/sys/fs/cgroup"),
         root,
@@ -349,10 +319,11 @@ pub fn run(
         alert_settings: AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?,
         outputs: match cfg.output.dir.as_os_str().is_empty() {
             true => None,
-            false => Some(SednaOutputs::create(
+            false => Some(CappedOutputs::create(
                 &cfg.output.dir,
                 cfg.output.jpeg_quality,
                 cfg.edge.model.classes.clone(),
+                cfg.output.max_mb.saturating_mul(1 << 20),
             )?),
         },
         cloud: finalize::CloudLink::from_config(&cfg, links.uplink.as_ref())?,
@@ -392,6 +363,12 @@ pub fn run(
     // systemd counts the service as started once a worker serves: the cameras' threads run by
     // now, but a camera that is down must not fail the start (it reconnects on its own).
     let mut announced_ready = false;
+    let mut start_timeout = StartTimeout::new(
+        Instant::now(),
+        Duration::from_secs_f64(cfg.edge.worker.ready_timeout_s),
+    );
+    // STATUS= follows the state it shows at once, not only with the stats line.
+    let mut last_status_facts = None;
 
     while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
         let now = Instant::now();
@@ -490,8 +467,8 @@ pub fn run(
                 tracing::warn!(error = %e, "supervisor");
             }
             last_reconcile = now;
-            let ready = supervisor
-                .status(now)
+            let workers = supervisor.status(now);
+            let ready = workers
                 .iter()
                 .filter(|w| w.state == WorkerState::Ready)
                 .count();
@@ -499,6 +476,15 @@ pub fn run(
             if ready > 0 && !announced_ready {
                 systemd.ready();
                 announced_ready = true;
+            } else if !announced_ready {
+                let loading = workers.iter().any(|w| w.state == WorkerState::Starting);
+                start_timeout.tick(&systemd, now, loading);
+            }
+            let stats = stats_json(cameras.cameras(), &dispatcher, &workers, &counters);
+            let facts = status_facts(&stats);
+            if facts != last_status_facts {
+                systemd.status(&status_line_of(&stats));
+                last_status_facts = facts;
             }
         }
         if now.duration_since(last_sample) >= SAMPLE_EVERY
@@ -571,6 +557,7 @@ pub fn run(
                     "spool_depth": us.spool.entries, "spool_bytes": us.spool.bytes,
                     "spool_dropped": us.spool.dropped_full + us.spool.dropped_expired,
                     "once_dropped": us.once_dropped, "volatile_dropped": us.volatile_dropped,
+                    "spool_bypassed": us.spool_bypassed, "spool_lost": us.spool_lost,
                 });
             }
             if let Some(k) = &kubeedge {
@@ -733,6 +720,20 @@ fn node_health(
 }
 
 /// The `systemctl status` line: what an operator checks first.
+/// What the STATUS line says besides counters: cameras streaming, workers ready, workers.
+fn status_facts(stats: &serde_json::Value) -> Option<(usize, u64, u64)> {
+    let streaming = stats["cameras"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["state"].as_str() == Some("Streaming"))
+        .count();
+    Some((
+        streaming,
+        stats["workers_ready"].as_u64()?,
+        stats["workers"].as_u64()?,
+    ))
+}
+
 fn status_line_of(stats: &serde_json::Value) -> String {
     let cameras = stats["cameras"].as_array().map_or(&[][..], Vec::as_slice);
     let streaming = cameras

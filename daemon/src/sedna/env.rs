@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use helmet_pipelines::output::{ALL_EXAMPLES, HARD_EXAMPLE_CLOUD, HARD_EXAMPLE_EDGE};
+use helmet_pipelines::redact::redact;
 use toml_edit::{Array, InlineTable, Value};
 
 use crate::config::ConfigError;
@@ -90,10 +91,11 @@ impl EnvError {
     /// A bad variable is a bad config: EX_CONFIG, like [`ConfigError`].
     pub const EXIT_CODE: i32 = ConfigError::EXIT_CODE;
 
+    /// The message quotes the value, which for `video_url` may carry a camera's password.
     fn new(var: &str, message: impl Into<String>) -> Self {
         Self {
             var: var.to_string(),
-            message: message.into(),
+            message: redact(&message.into()).into_owned(),
         }
     }
 }
@@ -479,13 +481,14 @@ impl SednaEnv {
         ConfigError::Invalid(problems)
     }
 
-    /// One line per variable used or ignored, so the effective config can be traced.
+    /// One line per variable used or ignored, so the effective config can be traced; camera
+    /// passwords (`video_url`) are masked.
     pub fn log(&self) {
         for o in &self.overrides {
-            tracing::info!(env = %o.vars, set = %o.set_arg(), "Sedna environment");
+            tracing::info!(env = %o.vars, set = %redact(&o.set_arg()), "Sedna environment");
         }
         for n in &self.notes {
-            tracing::info!(env = %n.var, value = %n.value, note = %n.note, "Sedna environment");
+            tracing::info!(env = %n.var, value = %redact(&n.value), note = %n.note, "Sedna environment");
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::post::{PostError, post_json};
 use crate::cloud::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 use crate::cloud::client::{AskError, CloudAnswer};
-use crate::cloud::protocol::{HardExampleMeta, detection_from_sedna};
+use crate::cloud::protocol::{BoxFixes, HardExampleMeta, checked_boxes, detection_from_sedna};
 use crate::cloud::service::to_original;
 
 /// 300 boxes of six numbers are ~20 KB; a body beyond this is not an answer to us.
@@ -95,6 +95,8 @@ pub struct SednaHttpClient {
     path: String,
     timeout: Duration,
     breaker: Mutex<Breaker>,
+    /// What [`checked_boxes`] repaired in answers so far; the first repair is logged at warn.
+    fixes: Mutex<BoxFixes>,
 }
 
 impl SednaHttpClient {
@@ -122,6 +124,7 @@ impl SednaHttpClient {
             ),
             timeout: settings.timeout,
             breaker: Mutex::new(Breaker::new(settings.breaker)),
+            fixes: Mutex::new(BoxFixes::default()),
         })
     }
 
@@ -132,6 +135,24 @@ impl SednaHttpClient {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.lock().state()
+    }
+
+    /// Boxes of answers clipped, dropped or over the cap since the client was made.
+    pub fn box_fixes(&self) -> BoxFixes {
+        *self.fixes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record_fixes(&self, fixes: BoxFixes) {
+        if fixes.is_empty() {
+            return;
+        }
+        let mut total = self.fixes.lock().unwrap_or_else(PoisonError::into_inner);
+        if total.is_empty() {
+            tracing::warn!(authority = %self.authority, ?fixes, "repaired the boxes of a Sedna answer (more are logged at debug level)");
+        } else {
+            tracing::debug!(authority = %self.authority, ?fixes, "repaired the boxes of a Sedna answer");
+        }
+        total.add(fixes);
     }
 
     fn lock(&self) -> MutexGuard<'_, Breaker> {
@@ -154,9 +175,11 @@ impl SednaHttpClient {
             finished: false,
         };
         let body = predict_body(image);
-        match tokio::time::timeout_at(started + self.timeout, self.exchange(body)).await {
-            Ok(Ok(boxes)) => {
+        let exchange = self.exchange(body, image.width(), image.height());
+        match tokio::time::timeout_at(started + self.timeout, exchange).await {
+            Ok(Ok((boxes, fixes))) => {
                 attempt.succeed();
+                self.record_fixes(fixes);
                 CloudAnswer::Answered(to_original(&boxes, meta), started.elapsed())
             }
             Ok(Err(e)) => {
@@ -172,7 +195,12 @@ impl SednaHttpClient {
 
     /// One request on a fresh connection: a hard example is rare and megabytes large, so a
     /// kept-alive connection would save little and add a stale-connection failure mode.
-    async fn exchange(&self, body: Bytes) -> Result<Vec<Detection>, SednaHttpError> {
+    async fn exchange(
+        &self,
+        body: Bytes,
+        image_w: u32,
+        image_h: u32,
+    ) -> Result<(Vec<Detection>, BoxFixes), SednaHttpError> {
         let authority = &self.authority;
         let (status, body) = post_json(authority, &self.path, body, MAX_RESPONSE_BYTES)
             .await
@@ -201,7 +229,7 @@ impl SednaHttpClient {
                 body: text.trim().chars().take(ERROR_BODY_CHARS).collect(),
             });
         }
-        parse_result(&body).map_err(|reason| SednaHttpError::BadResponse {
+        parse_result(&body, image_w, image_h).map_err(|reason| SednaHttpError::BadResponse {
             authority: authority.clone(),
             reason,
         })
@@ -305,16 +333,23 @@ struct PredictResult {
     result: Vec<[f64; 6]>,
 }
 
-/// `{"result": [[xmin, ymin, xmax, ymax, score, class], …]}` in the pixels of the image sent.
-/// Extra keys are ignored; a class may come as `2` or `2.0` (Sedna passes the model's dtype).
-pub fn parse_result(body: &[u8]) -> Result<Vec<Detection>, String> {
+/// `{"result": [[xmin, ymin, xmax, ymax, score, class], …]}` in the pixels of the
+/// `image_w × image_h` image sent, made safe by [`checked_boxes`] (what it repaired is returned
+/// for counting). Extra keys are ignored; a class may come as `2` or `2.0` (Sedna passes the
+/// model's dtype).
+pub fn parse_result(
+    body: &[u8],
+    image_w: u32,
+    image_h: u32,
+) -> Result<(Vec<Detection>, BoxFixes), String> {
     let parsed: PredictResult = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    parsed
+    let boxes = parsed
         .result
         .iter()
         .enumerate()
         .map(|(i, b)| detection_from_sedna(b).map_err(|e| format!("box {i} {b:?}: {e}")))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(checked_boxes(boxes, image_w, image_h))
 }
 
 #[cfg(test)]
@@ -358,10 +393,13 @@ mod tests {
 
     #[test]
     fn results_parse_with_int_or_float_classes_and_junk_is_refused() {
-        let boxes = parse_result(
+        let (boxes, fixes) = parse_result(
             br#"{"result": [[1, 2.5, 30, 40, 0.9, 2], [0, 0, 1, 1, 0.5, 1.0]], "x": 1}"#,
+            640,
+            360,
         )
         .unwrap();
+        assert!(fixes.is_empty());
         assert_eq!(
             boxes[0],
             Detection {
@@ -374,7 +412,7 @@ mod tests {
             }
         );
         assert_eq!(boxes[1].class, 1);
-        assert_eq!(parse_result(br#"{"result": []}"#).unwrap(), []);
+        assert_eq!(parse_result(br#"{"result": []}"#, 640, 360).unwrap().0, []);
         for junk in [
             &br#"{"detail": "x"}"#[..],
             br#"{"result": [[1, 2, 3]]}"#,
@@ -384,10 +422,33 @@ mod tests {
             b"<html>",
         ] {
             assert!(
-                parse_result(junk).is_err(),
+                parse_result(junk, 640, 360).is_err(),
                 "{}",
                 String::from_utf8_lossy(junk)
             );
         }
+    }
+
+    #[test]
+    fn absurd_results_are_clipped_and_capped() {
+        let mut body = String::from(r#"{"result": [[-1e39, -5, 1e39, 1e300, 0.99, 1]"#);
+        for _ in 0..10_000 {
+            body.push_str(", [1, 1, 2, 2, 0.5, 0]");
+        }
+        body.push_str("]}");
+        let (boxes, fixes) = parse_result(body.as_bytes(), 640, 360).unwrap();
+        assert_eq!(boxes.len(), 300);
+        assert_eq!(
+            boxes[0],
+            Detection {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 640.0,
+                y2: 360.0,
+                score: 0.99,
+                class: 1
+            }
+        );
+        assert_eq!((fixes.clipped, fixes.over_cap), (1, 10_001 - 300));
     }
 }

@@ -7,7 +7,13 @@
 //!   `{"result": [[xmin, ymin, xmax, ymax, score, class], …]}` in the pixels of `data`.
 //!
 //! Errors use FastAPI's shapes: 422 `{"detail": [{"loc", "msg", "type"}]}` for a body that is
-//! not such a request, 413 beyond `sedna.max_body_mb`, 404 `{"detail": "Not Found"}`.
+//! not such a request, 413 beyond `sedna.max_body_mb`, 404 `{"detail": "Not Found"}`; 408 for a
+//! body not complete within `sedna.body_timeout_s`, 503 while the bodies in memory are at their
+//! budget.
+//!
+//! Connections go through [`crate::http::guard`] (`sedna.max_connections`, the head and body
+//! deadlines), and a request takes its inference slot only once its whole body is in, so slow
+//! clients hold a connection for at most the deadlines and never the model.
 //!
 //! The body is parsed straight into a flat RGB buffer by serde visitors: a 720p frame is ~13 MB
 //! of JSON, and a `serde_json::Value` tree of its 2.7 M numbers would take ~100 MB.
@@ -19,22 +25,27 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use helmet_pipelines::detect::Detector;
 use helmet_pipelines::{Frame, still};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use image::RgbImage;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Requests whose bodies may be in memory at once; more wait, unread, in the kernel's buffers.
+use crate::http::guard::{self, ConnectionLimits, ConnectionStats};
+
+/// Requests parsed or inferred at once; more wait with their bodies read.
 const MAX_IN_FLIGHT: usize = 4;
+/// Bodies are read before a request waits for the model, so what they hold in memory is bounded
+/// separately: this many full bodies (`sedna.max_body_mb`), counted as bytes arrive.
+const BODY_BUDGET_BODIES: usize = 4;
 /// The camera name of frames built from requests (it appears in model errors).
 const SOURCE: &str = "sedna-http";
 
@@ -44,6 +55,8 @@ pub struct SednaServerSettings {
     pub job: String,
     /// `sedna.max_body_mb` in bytes.
     pub max_body_bytes: usize,
+    /// `sedna.max_connections`, `sedna.header_timeout_s`, `sedna.body_timeout_s`.
+    pub limits: ConnectionLimits,
 }
 
 impl SednaServerSettings {
@@ -53,6 +66,7 @@ impl SednaServerSettings {
             max_body_bytes: usize::try_from(cfg.sedna.max_body_mb)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(1024 * 1024),
+            limits: ConnectionLimits::from_sedna(&cfg.sedna),
         }
     }
 }
@@ -67,14 +81,16 @@ pub enum SednaServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the Sedna HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    #[error("the Sedna HTTP server's listener has no address: {0}")]
+    Address(#[source] std::io::Error),
 }
 
 struct AppState {
     settings: SednaServerSettings,
     model: Mutex<Detector>,
     in_flight: Semaphore,
+    /// Bytes of request bodies in memory: [`BODY_BUDGET_BODIES`] × `max_body_bytes`.
+    body_budget: Arc<Semaphore>,
 }
 
 /// Binds `addr` (port 0 picks a free port; the log says which).
@@ -84,7 +100,8 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, SednaServ
         .map_err(|source| SednaServerError::Bind { addr, source })
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in progress.
+/// Serves until `shutdown` completes, then finishes the requests in progress (bounded by the
+/// deadlines and the inference in progress).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     settings: SednaServerSettings,
@@ -96,22 +113,42 @@ pub async fn serve(
     if job.is_empty() || !job.chars().all(valid) {
         return Err(SednaServerError::JobName(job));
     }
+    let limits = settings.limits;
+    let budget = settings
+        .max_body_bytes
+        .saturating_mul(BODY_BUDGET_BODIES)
+        .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         settings,
         model: Mutex::new(detector),
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        body_budget: Arc::new(Semaphore::new(budget)),
     });
     let router = Router::new()
         .route(&format!("/{job}"), get(info))
         .route(&format!("/{job}/predict"), post(predict))
         .fallback(not_found)
         .with_state(state);
-    let addr = listener.local_addr().map_err(SednaServerError::Serve)?;
+    let addr = listener.local_addr().map_err(SednaServerError::Address)?;
     tracing::info!(%addr, predict = %format!("/{job}/predict"), "serving Sedna HTTP");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(SednaServerError::Serve)
+    let stats = Arc::new(ConnectionStats::default());
+    guard::serve(
+        "sedna-http",
+        listener,
+        router,
+        limits,
+        stats.clone(),
+        shutdown,
+    )
+    .await;
+    // This server has no /metrics: its connection counters go to the log.
+    let counts = stats.counts();
+    tracing::info!(
+        connections_refused = counts.refused,
+        connections_timed_out = counts.timed_out,
+        "Sedna HTTP stopped"
+    );
+    Ok(())
 }
 
 /// Sedna lists its FastAPI app's routes; ours are these two (no OpenAPI pages).
@@ -133,12 +170,13 @@ async fn predict(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     if declared_length(&headers).is_some_and(|n| n > limit as u64) {
         return too_large(limit);
     }
+    // The whole body first (under the guard's deadline): a slow client must not hold the model.
+    let (bytes, _in_memory) = match read_body(body, limit, &state.body_budget).await {
+        Ok(read) => read,
+        Err(refusal) => return refusal,
+    };
     let Ok(_permit) = state.in_flight.acquire().await else {
         return failure(StatusCode::SERVICE_UNAVAILABLE, "the server is closing");
-    };
-    let bytes = match read_body(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(refusal) => return refusal,
     };
     let received = bytes.len();
     let worker = state.clone();
@@ -176,16 +214,59 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The whole body, or 413 as soon as more than `limit` bytes came (chunked bodies).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(failure(
-            StatusCode::BAD_REQUEST,
-            &format!("cannot read the body: {e}"),
-        )),
+/// The whole body with its share of `budget` (one permit per byte), or the refusal: 413 as soon
+/// as more than `limit` bytes came (chunked bodies), 408 past the body deadline, 503 when the
+/// bodies in memory are at the budget (refused rather than waited for: readers waiting on each
+/// other's bytes would all run into the deadline).
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), Response> {
+    let mut bytes = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if guard::is_body_timeout(&e) {
+                closing(failure(StatusCode::REQUEST_TIMEOUT, &e.to_string()))
+            } else {
+                failure(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}"),
+                )
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if bytes.len() + data.len() > limit {
+            return Err(too_large(limit));
+        }
+        let permit = u32::try_from(data.len())
+            .ok()
+            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many request bodies in memory; retry later",
+                )
+            })?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        bytes.extend_from_slice(&data);
     }
+    Ok((bytes, held))
+}
+
+/// Tells the client the connection ends with this answer: what is left of its body is not read.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Sedna's box: `[xmin, ymin, xmax, ymax, score, class]` with an integer class.
@@ -282,7 +363,8 @@ pub enum BodyError {
 pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, BodyError> {
     let raw: RawBody = serde_json::from_slice(body)?;
     if let Some(callback) = raw.callback {
-        return Err(BodyError::Callback(callback));
+        // Echoed in the 422 and the log: a name, not the megabytes a body may hold.
+        return Err(BodyError::Callback(callback.chars().take(80).collect()));
     }
     let image = raw.data.ok_or(BodyError::MissingData)?;
     Ok(PredictRequest { image })
@@ -335,6 +417,10 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 }
 
+/// The largest side of an image in a request: the body limit already bounds the pixels, this
+/// bounds the shape (a 1×8M-pixel strip letterboxes into nothing useful).
+const MAX_SIDE: usize = crate::cloud::protocol::MAX_IMAGE_SIDE as usize;
+
 /// `data`: rows of pixels of three values each, all rows equally long, into one flat buffer.
 struct ImageSeed;
 
@@ -366,6 +452,11 @@ impl<'de> Visitor<'de> for ImageSeed {
             .is_some()
         {
             height += 1;
+            if height > MAX_SIDE {
+                return Err(de::Error::custom(format!(
+                    "data has more than {MAX_SIDE} rows"
+                )));
+            }
         }
         let width = width.unwrap_or(0);
         if width == 0 || height == 0 {
@@ -410,6 +501,12 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         while let Some(rgb) = row.next_element::<[u8; 3]>()? {
             self.pixels.extend_from_slice(&rgb);
             count += 1;
+            if count > MAX_SIDE {
+                return Err(de::Error::custom(format!(
+                    "row {} has more than {MAX_SIDE} pixels",
+                    self.row
+                )));
+            }
         }
         match *self.width {
             None => *self.width = Some(count),
@@ -434,15 +531,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_over_the_limit_are_413() {
+    async fn bodies_over_the_limit_are_413_over_the_budget_503() {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, "11".parse().unwrap());
         assert_eq!(declared_length(&headers), Some(11));
         assert_eq!(declared_length(&HeaderMap::new()), None);
-        let refusal = read_body(Body::from(vec![b' '; 11]), 10).await.unwrap_err();
+        let budget = Arc::new(Semaphore::new(15));
+        let refusal = read_body(Body::from(vec![b' '; 11]), 10, &budget)
+            .await
+            .unwrap_err();
         assert_eq!(refusal.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let body = read_body(Body::from(vec![b' '; 10]), 10).await.unwrap();
+        let (body, held) = read_body(Body::from(vec![b' '; 10]), 10, &budget)
+            .await
+            .unwrap();
         assert_eq!(body.len(), 10);
+        assert_eq!(budget.available_permits(), 5);
+        // The budget is spent while the first body is held: refused, not waited for.
+        let refusal = read_body(Body::from(vec![b' '; 10]), 10, &budget)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert_eq!(budget.available_permits(), 15);
     }
 
     #[test]
@@ -485,5 +595,33 @@ mod tests {
             let error = parse(body).expect_err(body).to_string();
             assert!(error.contains(says), "{body}: {error}");
         }
+    }
+
+    #[test]
+    fn a_huge_callback_name_is_cut_before_it_is_echoed() {
+        let body = format!(
+            r#"{{"data": [[[1, 2, 3]]], "callback": "{}"}}"#,
+            "c".repeat(100_000)
+        );
+        let Err(BodyError::Callback(name)) = parse(&body) else {
+            panic!("not refused for its callback")
+        };
+        assert_eq!(name.len(), 80);
+    }
+
+    #[test]
+    fn image_sides_are_bounded_while_parsing() {
+        let pixels = |n: usize| vec!["[0, 0, 0]"; n].join(", ");
+        let wide = format!(r#"{{"data": [[{}]]}}"#, pixels(MAX_SIDE + 1));
+        let error = parse(&wide).unwrap_err().to_string();
+        assert!(error.contains("more than 8192 pixels"), "{error}");
+        let tall = format!(
+            r#"{{"data": [{}]}}"#,
+            vec!["[[0, 0, 0]]"; MAX_SIDE + 1].join(", ")
+        );
+        let error = parse(&tall).unwrap_err().to_string();
+        assert!(error.contains("more than 8192 rows"), "{error}");
+        let edge = format!(r#"{{"data": [[{}]]}}"#, pixels(MAX_SIDE));
+        assert_eq!(parse(&edge).unwrap().dimensions(), (8192, 1));
     }
 }

@@ -571,20 +571,21 @@ impl Import {
             .get("apiVersion")
             .and_then(Yaml::as_str)
             .unwrap_or("?");
+        let (origin, api) = (comment_safe(origin), comment_safe(api));
+        let (namespace, name) = (comment_safe(&self.namespace), comment_safe(&self.name));
         let mut h = format!(
             "# Imported by `helmetd import-sedna` from {origin}:\n\
-             # JointInferenceService {}/{} ({api}). Check it with `helmetd check-config`.\n\
+             # JointInferenceService {namespace}/{name} ({api}). Check it with `helmetd check-config`.\n\
              # Every key is present; the default's comments below explain them.\n#\n\
-             # Set from the manifest (env: the edge pod's variables, as the GM sets them):\n",
-            self.namespace, self.name
+             # Set from the manifest (env: the edge pod's variables, as the GM sets them):\n"
         );
         for line in &self.set {
-            h.push_str(&format!("#   {line}\n"));
+            h.push_str(&format!("#   {}\n", comment_safe(line)));
         }
         if !self.notes.is_empty() {
             h.push_str("#\n# Notes:\n");
             for note in &self.notes {
-                h.push_str(&format!("#   {note}\n"));
+                h.push_str(&format!("#   {}\n", comment_safe(note)));
             }
         }
         if !self.unmapped.is_empty() {
@@ -597,14 +598,27 @@ impl Import {
                 }
             }
             for (reason, fields) in by_reason {
-                h.push_str(&format!("#   {reason}:\n"));
+                h.push_str(&format!("#   {}:\n", comment_safe(reason)));
                 for u in fields {
-                    h.push_str(&format!("#     {} = {}\n", u.path, u.value));
+                    let (path, value) = (comment_safe(&u.path), comment_safe(&u.value));
+                    h.push_str(&format!("#     {path} = {value}\n"));
                 }
             }
         }
         h
     }
+}
+
+/// Manifest text as it may appear in a TOML comment, which cannot hold a line break or another
+/// control character but a tab: a quoted YAML string can.
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn collect_leaves(value: &Yaml, path: String, out: &mut Vec<(String, String)>) {

@@ -5,42 +5,81 @@
 //! `cursor.tmp`, fsyncing it, renaming it over `cursor` and fsyncing the directory, so a power cut
 //! leaves the old position or the new one, never a torn one.
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::{SpoolError, io_error};
+use super::{MAX_ID, SpoolError, io_error};
 
 const FILE: &str = "cursor";
 const TMP: &str = "cursor.tmp";
+const LEN: usize = 12;
+/// Read no further than this: the file is 12 bytes, and one that is not is damaged anyway.
+const MAX_FILE_BYTES: u64 = 4096;
 
 /// The saved position; 0 (nothing acked) when there is none. A damaged file is only a warning:
 /// the spool still derives a safe position from its segment names, and re-delivering entries is
 /// allowed where losing them is not.
 pub(super) fn load(dir: &Path) -> Result<u64, SpoolError> {
     let path = dir.join(FILE);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
+    // Non-blocking, so a FIFO planted under the name cannot hang the open.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_error("read cursor", &path)(e)),
+        Err(e) => return Err(io_error("open cursor", &path)(e)),
     };
-    let acked = bytes.split_first_chunk::<8>().and_then(|(id, crc)| {
-        let crc = u32::from_le_bytes(crc.try_into().ok()?);
-        (crc32fast::hash(id) == crc).then(|| u64::from_le_bytes(*id))
-    });
-    Ok(acked.unwrap_or_else(|| {
+    let is_file = file
+        .metadata()
+        .map_err(io_error("stat cursor", &path))?
+        .is_file();
+    let mut bytes = Vec::with_capacity(LEN);
+    let parsed = if is_file {
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_error("read cursor", &path))?;
+        check(&bytes)
+    } else {
+        Err("not a regular file")
+    };
+    Ok(parsed.unwrap_or_else(|problem| {
         tracing::warn!(
             path = %path.display(),
+            problem,
             "spool: ack cursor is damaged; entries acked before the crash may be sent again"
         );
         0
     }))
 }
 
+/// The position in a cursor file's bytes, or what is wrong with them.
+pub(super) fn check(bytes: &[u8]) -> Result<u64, &'static str> {
+    let bytes: &[u8; LEN] = bytes.try_into().map_err(|_| {
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            "larger than 4 KiB"
+        } else {
+            "not 12 bytes long"
+        }
+    })?;
+    let [id @ .., c0, c1, c2, c3] = *bytes;
+    if crc32fast::hash(&id) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Err("checksum mismatch");
+    }
+    let acked = u64::from_le_bytes(id);
+    if acked > MAX_ID {
+        return Err("position beyond the largest spool id");
+    }
+    Ok(acked)
+}
+
 pub(super) fn store(dir: &Path, dir_handle: &File, acked: u64) -> Result<(), SpoolError> {
     let tmp = dir.join(TMP);
     let id = acked.to_le_bytes();
-    let mut bytes = [0; 12];
+    let mut bytes = [0; LEN];
     bytes[..8].copy_from_slice(&id);
     bytes[8..].copy_from_slice(&crc32fast::hash(&id).to_le_bytes());
     let mut file = File::create(&tmp).map_err(io_error("create cursor", &tmp))?;

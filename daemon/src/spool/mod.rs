@@ -15,7 +15,9 @@
 //! rewriting data. `cursor` holds the ack position (see `cursor.rs`). Anything else in the
 //! directory is ignored.
 //!
-//! Ids start at 1 and grow across restarts. The newest segment is kept even when fully acked, so
+//! Ids start at 1 and grow across restarts, up to [`MAX_ID`]: a segment named beyond it was not
+//! written by helmetd and is set aside at open (renamed to `<name>.quarantined`), so a crafted
+//! name cannot make ids wrap. The newest segment is kept even when fully acked, so
 //! its name still carries the id high-water mark if the cursor is stale or damaged; and every id
 //! below the oldest remaining segment counts as acked, since segments are only deleted once acked.
 //!
@@ -26,6 +28,15 @@
 //! that is where an interrupted append ended: the tail is cut off so appends continue after the
 //! last complete record. A bad record with data after it means damage, not an interrupted write:
 //! it is counted in [`SpoolStats::corrupt_records`] and the next file is read as usual.
+//!
+//! # A full disk
+//!
+//! A failed write leaves the files as they were (a partial record is cut off again) and pauses
+//! pushes: until the retry time they fail at once without touching the disk, the delay doubling
+//! from [`WRITE_RETRY_MIN`] to [`WRITE_RETRY_MAX`] while writes keep failing. So a full disk costs
+//! one write attempt per step, creates no file per failed push, and is logged once per episode;
+//! the owner decides what to do with the entries refused meanwhile (the uplink sends them
+//! directly while the broker is connected).
 //!
 //! # Memory
 //!
@@ -47,6 +58,14 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use segment::Segment;
+
+/// The largest spool id. Far beyond anything a gateway reaches (a million entries a second for
+/// 292 000 years), and small enough that no id arithmetic on a valid spool can overflow.
+pub const MAX_ID: u64 = i64::MAX as u64;
+/// First pause after a failed write.
+pub const WRITE_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest pause while writes keep failing: how long a freed disk may go unused.
+pub const WRITE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// One message as the uplink will publish it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +149,10 @@ pub struct SpoolStats {
     pub dropped_expired: u64,
     /// Bad records found inside segments at open; whatever followed one in its file is lost.
     pub corrupt_records: u64,
+    /// Segments set aside at open because their name is beyond [`MAX_ID`].
+    pub quarantined_segments: u64,
+    /// Pushes that failed to write, or were refused while writes were paused after a failure.
+    pub write_failures: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +173,16 @@ pub enum SpoolError {
     /// Acking an id never handed out would mark future entries delivered before they are sent.
     #[error("spool {}: ack of id {id}, but the newest id handed out is {newest}", dir.display())]
     AckBeyondEnd { dir: PathBuf, id: u64, newest: u64 },
+    #[error(
+        "spool {}: segment starts at id {first_id}, beyond the largest id {MAX_ID}; not written by helmetd",
+        path.display()
+    )]
+    IdOutOfRange { path: PathBuf, first_id: u64 },
+    #[error("spool {}: every id up to {MAX_ID} is used", dir.display())]
+    IdsExhausted { dir: PathBuf },
+    /// A write failed recently; pushes fail without trying until the retry time.
+    #[error("spool {}: writes paused after a failed write; next try in {retry_in:?}", dir.display())]
+    WritesPaused { dir: PathBuf, retry_in: Duration },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
@@ -188,6 +221,24 @@ pub struct Spool {
     dropped_full: u64,
     dropped_expired: u64,
     corrupt_records: u64,
+    quarantined_segments: u64,
+    write_failures: u64,
+    /// Set while writes fail: pushes are refused until `retry_at`.
+    paused: Option<Paused>,
+}
+
+struct Paused {
+    retry_at: Instant,
+    delay: Duration,
+}
+
+/// What the bounds change in a push, restored if the write fails: nothing stored, nothing
+/// dropped to make room for it.
+struct Bounds {
+    acked: u64,
+    cursor_dirty: bool,
+    dropped_full: u64,
+    dropped_expired: u64,
 }
 
 struct Active {
@@ -216,7 +267,18 @@ impl Spool {
         let dir_handle = File::open(dir).map_err(io_error("open directory", dir))?;
         let saved_ack = cursor::load(dir)?;
 
-        let found = segment::list(dir)?;
+        let mut found = segment::list(dir)?;
+        let before = found.len();
+        found.retain(
+            |(first_id, path)| match segment::check_first_id(*first_id, path) {
+                Ok(()) => true,
+                Err(e) => {
+                    quarantine(path, &e);
+                    false
+                }
+            },
+        );
+        let quarantined_segments = (before - found.len()) as u64;
         let newest = found.len().checked_sub(1);
         let mut sealed = VecDeque::with_capacity(found.len());
         let mut corrupt_records = 0;
@@ -286,12 +348,19 @@ impl Spool {
             dropped_full: 0,
             dropped_expired: 0,
             corrupt_records,
+            quarantined_segments,
+            write_failures: 0,
+            paused: None,
         };
         spool.enforce_age();
         spool.enforce_size(0);
         spool.reclaim();
-        if spool.cursor_due() {
-            spool.save_cursor()?;
+        // Only re-sending is at stake, which must not keep the uplink from starting on a full
+        // disk; the save is retried with the next ack.
+        if spool.cursor_due()
+            && let Err(e) = spool.save_cursor()
+        {
+            tracing::warn!(error = %e, "spool: cannot save ack cursor; will retry");
         }
         Ok(spool)
     }
@@ -300,13 +369,30 @@ impl Spool {
     /// and under [`FsyncPolicy::EveryRecord`] a power cut too. Making room is never an error:
     /// expired and then the oldest un-acked entries are dropped, down to the new entry alone if
     /// it is bigger than `max_bytes` by itself.
+    ///
+    /// A failed write stores and drops nothing, and pauses writes: see the module documentation.
     pub fn push(&mut self, entry: &Entry) -> Result<u64, SpoolError> {
+        if let Some(paused) = &self.paused
+            && let Some(retry_in) = paused.retry_at.checked_duration_since(Instant::now())
+        {
+            self.write_failures += 1;
+            return Err(SpoolError::WritesPaused {
+                dir: self.dir.clone(),
+                retry_in,
+            });
+        }
         let id = self.next_id;
+        if id > MAX_ID {
+            return Err(SpoolError::IdsExhausted {
+                dir: self.dir.clone(),
+            });
+        }
         let record = record::encode(id, entry).ok_or_else(|| SpoolError::EntryTooLarge {
             dir: self.dir.clone(),
             topic: entry.topic.clone(),
         })?;
         let size = record.len() as u64;
+        let bounds = self.bounds();
         self.enforce_age();
         self.enforce_size(size);
 
@@ -315,21 +401,18 @@ impl Spool {
             FsyncPolicy::Interval(period) => self.data_synced_at.elapsed() >= period,
             FsyncPolicy::Never => false,
         };
-        let active = match self.active.take() {
-            Some(active) if !active.segment.is_full(size, self.limits.segment_bytes) => {
-                self.active.insert(active)
-            }
-            old => self.roll(old)?,
-        };
         let created_ns = record::nanos_since_epoch(entry.created);
-        if let Err(e) = active.append(&record, created_ns, sync) {
-            // The file's tail is in doubt: keep what it held before, continue in a fresh file,
-            // and skip the id so that file's name cannot collide with this one's.
-            if let Some(active) = self.active.take() {
-                self.sealed.push_back(active.segment);
-            }
-            self.next_id += 1;
+        if let Err(e) = self.append(&record, created_ns, sync) {
+            self.restore(bounds);
+            self.write_failed(&e);
             return Err(e);
+        }
+        if self.paused.take().is_some() {
+            tracing::info!(
+                dir = %self.dir.display(),
+                write_failures = self.write_failures,
+                "spool: writes work again"
+            );
         }
         self.next_id += 1;
         if sync {
@@ -452,6 +535,8 @@ impl Spool {
             dropped_full: self.dropped_full,
             dropped_expired: self.dropped_expired,
             corrupt_records: self.corrupt_records,
+            quarantined_segments: self.quarantined_segments,
+            write_failures: self.write_failures,
         }
     }
 
@@ -483,6 +568,69 @@ impl Spool {
         self.cursor_dirty = false;
         self.cursor_saved_at = Instant::now();
         Ok(())
+    }
+
+    /// Writes `record` as the next id into the active segment, starting a new one when it is
+    /// full or there is none.
+    fn append(&mut self, record: &[u8], created_ns: u64, sync: bool) -> Result<(), SpoolError> {
+        let size = record.len() as u64;
+        let active = match self.active.take() {
+            Some(active) if !active.segment.is_full(size, self.limits.segment_bytes) => {
+                self.active.insert(active)
+            }
+            old => self.roll(old)?,
+        };
+        let Err(failure) = active.append(record, created_ns, sync) else {
+            return Ok(());
+        };
+        // A file cut back to its last record takes the next append as if nothing happened, so
+        // a full disk does not leave a new file per failed write.
+        if !failure.tail_intact {
+            // The file's tail is in doubt: keep what it held before, continue in a fresh file,
+            // and skip the id so that file's name cannot collide with this one's.
+            if let Some(active) = self.active.take() {
+                self.sealed.push_back(active.segment);
+            }
+            self.next_id += 1;
+        }
+        Err(failure.error)
+    }
+
+    fn write_failed(&mut self, error: &SpoolError) {
+        self.write_failures += 1;
+        let delay = self
+            .paused
+            .as_ref()
+            .map_or(WRITE_RETRY_MIN, |p| (p.delay * 2).min(WRITE_RETRY_MAX));
+        if self.paused.is_none() {
+            tracing::warn!(
+                %error,
+                "spool: cannot store entries; pushes fail until a write succeeds, retried every \
+                 {WRITE_RETRY_MIN:?} doubling to {WRITE_RETRY_MAX:?} (see write_failures)"
+            );
+        } else {
+            tracing::debug!(%error, "spool: write failed again; next try in {delay:?}");
+        }
+        self.paused = Some(Paused {
+            retry_at: Instant::now() + delay,
+            delay,
+        });
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            acked: self.acked,
+            cursor_dirty: self.cursor_dirty,
+            dropped_full: self.dropped_full,
+            dropped_expired: self.dropped_expired,
+        }
+    }
+
+    fn restore(&mut self, bounds: Bounds) {
+        self.acked = bounds.acked;
+        self.cursor_dirty = bounds.cursor_dirty;
+        self.dropped_full = bounds.dropped_full;
+        self.dropped_expired = bounds.dropped_expired;
     }
 
     /// Seals `old` (flushing it first, as the interval flush only reaches the active file) and
@@ -621,22 +769,83 @@ impl Drop for Spool {
     }
 }
 
+/// A failed [`Active::append`].
+struct AppendFailure {
+    error: SpoolError,
+    /// The file was cut back to its last complete record.
+    tail_intact: bool,
+}
+
 impl Active {
     /// Appends one record (and fdatasyncs it when `sync`). On failure the file is cut back to its
     /// last complete record, so a half-written one does not hide the records after it on the
-    /// next open; the caller still stops appending to this file.
-    fn append(&mut self, record: &[u8], created_ns: u64, sync: bool) -> Result<(), SpoolError> {
+    /// next open.
+    fn append(&mut self, record: &[u8], created_ns: u64, sync: bool) -> Result<(), AppendFailure> {
         let len = self.segment.len();
         let written = (&self.file)
             .write_all(record)
             .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            let _ = self.file.set_len(len);
-            return Err(io_error("append to segment", &self.segment.path)(e));
+            return Err(AppendFailure {
+                error: io_error("append to segment", &self.segment.path)(e),
+                tail_intact: self.file.set_len(len).is_ok(),
+            });
         }
         self.segment.push(created_ns, record.len() as u64);
         Ok(())
     }
+}
+
+/// Sets aside a segment whose name is out of range, so later opens do not meet it again. It is
+/// left in the directory for a person to look at.
+fn quarantine(path: &Path, problem: &SpoolError) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".quarantined");
+    let aside = PathBuf::from(aside);
+    match fs::rename(path, &aside) {
+        Ok(()) => tracing::error!(
+            error = %problem,
+            moved_to = %aside.display(),
+            "spool: segment skipped and set aside"
+        ),
+        Err(e) => tracing::error!(
+            error = %problem,
+            rename_error = %e,
+            "spool: segment skipped; cannot set it aside, so it is skipped again at every open"
+        ),
+    }
+}
+
+/// What [`parse_segment`] found in a segment file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedSegment {
+    /// Valid records, in order from the first id.
+    pub records: usize,
+    /// Bytes those records take: where appends would continue.
+    pub valid_bytes: u64,
+    /// Reading stopped at a bad record before the end.
+    pub damaged: bool,
+}
+
+/// Checks a segment file's bytes as opening the spool does, for the segment named after
+/// `first_id`. Fails for a name out of range.
+pub fn parse_segment(first_id: u64, bytes: &[u8]) -> Result<ParsedSegment, SpoolError> {
+    let (segment, damage) = Segment::scan_from(
+        first_id,
+        PathBuf::from("<bytes>"),
+        bytes,
+        bytes.len() as u64,
+    )?;
+    Ok(ParsedSegment {
+        records: segment.count(),
+        valid_bytes: segment.len(),
+        damaged: damage.is_some(),
+    })
+}
+
+/// The ack position in a cursor file's bytes, if they are an intact one.
+pub fn parse_cursor(bytes: &[u8]) -> Option<u64> {
+    cursor::check(bytes).ok()
 }
 
 /// Cuts the newest segment back to its last complete record, so appends continue from there.

@@ -1,13 +1,13 @@
 //! Segment files: naming, the in-memory index of one file, and reading it back.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, HEADER_LEN, Header};
-use super::{Entry, SpoolError, io_error};
+use super::{Entry, MAX_ID, SpoolError, io_error};
 
 const SUFFIX: &str = ".seg";
 const ID_DIGITS: usize = 20;
@@ -24,6 +24,18 @@ pub(super) fn parse_file_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// Refuses a segment whose name is beyond the id range: helmetd cannot have written it (see
+/// [`MAX_ID`]), and ids counted on from there would run out or wrap.
+pub(super) fn check_first_id(first_id: u64, path: &Path) -> Result<(), SpoolError> {
+    if first_id > MAX_ID {
+        return Err(SpoolError::IdOutOfRange {
+            path: path.to_owned(),
+            first_id,
+        });
+    }
+    Ok(())
 }
 
 /// The valid records of one file. Record `i` has id `first_id + i`: the writer numbers records
@@ -62,8 +74,9 @@ impl Segment {
     }
 
     /// Reads every record up to the first one that is incomplete, fails its CRC, does not carry
-    /// the next id or does not decode. Nothing after that point is trusted: without a valid
-    /// length there is no way to find where the next record starts.
+    /// the next id, does not decode or would be numbered beyond [`MAX_ID`]. Nothing after that
+    /// point is trusted: without a valid length there is no way to find where the next record
+    /// starts.
     pub(super) fn scan(
         first_id: u64,
         path: PathBuf,
@@ -73,7 +86,22 @@ impl Segment {
             .metadata()
             .map_err(io_error("stat segment", &path))?
             .len();
-        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        Self::scan_from(
+            first_id,
+            path,
+            BufReader::with_capacity(64 * 1024, file),
+            file_len,
+        )
+    }
+
+    /// [`scan`](Self::scan) over `file_len` bytes from `reader`.
+    pub(super) fn scan_from(
+        first_id: u64,
+        path: PathBuf,
+        mut reader: impl BufRead,
+        file_len: u64,
+    ) -> Result<(Segment, Option<Damage>), SpoolError> {
+        check_first_id(first_id, &path)?;
         let mut segment = Segment::new(first_id, path);
         let mut body = Vec::new();
         let damage = loop {
@@ -104,7 +132,8 @@ impl Segment {
             reader
                 .read_exact(&mut body)
                 .map_err(io_error("read segment", &segment.path))?;
-            match header.open(segment.end_id(), &body) {
+            let id = segment.end_id();
+            match header.open(id, &body).filter(|_| id <= MAX_ID) {
                 Some(entry) => segment.push(
                     record::nanos_since_epoch(entry.created),
                     header.record_len(),

@@ -490,3 +490,228 @@ fn push_until_killed(dir: &Path) -> ! {
     }
     std::process::abort()
 }
+
+/// Pushes entries from `first` on until the disk refuses one (bounded); returns the id of the
+/// last one stored.
+fn push_until_full(spool: &mut Spool, first: u64) -> u64 {
+    for i in first..first + 100_000 {
+        match spool.push(&entry(i)) {
+            Ok(id) => assert_eq!(id, i),
+            Err(_) => return i - 1,
+        }
+    }
+    panic!("the disk never filled up");
+}
+
+#[test]
+fn full_disk_fails_pushes_without_new_segments_and_recovers() {
+    let disk = helmetd_e2e::tmpfs::Tmpfs::mount(256 << 10).unwrap();
+    let dir = disk.path().join("spool");
+    let mut spool = open(&dir, limits());
+    assert_eq!(spool.push(&entry(1)).unwrap(), 1);
+    disk.fill().unwrap();
+    // The active segment can still grow within its last page.
+    let stored = push_until_full(&mut spool, 2);
+
+    for i in 0..50 {
+        assert!(
+            spool.push(&entry(1000 + i)).is_err(),
+            "push {i} on a full disk"
+        );
+    }
+    assert_eq!(
+        segment_files(&dir).len(),
+        1,
+        "failed writes must not leave segments behind: {:?}",
+        segment_files(&dir)
+    );
+    assert_eq!(spool.stats().write_failures, 51);
+    assert_entries(&spool, 1..=stored);
+
+    disk.free().unwrap();
+    // Writes are retried on a schedule, not per push: the first try after it succeeds.
+    let mut next = None;
+    for _ in 0..300 {
+        match spool.push(&entry(stored + 1)) {
+            Ok(id) => {
+                next = Some(id);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    assert_eq!(next, Some(stored + 1), "ids continue without a gap");
+    assert_entries(&spool, 1..=stored + 1);
+    drop(spool);
+    let spool = open(&dir, limits());
+    assert_entries(&spool, 1..=stored + 1);
+    assert_eq!(spool.stats().corrupt_records, 0);
+}
+
+#[test]
+fn failed_write_does_not_drop_entries_to_make_room() {
+    let disk = helmetd_e2e::tmpfs::Tmpfs::mount(256 << 10).unwrap();
+    let dir = disk.path().join("spool");
+    let one = record::encode(1, &entry(1)).unwrap().len() as u64;
+    // Room for about three entries: every push beyond that drops the oldest first.
+    let mut spool = open(
+        &dir,
+        SpoolLimits {
+            max_bytes: 3 * one + one / 2,
+            ..limits()
+        },
+    );
+    for i in 1..=3 {
+        spool.push(&entry(i)).unwrap();
+    }
+    disk.fill().unwrap();
+    for i in 4..100_000 {
+        let kept = spool.peek(usize::MAX).unwrap();
+        let dropped = spool.stats().dropped_full;
+        if spool.push(&entry(i)).is_err() {
+            assert_eq!(kept.len(), 3);
+            assert_eq!(
+                spool.peek(usize::MAX).unwrap(),
+                kept,
+                "a failed push drops nothing"
+            );
+            assert_eq!(spool.stats().dropped_full, dropped);
+            return;
+        }
+    }
+    panic!("the disk never filled up");
+}
+
+/// A valid record for `id` in a segment file named after `first_id`.
+fn craft_segment(dir: &Path, first_id: u64, ids: impl IntoIterator<Item = u64>) -> PathBuf {
+    let path = dir.join(segment::file_name(first_id));
+    let mut bytes = Vec::new();
+    for id in ids {
+        bytes.extend(record::encode(id, &entry(id % 7)).unwrap());
+    }
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn segment_names_near_u64_max_are_quarantined_not_wrapped() {
+    for first_id in [u64::MAX, u64::MAX - 2, MAX_ID + 1] {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(dir.path(), limits());
+        for i in 1..=3 {
+            spool.push(&entry(i)).unwrap();
+        }
+        drop(spool);
+        let ids = first_id..=first_id.saturating_add(2);
+        let crafted = craft_segment(dir.path(), first_id, ids);
+
+        let mut spool = open(dir.path(), limits());
+        assert_entries(&spool, 1..=3);
+        assert_eq!(spool.stats().quarantined_segments, 1, "{first_id}");
+        assert!(
+            !crafted.exists(),
+            "{first_id}: the crafted segment stays in place"
+        );
+        assert_eq!(spool.push(&entry(4)).unwrap(), 4, "{first_id}");
+        spool.ack(4).unwrap();
+        assert!(spool.is_empty());
+        drop(spool);
+
+        // Set aside once, not found again.
+        let spool = open(dir.path(), limits());
+        assert_eq!(spool.stats().quarantined_segments, 0);
+        assert!(spool.is_empty());
+    }
+}
+
+#[test]
+fn ids_stop_at_the_bound_instead_of_wrapping() {
+    let dir = TempDir::new().unwrap();
+    craft_segment(dir.path(), MAX_ID - 1, [MAX_ID - 1, MAX_ID]);
+    let mut spool = open(dir.path(), limits());
+    assert_eq!(ids(&spool), [MAX_ID - 1, MAX_ID]);
+    assert!(matches!(
+        spool.push(&entry(1)),
+        Err(SpoolError::IdsExhausted { .. })
+    ));
+    spool.ack(MAX_ID).unwrap();
+    assert!(spool.is_empty());
+}
+
+#[test]
+fn cursor_near_u64_max_counts_as_damaged() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = open(dir.path(), limits());
+    for i in 1..=3 {
+        spool.push(&entry(i)).unwrap();
+    }
+    drop(spool);
+    let id = (u64::MAX - 1).to_le_bytes();
+    let mut cursor = id.to_vec();
+    cursor.extend(crc32fast::hash(&id).to_le_bytes());
+    fs::write(dir.path().join("cursor"), cursor).unwrap();
+
+    let mut spool = open(dir.path(), limits());
+    // A damaged position re-sends from the oldest segment, as for any other damage.
+    assert_entries(&spool, 1..=3);
+    assert_eq!(spool.push(&entry(4)).unwrap(), 4);
+    spool.ack(4).unwrap();
+}
+
+#[test]
+fn oversize_or_special_cursor_counts_as_damaged() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = open(dir.path(), limits());
+    for i in 1..=3 {
+        spool.push(&entry(i)).unwrap();
+    }
+    spool.ack(1).unwrap();
+    drop(spool);
+    let path = dir.path().join("cursor");
+    let mut oversize = fs::read(&path).unwrap();
+    oversize.resize(1 << 20, 0);
+    fs::write(&path, &oversize).unwrap();
+    assert_entries(&open(dir.path(), limits()), 1..=3);
+
+    // A FIFO would block an open for reading until a writer came: it must not be opened so.
+    fs::remove_file(&path).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opening = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(Spool::open(&opening, limits(), FsyncPolicy::Never).map(|s| ids(&s)));
+    });
+    let opened = rx.recv_timeout(Duration::from_secs(30));
+    if opened.is_err() {
+        // Unblocks the stuck open so the thread ends.
+        let _ = fs::OpenOptions::new().write(true).open(&path);
+    }
+    assert_eq!(opened.expect("open hung on the cursor").unwrap(), [1, 2, 3]);
+}
+
+#[test]
+fn parse_functions_take_bytes() {
+    let mut bytes = Vec::new();
+    for id in 5..=7 {
+        bytes.extend(record::encode(id, &entry(id)).unwrap());
+    }
+    let whole = bytes.len() as u64;
+    bytes.extend_from_slice(&[1, 2, 3]);
+    let parsed = parse_segment(5, &bytes).unwrap();
+    assert_eq!(parsed.records, 3);
+    assert_eq!(parsed.valid_bytes, whole);
+    assert!(parsed.damaged);
+    assert!(parse_segment(MAX_ID + 1, &bytes).is_err());
+
+    let id = 42u64.to_le_bytes();
+    let mut cursor = id.to_vec();
+    cursor.extend(crc32fast::hash(&id).to_le_bytes());
+    assert_eq!(parse_cursor(&cursor), Some(42));
+    assert_eq!(parse_cursor(&cursor[..11]), None);
+    cursor[0] ^= 1;
+    assert_eq!(parse_cursor(&cursor), None);
+}

@@ -378,10 +378,22 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                 }
                 match worker.ready_at {
                     None => {
+                        let heard = worker
+                            .channel
+                            .last_heartbeat()
+                            .map_or(worker.started_at, |beat| beat.max(worker.started_at));
                         if now.saturating_duration_since(worker.started_at)
                             >= self.config.ready_timeout
                         {
-                            warn!(%pool, id, "worker not ready in time; killing");
+                            warn!(
+                                %pool, id, timeout = ?self.config.ready_timeout,
+                                "worker still loading its model at edge.worker.ready_timeout_s; killing"
+                            );
+                            self.kill(pool, id, worker, true);
+                        } else if now.saturating_duration_since(heard)
+                            >= self.config.loading_heartbeat_timeout
+                        {
+                            warn!(%pool, id, "worker silent while starting; killing");
                             self.kill(pool, id, worker, true);
                         }
                     }

@@ -43,6 +43,8 @@ pub(crate) struct FakeProc {
     pub heartbeat: Option<Instant>,
     /// Ignores drain requests and SIGTERM and sends no heartbeats.
     pub hung: bool,
+    /// Heartbeats but does not become ready: a model that takes long to load.
+    pub loading: bool,
     pub drain_requested: bool,
 }
 
@@ -122,7 +124,7 @@ impl FakeHost {
             if p.drain_requested {
                 exiting.push(*pid);
             } else {
-                p.ready = true;
+                p.ready |= !p.loading;
                 p.heartbeat = Some(now);
             }
         }
@@ -133,6 +135,20 @@ impl FakeHost {
 
     pub fn kill9(&self, pid: Pid) {
         self.state().end(pid, SIGKILL);
+    }
+
+    /// `pid` loads its model until [`FakeHost::finish_loading`]: it heartbeats, not ready.
+    pub fn load_slowly(&self, pid: Pid) {
+        if let Some(p) = self.state().procs.get_mut(&pid) {
+            p.loading = true;
+            p.ready = false;
+        }
+    }
+
+    pub fn finish_loading(&self, pid: Pid) {
+        if let Some(p) = self.state().procs.get_mut(&pid) {
+            p.loading = false;
+        }
     }
 
     pub fn hang(&self, pid: Pid) {
@@ -172,6 +188,7 @@ impl FakeHost {
                 ready: false,
                 heartbeat: None,
                 hung: false,
+                loading: false,
                 drain_requested: false,
             },
         );
@@ -393,6 +410,7 @@ impl Host for FakeHost {
                 ready: false,
                 heartbeat: None,
                 hung: false,
+                loading: false,
                 drain_requested: false,
             },
         );

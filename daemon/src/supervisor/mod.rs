@@ -46,5 +46,5 @@ pub use control::{
 };
 pub use host::{ExitStatus, Host, HostError, LimitOutcome, SpawnRequest, SpawnStage, SpawnedChild};
 pub use launcher::{SpawnParts, WorkerChannel, WorkerLauncher};
-pub use real::{CgroupRoot, Layout, RealHost, RealHostConfig};
+pub use real::{CgroupRoot, Layout, RealHost, RealHostConfig, own_cgroup};
 pub use spec::{PoolName, PoolNameError, PoolSpec, SupervisorConfig};

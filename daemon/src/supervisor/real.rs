@@ -144,7 +144,7 @@ pub struct RealHost {
 }
 
 /// The daemon's cgroup2 path, as `/proc/self/cgroup` shows it (`0::/system.slice/x.service`).
-fn own_cgroup() -> Result<PathBuf, HostError> {
+pub fn own_cgroup() -> Result<PathBuf, HostError> {
     let file = Path::new("/proc/self/cgroup");
     let text = fs::read_to_string(file).map_err(|e| HostError::io("reading", file, e))?;
     text.lines()

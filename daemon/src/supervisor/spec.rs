@@ -63,7 +63,13 @@ pub struct PoolSpec {
 pub struct SupervisorConfig {
     /// A ready worker silent for longer is hung and killed.
     pub heartbeat_timeout: Duration,
-    /// A worker not ready (model loaded) this long after its start is killed.
+    /// A starting worker heartbeats while it loads its model; one silent this long (since its
+    /// start or its last heartbeat) never got going or hung, and is killed. Long enough for a
+    /// process start on a slow gateway before the worker's heartbeat thread runs.
+    pub loading_heartbeat_timeout: Duration,
+    /// A worker not ready (model loaded) this long after its start is killed even though it
+    /// heartbeats: the bound on a model load (`edge.worker.ready_timeout_s`). Slow gateways
+    /// load the little model in 25–30 s, so this is far above that.
     pub ready_timeout: Duration,
     /// How long a drained worker may take to finish its frame before it is killed.
     pub drain_timeout: Duration,
@@ -80,7 +86,8 @@ impl Default for SupervisorConfig {
     fn default() -> Self {
         SupervisorConfig {
             heartbeat_timeout: Duration::from_secs(3),
-            ready_timeout: Duration::from_secs(30),
+            loading_heartbeat_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),

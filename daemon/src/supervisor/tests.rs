@@ -299,18 +299,60 @@ fn a_hung_worker_is_killed_through_its_cgroup_and_replaced() {
 }
 
 #[test]
-fn a_worker_never_ready_is_killed_after_the_ready_timeout() {
+fn a_starting_worker_that_never_heartbeats_is_killed_after_the_loading_timeout() {
     let mut rig = Rig::new();
     rig.set("det", spec(1));
     rig.step(ms(100));
     let stuck = rig.pid("det", 0);
     rig.host.hang(stuck);
-    rig.step(secs(29));
+    rig.step(secs(9));
     assert_eq!(rig.status("det", 0).state, WorkerState::Starting);
     rig.step(secs(1));
     assert_eq!(rig.host.take_kills(), vec![path("workers/det/0")]);
     rig.step(ms(100));
     assert_ne!(rig.pid("det", 0), stuck);
+}
+
+/// A gateway that loads the model in 90 s (an emulated CPU took 25–28 s for the little model
+/// and minutes for the big one) keeps its worker: the worker heartbeats while it loads.
+#[test]
+fn a_slow_load_that_heartbeats_is_not_killed_and_becomes_ready() {
+    let mut rig = Rig::new();
+    rig.set("det", spec(1));
+    rig.step(ms(100));
+    let slow = rig.pid("det", 0);
+    rig.host.load_slowly(slow);
+    for _ in 0..90 {
+        rig.step(secs(1));
+    }
+    assert_eq!(rig.status("det", 0).state, WorkerState::Starting);
+    assert!(rig.host.take_kills().is_empty());
+    rig.host.finish_loading(slow);
+    rig.step(ms(100));
+    assert!(all_ready(&rig));
+    assert_eq!(rig.pid("det", 0), slow);
+    assert_eq!(rig.status("det", 0).restarts, 0);
+}
+
+/// A load that heartbeats but never ends (a wedged model load) still ends at the bound.
+#[test]
+fn a_load_that_heartbeats_past_the_ready_timeout_is_killed() {
+    let mut rig = Rig::with_config(SupervisorConfig {
+        ready_timeout: secs(60),
+        ..SupervisorConfig::default()
+    });
+    rig.set("det", spec(1));
+    rig.step(ms(100));
+    let wedged = rig.pid("det", 0);
+    rig.host.load_slowly(wedged);
+    for _ in 0..59 {
+        rig.step(secs(1));
+    }
+    assert!(rig.host.take_kills().is_empty());
+    rig.step(secs(1));
+    assert_eq!(rig.host.take_kills(), vec![path("workers/det/0")]);
+    rig.step(ms(100));
+    assert_ne!(rig.pid("det", 0), wedged);
 }
 
 #[test]

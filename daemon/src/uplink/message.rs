@@ -185,8 +185,26 @@ pub(super) fn to_properties(
 /// again: the spool may hold entries written by another version.
 pub(super) fn to_publish(id: u64, entry: Entry) -> Result<Publish, MessageError> {
     check_topic(&entry.topic)?;
+    let mut properties = to_publish_properties(entry.properties)?;
+    properties
+        .user_properties
+        .push((SPOOL_ID_PROPERTY.to_string(), id.to_string()));
+    let mut publish = Publish::new(
+        entry.topic,
+        QoS::AtLeastOnce,
+        entry.payload,
+        Some(properties),
+    );
+    publish.retain = entry.retain;
+    Ok(publish)
+}
+
+/// The MQTT 5 properties stored in a spool entry's property map (see [`to_entry`]).
+pub(super) fn to_publish_properties(
+    stored: BTreeMap<String, String>,
+) -> Result<PublishProperties, MessageError> {
     let mut properties = PublishProperties::default();
-    for (name, value) in entry.properties {
+    for (name, value) in stored {
         let bad = |reason| MessageError::Property {
             name: name.trim_start_matches('\0').to_string(),
             reason,
@@ -214,17 +232,7 @@ pub(super) fn to_publish(id: u64, entry: Entry) -> Result<Publish, MessageError>
             }
         }
     }
-    properties
-        .user_properties
-        .push((SPOOL_ID_PROPERTY.to_string(), id.to_string()));
-    let mut publish = Publish::new(
-        entry.topic,
-        QoS::AtLeastOnce,
-        entry.payload,
-        Some(properties),
-    );
-    publish.retain = entry.retain;
-    Ok(publish)
+    Ok(properties)
 }
 
 fn to_hex(bytes: &[u8]) -> String {

@@ -65,6 +65,15 @@
 //! in [`UplinkStats::rejected`]: sending it again would fail the same way and hold up everything
 //! behind it.
 //!
+//! # When the spool cannot store
+//!
+//! A spool write that fails (a full disk) does not lose the message while the session is up: it
+//! is sent once as QoS 1 on the session instead, like a kind not in `spool_kinds`, and counted in
+//! [`UplinkStats::spool_bypassed`]. Such a message is not durable and may overtake older spooled
+//! ones. With the session down too it is dropped and counted in [`UplinkStats::spool_lost`].
+//! Either is logged once per kind until the spool stores a message again; the spool itself
+//! retries writes on a schedule instead of per message (see `spool`).
+//!
 //! The spool is read and acked from the event-loop task. Saving its position costs flushes, so
 //! while PUBACKs stream in it is saved every 100 ms, and at once when nothing is left in flight:
 //! a crash may re-send up to 100 ms' worth of confirmed messages, never skip one.
@@ -131,6 +140,9 @@ const MAX_INCOMING_BYTES: u32 = MAX_RESPONSE_BYTES as u32 + 4096;
 const ACK_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 /// MQTT's packet id, which our size check must count although rumqttc adds it later.
 const PKID_BYTES: usize = 2;
+/// How long a message the spool could not store waits for room in rumqttc's request channel.
+/// Short: the caller (an alert emitter) waits as long.
+const BYPASS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything [`Uplink::open`] needs.
 #[derive(Debug, Clone)]
@@ -235,6 +247,12 @@ pub struct UplinkStats {
     pub once_published: u64,
     /// Of those kinds, dropped because the session was down or its queue full.
     pub once_dropped: u64,
+    /// Messages of spooled kinds the spool could not store (a full disk), sent once as QoS 1
+    /// instead.
+    pub spool_bypassed: u64,
+    /// Messages of spooled kinds the spool could not store while the session was down (or its
+    /// queue stayed full): lost.
+    pub spool_lost: u64,
     /// The spool's depth and drops; as of the shutdown once the uplink has stopped.
     pub spool: SpoolStats,
 }
@@ -252,6 +270,10 @@ struct Counters {
     volatile_dropped: u64,
     once_published: u64,
     once_dropped: u64,
+    spool_bypassed: u64,
+    spool_lost: u64,
+    /// Kinds, and whether they were sent, logged since the spool last stored a message.
+    bypass_logged: Vec<(SpoolKind, bool)>,
     /// Refreshed when the spool is closed.
     spool: SpoolStats,
 }
@@ -294,6 +316,8 @@ impl Shared {
             volatile_dropped: c.volatile_dropped,
             once_published: c.once_published,
             once_dropped: c.once_dropped,
+            spool_bypassed: c.spool_bypassed,
+            spool_lost: c.spool_lost,
             spool: spool.unwrap_or(c.spool),
         }
     }
@@ -303,12 +327,20 @@ enum Command {
     Shutdown(oneshot::Sender<UplinkStats>),
 }
 
+/// What became of a spool write.
+enum Pushed {
+    Stored(u64),
+    /// Not stored; the message comes back with the reason.
+    Refused(Entry, SpoolError),
+}
+
 /// How [`UplinkHandle::publish`] handled a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// In the spool under this id: durable, sent until the broker confirms it.
     Spooled(u64),
-    /// Handed to the session once, as QoS 1.
+    /// Handed to the session once, as QoS 1: a kind not spooled, or one the spool could not
+    /// store.
     Sent,
     /// Not spooled and the session was down (or its queue full): dropped and counted.
     Dropped,
@@ -351,10 +383,11 @@ impl Outbox {
         retain: bool,
     ) -> Result<Delivery, PublishError> {
         if self.spools(kind) {
-            return self
-                .publish_reliable(topic, payload, properties, retain)
-                .await
-                .map(Delivery::Spooled);
+            let entry = message::to_entry(topic, payload, properties, retain)?;
+            return Ok(match self.push(entry).await? {
+                Pushed::Stored(id) => Delivery::Spooled(id),
+                Pushed::Refused(entry, error) => self.bypass_spool(kind, entry, &error).await,
+            });
         }
         let properties = message::to_properties(&topic, properties)?;
         let sent = self.connected()
@@ -375,7 +408,8 @@ impl Outbox {
     /// Stores a message in the spool and returns its spool id; the event loop publishes it as
     /// QoS 1 as soon as the broker can take it (see the module documentation). Once this returns
     /// `Ok` the message is durable. The spool write runs on the blocking pool: under
-    /// `FsyncPolicy::EveryRecord` it waits for the disk.
+    /// `FsyncPolicy::EveryRecord` it waits for the disk. A message the spool cannot store is an
+    /// error here; [`publish`](Self::publish) sends it directly instead.
     pub async fn publish_reliable(
         &self,
         topic: String,
@@ -384,20 +418,90 @@ impl Outbox {
         retain: bool,
     ) -> Result<u64, PublishError> {
         let entry = message::to_entry(topic, payload, properties, retain)?;
+        match self.push(entry).await? {
+            Pushed::Stored(id) => Ok(id),
+            Pushed::Refused(_, error) => Err(error.into()),
+        }
+    }
+
+    async fn push(&self, entry: Entry) -> Result<Pushed, PublishError> {
         let shared = Arc::clone(&self.shared);
         // Waking from the blocking task too means a caller that stops waiting still gets its
         // stored message sent promptly.
         tokio::task::spawn_blocking(move || {
-            let id = match shared.spool().as_mut() {
-                Some(spool) => spool.push(&entry)?,
+            let pushed = match shared.spool().as_mut() {
+                Some(spool) => spool.push(&entry),
                 None => return Err(PublishError::Stopped),
+            };
+            let id = match pushed {
+                Ok(id) => id,
+                Err(error) => return Ok(Pushed::Refused(entry, error)),
             };
             shared.unread.store(true, Ordering::Release);
             shared.wake.notify_one();
             tracing::debug!(id, topic = entry.topic, "spooled");
-            Ok(id)
+            // The trouble is over: log the next episode's first message again.
+            shared.counters().bypass_logged.clear();
+            Ok(Pushed::Stored(id))
         })
         .await?
+    }
+
+    /// A message of `kind` the spool refused with `error`: sent once as QoS 1 while the session
+    /// is up, dropped while it is not (see the module documentation).
+    async fn bypass_spool(&self, kind: SpoolKind, entry: Entry, error: &SpoolError) -> Delivery {
+        let sent = self.connected() && self.send_once(entry).await;
+        let mut counters = self.shared.counters();
+        let first = !counters.bypass_logged.contains(&(kind, sent));
+        if first {
+            counters.bypass_logged.push((kind, sent));
+        }
+        if sent {
+            counters.spool_bypassed += 1;
+            if first {
+                tracing::warn!(
+                    ?kind,
+                    %error,
+                    "the spool cannot store messages; sending them once as QoS 1, not durable, \
+                     until it can (see spool_bypassed)"
+                );
+            }
+            Delivery::Sent
+        } else {
+            counters.spool_lost += 1;
+            if first {
+                tracing::error!(
+                    ?kind,
+                    %error,
+                    "the spool cannot store messages and the session cannot take them (broker \
+                     not connected, or its queue full); dropping them (see spool_lost)"
+                );
+            }
+            Delivery::Dropped
+        }
+    }
+
+    /// Hands a message built for the spool to the session as QoS 1; whether it took it.
+    async fn send_once(&self, entry: Entry) -> bool {
+        let properties = match message::to_publish_properties(entry.properties) {
+            Ok(properties) => properties,
+            Err(e) => {
+                // to_entry built the map a moment ago; it cannot hold anything else.
+                tracing::error!(error = %e, "message cannot be sent");
+                return false;
+            }
+        };
+        let publish = self.client.publish_with_properties(
+            entry.topic,
+            QoS::AtLeastOnce,
+            entry.retain,
+            entry.payload,
+            properties,
+        );
+        matches!(
+            tokio::time::timeout(BYPASS_TIMEOUT, publish).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -528,6 +632,8 @@ pub struct Uplink {
     /// Newest spool id whose ack is not yet written to the spool.
     unsaved_ack: Option<u64>,
     ack_saved_at: Instant,
+    /// Saving the spool position failed last time (logged once until it works again).
+    ack_save_failing: bool,
     /// Our messages handed to rumqttc since its channel last had a turn.
     in_row: u32,
 }
@@ -567,6 +673,9 @@ impl Uplink {
                 volatile_dropped: 0,
                 once_published: 0,
                 once_dropped: 0,
+                spool_bypassed: 0,
+                spool_lost: 0,
+                bypass_logged: Vec::new(),
                 spool: spool.stats(),
             }),
             spool: Mutex::new(Some(spool)),
@@ -603,6 +712,7 @@ impl Uplink {
             },
             unsaved_ack: None,
             ack_saved_at: Instant::now(),
+            ack_save_failing: false,
             in_row: 0,
         };
         let handle = UplinkHandle {
@@ -981,11 +1091,22 @@ impl Uplink {
             return;
         };
         self.ack_saved_at = Instant::now();
-        if let Some(spool) = self.shared.spool().as_mut()
-            && let Err(e) = spool.ack(id)
-        {
-            // The position moved in memory; only a crash before the next save re-sends.
-            tracing::warn!(error = %e, "cannot save the spool position");
+        let Some(saved) = self.shared.spool().as_mut().map(|spool| spool.ack(id)) else {
+            return;
+        };
+        match saved {
+            // The position moved in memory; only a crash before the next save re-sends. On a
+            // full disk this fails every save, so it is logged once until a save works.
+            Err(e) if !self.ack_save_failing => {
+                tracing::warn!(error = %e, "cannot save the spool position; retrying with every ack");
+                self.ack_save_failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "still cannot save the spool position"),
+            Ok(()) if self.ack_save_failing => {
+                tracing::info!("the spool position is saved again");
+                self.ack_save_failing = false;
+            }
+            Ok(()) => {}
         }
     }
 

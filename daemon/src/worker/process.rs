@@ -150,9 +150,21 @@ pub fn worker_main(args: WorkerArgs) -> anyhow::Result<()> {
         }
         .into());
     }
-    let socket = SeqPacket::from(adopt_fd(args.socket_fd, "--socket-fd", Some("socket:"))?);
+    let socket = Arc::new(SeqPacket::from(adopt_fd(
+        args.socket_fd,
+        "--socket-fd",
+        Some("socket:"),
+    )?));
     let shm = adopt_fd(args.shm_fd, "--shm-fd", None)?;
     let name = format!("{}/{}", args.pool, args.id);
+    // Heartbeats start before the model loads: on a slow gateway the load takes tens of seconds,
+    // and the supervisor tells such a load from a hung start by them.
+    let progress = Arc::new(Progress::new());
+    let _heartbeat = start_heartbeat(
+        Arc::clone(&socket),
+        Arc::clone(&progress),
+        Duration::from_millis(args.heartbeat_ms),
+    )?;
     let loaded = SlotReader::open(shm, args.input.width, args.input.height)
         .map_err(StartError::from)
         .and_then(|slots| Ok((slots, load_engine(&args)?)));
@@ -187,14 +199,7 @@ pub fn worker_main(args: WorkerArgs) -> anyhow::Result<()> {
         model = %args.model.display(),
         "worker ready"
     );
-    serve(
-        Arc::new(socket),
-        &slots,
-        engine,
-        ready,
-        Duration::from_millis(args.heartbeat_ms),
-        &name,
-    )?;
+    serve(&socket, &slots, engine, ready, &progress, &name)?;
     Ok(())
 }
 
@@ -277,6 +282,14 @@ struct Progress {
 }
 
 impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            jobs_done: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+        }
+    }
+
     fn busy_ms(&self) -> u32 {
         match self.busy_since.load(Ordering::Relaxed) {
             0 => 0,
@@ -319,26 +332,21 @@ fn start_heartbeat(
 }
 
 /// The worker's protocol loop, separate from process start-up so tests can run it on a thread.
-pub(crate) fn serve(
-    socket: Arc<SeqPacket>,
+/// The caller runs the heartbeat thread that reports `progress`.
+fn serve(
+    socket: &SeqPacket,
     slots: &SlotReader,
     mut engine: Engine,
     ready: Ready,
-    heartbeat: Duration,
+    progress: &Progress,
     name: &str,
 ) -> Result<(), ServeError> {
     let (input_w, input_h) = (ready.input_w, ready.input_h);
     let mut out = Vec::with_capacity(MAX_MESSAGE);
     ToDaemon::Ready(ready).encode(&mut out);
-    if !send_or_gone(&socket, &out)? {
+    if !send_or_gone(socket, &out)? {
         return Ok(());
     }
-    let progress = Arc::new(Progress {
-        epoch: Instant::now(),
-        jobs_done: AtomicU64::new(0),
-        busy_since: AtomicU64::new(0),
-    });
-    let _stop = start_heartbeat(Arc::clone(&socket), Arc::clone(&progress), heartbeat)?;
     // One frame for the life of the worker: the slot is copied into its buffer, no allocation.
     let mut frame = Frame {
         camera: Arc::from(name),
@@ -357,7 +365,7 @@ pub(crate) fn serve(
                 tracing::info!(worker = %name, "daemon closed the connection; exiting");
                 return Ok(());
             }
-            Recv::TooLong(len) => return Err(fatal(&socket, ServeError::TooLong { len })),
+            Recv::TooLong(len) => return Err(fatal(socket, ServeError::TooLong { len })),
             Recv::Empty => continue,
         };
         let infer = match ToWorker::decode(&buf[..n]) {
@@ -366,11 +374,11 @@ pub(crate) fn serve(
                 tracing::info!(worker = %name, "drained; exiting");
                 return Ok(());
             }
-            Err(e) => return Err(fatal(&socket, e.into())),
+            Err(e) => return Err(fatal(socket, e.into())),
         };
-        let reply = run_job(&infer, slots, &mut frame, &mut engine, &progress);
+        let reply = run_job(&infer, slots, &mut frame, &mut engine, progress);
         reply.encode(&mut out);
-        if !send_or_gone(&socket, &out)? {
+        if !send_or_gone(socket, &out)? {
             return Ok(());
         }
     }
@@ -478,12 +486,15 @@ pub(crate) fn thread_worker(
             load_ms: 0,
             fake_inference: true,
         };
+        let socket = Arc::new(SeqPacket::from(fds.socket));
+        let progress = Arc::new(Progress::new());
+        let _heartbeat = start_heartbeat(Arc::clone(&socket), Arc::clone(&progress), heartbeat)?;
         serve(
-            Arc::new(SeqPacket::from(fds.socket)),
+            &socket,
             &slots,
             Engine::Fake(fake_delay),
             ready,
-            heartbeat,
+            &progress,
             "test/0",
         )
     });

@@ -147,6 +147,12 @@ pub struct HelmetdProcess {
 impl HelmetdProcess {
     /// `helmetd --log-format json <args…>`.
     pub fn start(args: &[&str]) -> HelmetdProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`HelmetdProcess::start`] with extra environment variables (set after the test defaults,
+    /// so `NOTIFY_SOCKET` can name a test's own socket).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> HelmetdProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("helmetd.log");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_helmetd"));
@@ -154,6 +160,7 @@ impl HelmetdProcess {
             .args(args)
             .current_dir(helmetd_e2e::workspace_root());
         let child = test_daemon_env(&mut cmd, "info,ort=warn")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -168,6 +175,11 @@ impl HelmetdProcess {
 
     pub fn raw_log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, e.g. to look at `/proc/<pid>`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
@@ -253,4 +265,41 @@ pub fn default_config() -> helmetd::config::Config {
         ),
     ];
     helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
+}
+
+/// A `CloudClient` on its own MQTT session, as the uplink drives it: the event loop runs in the
+/// returned task. Returns once the answer subscription is granted (at most 10 s).
+pub async fn subscribed_cloud_client(
+    options: rumqttc::v5::MqttOptions,
+    settings: helmetd::cloud::CloudClientSettings,
+) -> (
+    std::sync::Arc<helmetd::cloud::CloudClient>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event};
+
+    let (handle, mut eventloop) = AsyncClient::new(options, 64);
+    let client = std::sync::Arc::new(helmetd::cloud::CloudClient::new(handle, settings));
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1);
+    let driven = client.clone();
+    let driver = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => driven.subscribe().unwrap(),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.try_send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    driven.handle_incoming(&p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready.recv())
+        .await
+        .expect("answer subscription granted within 10 s");
+    (client, driver)
 }

@@ -15,7 +15,7 @@ LICENSE = "Apache-2.0 & AGPL-3.0-only"
 LICENSE:${PN}-models = "AGPL-3.0-only"
 LIC_FILES_CHKSUM = "\
     file://Cargo.toml;beginline=9;endline=9;md5=2507bd5f0713f05419cd2f22fa06fe62 \
-    file://models/PROVENANCE.md;beginline=20;endline=25;md5=8894f53764acc025c43f6511457b37c2 \
+    file://models/PROVENANCE.md;beginline=48;endline=53;md5=8894f53764acc025c43f6511457b37c2 \
 "
 
 # Build time: the GStreamer libraries the gstreamer-rs crates link against (found through
