@@ -4,10 +4,12 @@ use std::process::Command;
 
 #[test]
 fn demo_runs_to_completion_with_cloud_answers_and_alerts() {
-    if !std::path::Path::new("/sys/fs/cgroup/unified").exists() {
-        eprintln!("SKIPPED: this test expects the hybrid cgroup layout of the build machines");
-        return;
-    }
+    assert!(
+        std::path::Path::new("/sys/fs/cgroup/unified").exists(),
+        "the demo runs its workers under /sys/fs/cgroup/unified/helmetd: this test needs the \
+         hybrid cgroup layout of the build machines (a pure cgroup v2 host runs helmetd under \
+         systemd, with a delegated cgroup)"
+    );
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_helmetd"))
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

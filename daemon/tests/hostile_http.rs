@@ -268,9 +268,7 @@ struct RunDaemon {
 
 impl RunDaemon {
     fn start(test: &str) -> RunDaemon {
-        let Some(root) = TestRoot::new(test) else {
-            panic!("{test} needs root and a writable cgroup2 hierarchy for the daemon's workers");
-        };
+        let root = TestRoot::new(test);
         let spool = tempfile::tempdir().unwrap();
         let sets = [
             root.arg(),

@@ -4,7 +4,7 @@
 //! SIGTERM drains and cleans up, and no "ghost instance" ever survives any of it.
 //!
 //! Needs root and a writable cgroup2 hierarchy at /sys/fs/cgroup/unified (hybrid host);
-//! elsewhere each test prints why it skipped. Every daemon gets its own cgroup root
+//! elsewhere each test fails and says why. Every daemon gets its own cgroup root
 //! `helmetd-test-<pid>-<n>`, which a guard kills and removes (v1 cpu/memory mirrors included)
 //! even when the test fails. The tests kill only the daemons they started and processes found
 //! in their own cgroup root. They run one at a time: each daemon runs 1–3 model workers.
@@ -756,9 +756,7 @@ fn stop_cleanly(daemon: &mut Daemon, root: &TestRoot) -> (Duration, String) {
 #[test]
 fn killed_worker_is_replaced_and_frames_keep_flowing() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("killed_worker_is_replaced") else {
-        return;
-    };
+    let root = TestRoot::new("killed_worker_is_replaced");
     let tmp = tempfile::tempdir().unwrap();
     let config = repo_root().join(EXAMPLE);
     let mut daemon = Daemon::start(&root, &config, tmp.path(), &[]);
@@ -841,9 +839,7 @@ fn killed_worker_is_replaced_and_frames_keep_flowing() {
 #[test]
 fn killed_daemon_takes_its_workers_and_the_next_start_sweeps_leftovers() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("killed_daemon") else {
-        return;
-    };
+    let root = TestRoot::new("killed_daemon");
     let tmp = tempfile::tempdir().unwrap();
     let config = repo_root().join(EXAMPLE);
     let mut first = Daemon::start(&root, &config, tmp.path(), &[]);
@@ -908,9 +904,7 @@ fn killed_daemon_takes_its_workers_and_the_next_start_sweeps_leftovers() {
 #[test]
 fn sighup_scales_workers_and_refuses_a_broken_file() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("sighup_scales") else {
-        return;
-    };
+    let root = TestRoot::new("sighup_scales");
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("helmetd.toml");
     write_config(&config, 1, None);
@@ -1013,9 +1007,7 @@ fn camera_frames_in(log: &[Line], camera: &str) -> Vec<u64> {
 #[test]
 fn sighup_adds_and_removes_a_camera_without_restarting_the_others() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("sighup_cameras") else {
-        return;
-    };
+    let root = TestRoot::new("sighup_cameras");
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("helmetd.toml");
     write_config(&config, 1, None);
@@ -1105,9 +1097,7 @@ fn sighup_adds_and_removes_a_camera_without_restarting_the_others() {
 #[test]
 fn a_gateway_without_cameras_waits_and_starts_one_added_by_sighup() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("no_cameras") else {
-        return;
-    };
+    let root = TestRoot::new("no_cameras");
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("helmetd.toml");
     write_config(&config, 1, None);
@@ -1199,9 +1189,7 @@ impl NotifySocket {
 #[test]
 fn under_systemd_it_reports_ready_status_watchdog_reload_and_stopping() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("systemd_notify") else {
-        return;
-    };
+    let root = TestRoot::new("systemd_notify");
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("helmetd.toml");
     write_config(&config, 1, None);
@@ -1269,9 +1257,7 @@ fn under_systemd_it_reports_ready_status_watchdog_reload_and_stopping() {
 #[test]
 fn chaos_of_kills_reloads_and_a_daemon_restart_leaves_exactly_the_desired_workers() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("chaos") else {
-        return;
-    };
+    let root = TestRoot::new("chaos");
     let seed: u64 = std::env::var("HELMETD_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1391,9 +1377,7 @@ fn chaos_of_kills_reloads_and_a_daemon_restart_leaves_exactly_the_desired_worker
 #[test]
 fn sigterm_drains_workers_and_removes_their_cgroups() {
     let _serial = serial();
-    let Some(root) = TestRoot::new("sigterm_drains") else {
-        return;
-    };
+    let root = TestRoot::new("sigterm_drains");
     let tmp = tempfile::tempdir().unwrap();
     let config = repo_root().join(EXAMPLE);
     let mut daemon = Daemon::start(&root, &config, tmp.path(), &[]);

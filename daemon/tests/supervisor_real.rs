@@ -1,7 +1,7 @@
 //! The supervisor on the real kernel: cgroup2 (and v1 controllers on hybrid hosts), clone3
 //! into the cgroup, PR_SET_PDEATHSIG, pidfd reaping and `cgroup.kill`.
 //!
-//! Needs a writable cgroup2 hierarchy (root); elsewhere each test prints why it skipped. Every
+//! Needs a writable cgroup2 hierarchy (root); elsewhere each test fails and says why. Every
 //! test works in its own cgroup root, removed by a guard even when the test fails, and kills
 //! only processes it started. The workers are `sleep`, so nothing of the real worker is needed.
 
@@ -173,9 +173,7 @@ fn leftover_dirs(root: &TestRoot) -> Vec<PathBuf> {
 
 #[test]
 fn workers_run_limited_in_their_cgroups_and_a_killed_one_is_replaced_within_a_second() {
-    let Some(root) = TestRoot::new("workers_run_limited_in_their_cgroups") else {
-        return;
-    };
+    let root = TestRoot::new("workers_run_limited_in_their_cgroups");
     let mut sup = Supervisor::new(
         root.host(),
         ShellLauncher(SLEEPER),
@@ -269,9 +267,7 @@ fn workers_run_limited_in_their_cgroups_and_a_killed_one_is_replaced_within_a_se
 
 #[test]
 fn limits_land_in_the_controller_files() {
-    let Some(root) = TestRoot::new("limits_land_in_the_controller_files") else {
-        return;
-    };
+    let root = TestRoot::new("limits_land_in_the_controller_files");
     let host = root.host();
     let probe = Path::new("probe");
     host.create_cgroup(probe).unwrap();
@@ -358,9 +354,7 @@ impl Drop for ChildGuard {
 
 #[test]
 fn a_killed_daemon_takes_its_workers_along_and_the_next_start_sweeps_the_rest() {
-    let Some(root) = TestRoot::new("a_killed_daemon_takes_its_workers_along") else {
-        return;
-    };
+    let root = TestRoot::new("a_killed_daemon_takes_its_workers_along");
     // Orphans of the mini daemon's workers come to this process, as to the daemon's
     // successor under systemd, so they can be reaped and checked.
     nix::sys::prctl::set_child_subreaper(true).unwrap();
@@ -480,9 +474,7 @@ impl WorkerLauncher for FdLauncher {
 
 #[test]
 fn inherited_descriptors_arrive_as_requested_and_nothing_else_leaks() {
-    let Some(root) = TestRoot::new("inherited_descriptors_arrive_as_requested") else {
-        return;
-    };
+    let root = TestRoot::new("inherited_descriptors_arrive_as_requested");
     // nix's pipe() is not close-on-exec: without the child's close_range both ends would leak.
     let (read, write) = nix::unistd::pipe().unwrap();
     let launcher = FdLauncher {
@@ -515,9 +507,7 @@ fn inherited_descriptors_arrive_as_requested_and_nothing_else_leaks() {
 
 #[test]
 fn a_failed_exec_is_reported_with_its_stage_and_backs_off() {
-    let Some(root) = TestRoot::new("a_failed_exec_is_reported") else {
-        return;
-    };
+    let root = TestRoot::new("a_failed_exec_is_reported");
     struct Missing;
     impl WorkerLauncher for Missing {
         type Channel = Alive;
@@ -569,9 +559,7 @@ fn a_failed_exec_is_reported_with_its_stage_and_backs_off() {
 /// short-lived thread must not die with it.
 #[test]
 fn workers_outlive_the_thread_that_started_them() {
-    let Some(root) = TestRoot::new("workers_outlive_the_thread_that_started_them") else {
-        return;
-    };
+    let root = TestRoot::new("workers_outlive_the_thread_that_started_them");
     let mut sup = Supervisor::new(
         root.host(),
         ShellLauncher(SLEEPER),

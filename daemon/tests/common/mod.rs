@@ -21,16 +21,12 @@ pub struct TestRoot {
 }
 
 impl TestRoot {
-    /// `None` (with the reason printed) where the cgroup2 hierarchy cannot be written.
-    pub fn new(test: &str) -> Option<TestRoot> {
+    /// Fails the test, with the reason, where the cgroup2 hierarchy cannot be written: these
+    /// tests exist to run against the real kernel (run them as root).
+    pub fn new(test: &str) -> TestRoot {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let layout = match Layout::detect(Path::new(MOUNT)) {
-            Ok(layout) => layout,
-            Err(e) => {
-                println!("SKIPPED {test}: no usable cgroup2 hierarchy: {e}");
-                return None;
-            }
-        };
+        let layout = Layout::detect(Path::new(MOUNT))
+            .unwrap_or_else(|e| panic!("{test}: no usable cgroup2 hierarchy: {e}"));
         let name = format!(
             "helmetd-test-{}-{}",
             std::process::id(),
@@ -38,10 +34,12 @@ impl TestRoot {
         );
         let dir = layout.unified_mount().join(&name);
         if let Err(e) = fs::create_dir(&dir) {
-            println!("SKIPPED {test}: cannot create {}: {e}", dir.display());
-            return None;
+            panic!(
+                "{test}: cannot create {} ({e}): the real-cgroup tests need root",
+                dir.display()
+            );
         }
-        Some(TestRoot { layout, name })
+        TestRoot { layout, name }
     }
 
     pub fn path(&self) -> PathBuf {
