@@ -205,6 +205,13 @@ enum BenchCommand {
     Uplink(helmetd::commands::bench_uplink::BenchUplinkArgs),
     /// Baseline → 4× cameras → baseline, autoscaled vs static max vs static min replicas: reaction, p99 and CPU ratios.
     Surge(helmetd::commands::bench_surge::BenchSurgeArgs),
+    /// Quality vs upload: box and alert F1 against the big model for each hard-example setting.
+    Joint {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: helmetd::commands::bench_joint::BenchJointArgs,
+    },
 }
 
 /// Runs a benchmark and prints its RESULT line, which ends with the INT8 kernel family: figures
@@ -257,6 +264,11 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Dispatch(args) => Ok(helmetd::commands::bench_dispatch::run(&args)?),
         BenchCommand::Uplink(args) => Ok(helmetd::commands::bench_uplink::run(args)?),
         BenchCommand::Surge(args) => Ok(helmetd::commands::bench_surge::run(args)?),
+        BenchCommand::Joint { config, args } => {
+            let cfg = config.load()?;
+            init_runtime(&cfg)?;
+            helmetd::commands::bench_joint::run(&cfg, &args)
+        }
     }
 }
 

@@ -1,0 +1,555 @@
+//! `helmetd bench joint`: what joint inference is worth, as quality against uploaded frames.
+//!
+//! Every frame of the bundled photos and of the test video (sampled) goes through the little
+//! model, and through the big model the way the cloud sees it: the letterbox content as a JPEG
+//! at `cloud.jpeg_quality`, decoded and letterboxed by the cloud service's own code, boxes mapped
+//! back to frame pixels. The big model's boxes at `alerts.min_score` are the pseudo ground truth.
+//! For each hard-example rule setting the joint result of a frame is the big model's boxes when
+//! the rule calls it hard and the little model's otherwise, as if every hard frame were answered
+//! in time; scored at IoU 0.5 per class (box F1) and as the alert decision per frame (a box of an
+//! alert class at `min_score` or not). The curve is upload ratio against F1.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use helmet_pipelines::detect::Detector;
+use helmet_pipelines::hem::HardExampleMining;
+use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
+use helmet_pipelines::output::{content_image, encode_jpeg};
+use helmet_pipelines::still::load_still;
+use helmet_pipelines::{Detection, Frame};
+use rand::SeedableRng;
+
+use crate::cloud::protocol::HardExampleMeta;
+use crate::cloud::service::{letterbox_jpeg, to_original};
+use crate::commands::detect::{cloud_model_spec, edge_model_spec};
+use crate::config::Config;
+
+/// Boxes of different frames never match; within a frame, greedy by score, same class.
+const MATCH_IOU: f32 = 0.5;
+/// Upload budget of the issue's headline figure.
+const BUDGET: f64 = 0.30;
+/// The quality the issue asks for within that budget.
+const TARGET_F1: f64 = 0.95;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchJointArgs {
+    /// Folders of photos (.jpg, .jpeg, .png) to score besides the bundled media/.
+    #[arg(long)]
+    pub photos: Vec<PathBuf>,
+    /// Video sampled for frames (default: the bundled media/helmet-test.mp4).
+    #[arg(long)]
+    pub video: Option<PathBuf>,
+    /// Frames per second taken from the video.
+    #[arg(long, default_value_t = 1.0)]
+    pub video_fps: f64,
+    /// At most this many video frames.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_video_frames: u32,
+    /// Write the upload-ratio vs F1 chart here (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Both models' boxes of one frame, in frame pixels.
+struct Scored {
+    little: Vec<Detection>,
+    big: Vec<Detection>,
+}
+
+/// True/false positives and misses.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Counts {
+    tp: u64,
+    fp: u64,
+    missed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.tp += other.tp;
+        self.fp += other.fp;
+        self.missed += other.missed;
+    }
+
+    /// 1.0 when there was nothing to find and nothing was found.
+    fn f1(&self) -> f64 {
+        let denominator = 2 * self.tp + self.fp + self.missed;
+        if denominator == 0 {
+            1.0
+        } else {
+            (2 * self.tp) as f64 / denominator as f64
+        }
+    }
+}
+
+/// One hard-example setting's point on the curve.
+#[derive(Debug, Clone)]
+struct Point {
+    rule: String,
+    family: &'static str,
+    upload: f64,
+    box_f1: f64,
+    alert_f1: f64,
+}
+
+/// The boxes of `found` at `min_score` matched to `truth` (already at `min_score`): greedy by
+/// score, same class, IoU ≥ [`MATCH_IOU`].
+fn match_boxes(found: &[Detection], truth: &[Detection], min_score: f32) -> Counts {
+    let mut found: Vec<&Detection> = found.iter().filter(|d| d.score >= min_score).collect();
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut used = vec![false; truth.len()];
+    let mut counts = Counts::default();
+    for d in found {
+        let best = truth
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| !used[*i] && t.class == d.class)
+            .map(|(i, t)| (i, d.iou(t)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((i, iou)) if iou >= MATCH_IOU => {
+                used[i] = true;
+                counts.tp += 1;
+            }
+            _ => counts.fp += 1,
+        }
+    }
+    counts.missed = used.iter().filter(|u| !**u).count() as u64;
+    counts
+}
+
+/// Scores one rule over every frame.
+fn evaluate(
+    rule: &HardExampleMining,
+    family: &'static str,
+    frames: &[Scored],
+    alert_classes: &[u16],
+    min_score: f32,
+    num_classes: usize,
+) -> Point {
+    // Random draws from a fixed seed, so a run can be repeated.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut boxes, mut alerts) = (Counts::default(), Counts::default());
+    let mut hard = 0usize;
+    let alarms = |ds: &[Detection]| {
+        ds.iter()
+            .any(|d| d.score >= min_score && alert_classes.contains(&d.class))
+    };
+    for frame in frames {
+        let is_hard = rule.is_hard(&frame.little, num_classes, &mut rng);
+        hard += usize::from(is_hard);
+        let joint = if is_hard { &frame.big } else { &frame.little };
+        let truth: Vec<Detection> = frame
+            .big
+            .iter()
+            .filter(|d| d.score >= min_score)
+            .copied()
+            .collect();
+        boxes.add(match_boxes(joint, &truth, min_score));
+        match (alarms(joint), alarms(&truth)) {
+            (true, true) => alerts.tp += 1,
+            (true, false) => alerts.fp += 1,
+            (false, true) => alerts.missed += 1,
+            (false, false) => {}
+        }
+    }
+    Point {
+        rule: rule.to_string(),
+        family,
+        upload: hard as f64 / frames.len().max(1) as f64,
+        box_f1: boxes.f1(),
+        alert_f1: alerts.f1(),
+    }
+}
+
+/// The settings swept: Sedna's rules over their thresholds, Random at fixed ratios, and the two
+/// ends.
+fn rules() -> Vec<(HardExampleMining, &'static str)> {
+    let mut out = vec![
+        (HardExampleMining::EdgeOnly, "EdgeOnly"),
+        (HardExampleMining::CloudOnly, "CloudOnly"),
+    ];
+    for threshold_img in [0.5, 0.7, 0.9] {
+        for threshold_box in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+            out.push((
+                HardExampleMining::Ibt {
+                    threshold_img,
+                    threshold_box,
+                },
+                "IBT",
+            ));
+        }
+    }
+    for threshold in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+        out.push((HardExampleMining::Threshold { threshold }, "Threshold"));
+    }
+    for threshold_cross_entropy in [0.5, 0.6, 0.7, 0.8, 0.9, 0.95] {
+        out.push((
+            HardExampleMining::CrossEntropy {
+                threshold_cross_entropy,
+            },
+            "CrossEntropy",
+        ));
+    }
+    for random_ratio in [0.1, 0.2, 0.3, 0.5, 0.7] {
+        out.push((HardExampleMining::Random { random_ratio }, "Random"));
+    }
+    out
+}
+
+/// Both models' boxes for `frame`, the big model's through the cloud service's path.
+fn score_frame(
+    frame: &Frame,
+    little: &mut Detector,
+    big: &mut Detector,
+    jpeg_quality: u8,
+    max_side: u32,
+) -> anyhow::Result<Scored> {
+    let little_boxes = little.detect(frame)?.into_iter().collect();
+    let jpeg = encode_jpeg(&content_image(frame), jpeg_quality)?;
+    let (w, h) = big.input_size();
+    let cloud_frame = letterbox_jpeg(&jpeg, w, h, max_side).map_err(anyhow::Error::msg)?;
+    let big_boxes: Vec<Detection> = big.detect(&cloud_frame)?.into_iter().collect();
+    Ok(Scored {
+        little: little_boxes,
+        big: to_original(&big_boxes, &HardExampleMeta::for_frame(frame, &[])),
+    })
+}
+
+fn photos_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The sampled frames of `video`, letterboxed for the little model.
+fn video_frames(video: &Path, w: u32, h: u32, fps: f64, max: u32) -> anyhow::Result<Vec<Frame>> {
+    let url = url::Url::from_file_path(video.canonicalize()?)
+        .map_err(|()| anyhow::anyhow!("{}: not a usable path", video.display()))?;
+    let mut settings = CameraSettings::new("bench-joint", url.as_str(), w, h);
+    settings.detect_fps = fps;
+    settings.pace = Pace::AsFastAsPossible;
+    let camera = Camera::start(settings)?;
+    let mut frames = Vec::new();
+    while frames.len() < max as usize {
+        match camera.next_frame(Duration::from_secs(10)) {
+            Some(frame) => frames.push(frame),
+            None => break,
+        }
+    }
+    camera.stop();
+    Ok(frames)
+}
+
+/// Prints progress and the curve, writes the plot, and returns the `RESULT` line.
+pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
+    let little_spec = edge_model_spec(cfg, None, None);
+    let mut little = Detector::load(&little_spec)?;
+    let mut big = Detector::load(&cloud_model_spec(cfg))?;
+    let (w, h) = little.input_size();
+    let alert_settings =
+        crate::alerts::AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?;
+    let min_score = alert_settings.min_score;
+
+    let mut photo_paths = photos_in(&crate::config::resolve_path(Path::new("media")))?;
+    for dir in &args.photos {
+        photo_paths.extend(photos_in(dir)?);
+    }
+    let mut frames: Vec<Frame> = Vec::new();
+    for path in &photo_paths {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        frames.push(load_still(path, &name, w, h)?.0);
+    }
+    let video = args
+        .video
+        .clone()
+        .unwrap_or_else(|| crate::config::resolve_path(Path::new("media/helmet-test.mp4")));
+    let from_video = video_frames(&video, w, h, args.video_fps, args.max_video_frames)?;
+    ensure!(
+        !from_video.is_empty(),
+        "{}: no frames decoded",
+        video.display()
+    );
+    eprintln!(
+        "bench joint: {} photos, {} video frames; little {}, big {}",
+        photo_paths.len(),
+        from_video.len(),
+        little_spec.path.display(),
+        cfg.cloud.model.display()
+    );
+    frames.extend(from_video);
+
+    let mut scored = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.iter().enumerate() {
+        scored.push(score_frame(
+            frame,
+            &mut little,
+            &mut big,
+            cfg.cloud.jpeg_quality,
+            cfg.cloud.max_image_side,
+        )?);
+        if (i + 1) % 10 == 0 || i + 1 == frames.len() {
+            eprintln!("  {} of {} frames through both models", i + 1, frames.len());
+        }
+    }
+
+    let num_classes = cfg.edge.model.classes.len();
+    let points: Vec<Point> = rules()
+        .iter()
+        .map(|(rule, family)| {
+            evaluate(
+                rule,
+                family,
+                &scored,
+                &alert_settings.classes,
+                min_score,
+                num_classes,
+            )
+        })
+        .collect();
+    println!("{}", table(&points));
+    if let Some(path) = &args.plot {
+        std::fs::write(path, curve_svg(&points))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("plot: {}", path.display());
+    }
+    Ok(result_line(&points, scored.len()))
+}
+
+fn table(points: &[Point]) -> String {
+    let mut sorted: Vec<&Point> = points.iter().collect();
+    sorted.sort_by(|a, b| {
+        a.upload
+            .total_cmp(&b.upload)
+            .then(b.box_f1.total_cmp(&a.box_f1))
+    });
+    let mut out = format!(
+        "{:<52} {:>7} {:>7} {:>8}\n",
+        "rule", "upload", "box F1", "alert F1"
+    );
+    for p in sorted {
+        let _ = writeln!(
+            out,
+            "{:<52} {:>6.1}% {:>7.3} {:>8.3}",
+            p.rule,
+            p.upload * 100.0,
+            p.box_f1,
+            p.alert_f1
+        );
+    }
+    out
+}
+
+fn result_line(points: &[Point], frames: usize) -> String {
+    let edge_only = points
+        .iter()
+        .find(|p| p.family == "EdgeOnly")
+        .map_or(0.0, |p| p.box_f1);
+    let within_budget = points
+        .iter()
+        .filter(|p| p.upload <= BUDGET)
+        .max_by(|a, b| a.box_f1.total_cmp(&b.box_f1));
+    let upload_at_target = points
+        .iter()
+        .filter(|p| p.box_f1 >= TARGET_F1)
+        .map(|p| p.upload)
+        .min_by(f64::total_cmp)
+        .unwrap_or(1.0);
+    format!(
+        "RESULT f1_edge_only={edge_only:.3} f1_at_30pct={:.3} rule_at_30pct={} upload_at_f1_95={upload_at_target:.3} frames={frames}",
+        within_budget.map_or(edge_only, |p| p.box_f1),
+        within_budget.map_or_else(|| "EdgeOnly".to_string(), |p| p.rule.replace(' ', "")),
+    )
+}
+
+/// Upload ratio (x) against box F1 (y), one colour per rule family.
+fn curve_svg(points: &[Point]) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 60.0;
+    const BOTTOM: f64 = 50.0;
+    const TOP: f64 = 20.0;
+    const RIGHT: f64 = 150.0;
+    let x = |upload: f64| LEFT + upload * (W - LEFT - RIGHT);
+    // F1 from 0.5 to 1.0: below that the curve says nothing new.
+    let y = |f1: f64| TOP + (1.0 - f1.clamp(0.5, 1.0)) / 0.5 * (H - TOP - BOTTOM);
+    let families = [
+        ("IBT", "#1f77b4"),
+        ("Threshold", "#ff7f0e"),
+        ("CrossEntropy", "#2ca02c"),
+        ("Random", "#7f7f7f"),
+        ("EdgeOnly", "#d62728"),
+        ("CloudOnly", "#9467bd"),
+    ];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>",
+        W - LEFT - RIGHT,
+        H - TOP - BOTTOM
+    );
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}%</text>",
+            x(tick),
+            H - BOTTOM + 16.0,
+            tick * 100.0
+        );
+    }
+    for tick in [0.5, 0.6, 0.7, 0.8, 0.9, 1.0] {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.1}</text>",
+            LEFT - 6.0,
+            y(tick) + 4.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{:.1}\" y1=\"{TOP}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#aaa\" stroke-dasharray=\"4 3\"/>",
+        x(BUDGET),
+        x(BUDGET),
+        H - BOTTOM
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">frames uploaded to the big model</text>",
+        LEFT + (W - LEFT - RIGHT) / 2.0,
+        H - 12.0
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">box F1 vs the big model</text>",
+        TOP + (H - TOP - BOTTOM) / 2.0,
+        TOP + (H - TOP - BOTTOM) / 2.0
+    );
+    for (i, (family, colour)) in families.iter().enumerate() {
+        for p in points.iter().filter(|p| p.family == *family) {
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{colour}\"><title>{} {:.1}% F1 {:.3}</title></circle>",
+                x(p.upload),
+                y(p.box_f1),
+                p.rule,
+                p.upload * 100.0,
+                p.box_f1
+            );
+        }
+        let ly = TOP + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{ly:.1}\" r=\"4\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.1}\">{family}</text>",
+            W - RIGHT + 16.0,
+            W - RIGHT + 26.0,
+            ly + 4.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x1: f32, score: f32, class: u16) -> Detection {
+        Detection {
+            x1,
+            y1: 0.0,
+            x2: x1 + 10.0,
+            y2: 10.0,
+            score,
+            class,
+        }
+    }
+
+    #[test]
+    fn boxes_match_once_by_class_and_overlap() {
+        let truth = [det(0.0, 0.9, 1), det(100.0, 0.8, 0)];
+        // One hit, one box of the wrong class on a truth box, one low box ignored, one miss.
+        let found = [det(1.0, 0.7, 1), det(100.0, 0.6, 1), det(200.0, 0.2, 0)];
+        let counts = match_boxes(&found, &truth, 0.5);
+        assert_eq!(
+            counts,
+            Counts {
+                tp: 1,
+                fp: 1,
+                missed: 1
+            }
+        );
+        assert!((counts.f1() - 0.5).abs() < 1e-9);
+        // Two boxes on one truth box: the better one counts, the other is a false positive.
+        let twice = match_boxes(&[det(0.0, 0.9, 1), det(0.5, 0.8, 1)], &truth[..1], 0.5);
+        assert_eq!((twice.tp, twice.fp, twice.missed), (1, 1, 0));
+        assert_eq!(Counts::default().f1(), 1.0);
+    }
+
+    #[test]
+    fn the_ends_of_the_curve_are_the_edge_and_the_big_model() {
+        // The little model misses a person without a helmet on the second frame.
+        let frames = vec![
+            Scored {
+                little: vec![det(0.0, 0.8, 0)],
+                big: vec![det(0.0, 0.9, 0)],
+            },
+            Scored {
+                little: vec![det(0.0, 0.3, 1)],
+                big: vec![det(0.0, 0.9, 1)],
+            },
+        ];
+        let edge = evaluate(
+            &HardExampleMining::EdgeOnly,
+            "EdgeOnly",
+            &frames,
+            &[1],
+            0.5,
+            2,
+        );
+        assert_eq!(edge.upload, 0.0);
+        assert!((edge.box_f1 - 2.0 / 3.0).abs() < 1e-9, "{edge:?}");
+        assert_eq!(edge.alert_f1, 0.0);
+        let cloud = evaluate(
+            &HardExampleMining::CloudOnly,
+            "CloudOnly",
+            &frames,
+            &[1],
+            0.5,
+            2,
+        );
+        assert_eq!(
+            (cloud.upload, cloud.box_f1, cloud.alert_f1),
+            (1.0, 1.0, 1.0)
+        );
+        // IBT sends only the unsure frame and reaches the big model's result with half the frames.
+        let ibt = HardExampleMining::Ibt {
+            threshold_img: 0.5,
+            threshold_box: 0.5,
+        };
+        let joint = evaluate(&ibt, "IBT", &frames, &[1], 0.5, 2);
+        assert_eq!(
+            (joint.upload, joint.box_f1, joint.alert_f1),
+            (0.5, 1.0, 1.0)
+        );
+        let line = result_line(&[edge, cloud, joint], 2);
+        assert!(
+            line.starts_with("RESULT f1_edge_only=0.667 f1_at_30pct=0.667 rule_at_30pct=EdgeOnly upload_at_f1_95=0.500 frames=2"),
+            "{line}"
+        );
+    }
+}
