@@ -83,10 +83,18 @@ pub fn init_onnxruntime(configured: Option<&Path>) -> Result<PathBuf, RuntimeErr
                 continue;
             }
         };
-        if !attempts.is_empty() {
+        if missed_an_explicit_choice(&attempts) {
             tracing::warn!(
                 library = %path.display(),
                 "ONNX Runtime loaded from a fallback location;{}",
+                format_attempts(&attempts)
+            );
+        } else if !attempts.is_empty() {
+            // An installed daemon finds no library next to /usr/bin and loads the packaged one:
+            // the normal case, not worth a warning on every start.
+            tracing::debug!(
+                library = %path.display(),
+                "ONNX Runtime found after{}",
                 format_attempts(&attempts)
             );
         }
@@ -111,6 +119,13 @@ pub fn init_onnxruntime(configured: Option<&Path>) -> Result<PathBuf, RuntimeErr
 /// The environment sessions are created in, once [`init_onnxruntime`] has succeeded.
 pub fn environment() -> Option<&'static ort::environment::Environment> {
     RUNTIME.get().map(|rt| &rt.environment)
+}
+
+/// Whether a place the operator named (`inference.onnxruntime`, `ORT_DYLIB_PATH`) failed.
+fn missed_an_explicit_choice(attempts: &[LoadAttempt]) -> bool {
+    attempts
+        .iter()
+        .any(|a| matches!(a.origin, "configured" | "ORT_DYLIB_PATH"))
 }
 
 fn candidates(configured: Option<&Path>) -> Vec<(&'static str, PathBuf)> {
@@ -145,6 +160,24 @@ mod tests {
             Some(&("system library path", PathBuf::from(SYSTEM_SONAME)))
         );
         assert!(list.iter().any(|(_, p)| p == Path::new(PACKAGED_LIBRARY)));
+    }
+
+    #[test]
+    fn only_a_named_place_that_failed_is_worth_a_warning() {
+        let miss = |origin| LoadAttempt {
+            origin,
+            path: "/x.so".into(),
+            reason: "dlopen failed".into(),
+        };
+        assert!(!missed_an_explicit_choice(&[]));
+        assert!(!missed_an_explicit_choice(&[miss(
+            "next to the executable"
+        )]));
+        assert!(missed_an_explicit_choice(&[miss("configured")]));
+        assert!(missed_an_explicit_choice(&[
+            miss("ORT_DYLIB_PATH"),
+            miss("next to the executable")
+        ]));
     }
 
     #[test]
