@@ -21,18 +21,13 @@ use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
 use helmetd::cloud::{BreakerSettings, BreakerState, CloudAnswer, CloudClientSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::NetworkOptions;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::MqttOptions;
 
-use common::{HelmetdProcess, default_config, message};
-use tokio::sync::mpsc;
+use common::{HelmetdProcess, RawEdge, default_config, message};
 
 const PREFIX: &str = "helmetd/v1";
 /// Loading the 80 MB big model and warming it up, on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Generous: the big model on 2 shared cores; the tests measure, they do not race.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The tests start model-running processes; in parallel they would measure each other.
 fn serial() -> MutexGuard<'static, ()> {
@@ -79,108 +74,10 @@ fn options(client_id: &str, broker: &Mosquitto) -> MqttOptions {
     o
 }
 
-/// An MQTT session whose event loop runs in a task: `on_connack` subscribes, publishes go to
-/// `on_publish`. Returns once the subscription is granted.
-async fn session(
-    options: MqttOptions,
-    on_connack: impl Fn(&AsyncClient) + Send + 'static,
-    on_publish: impl Fn(Publish) + Send + 'static,
-) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let (ready_tx, mut ready) = mpsc::channel(1);
-    let handle = client.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => on_connack(&handle),
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.try_send(());
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(p),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready.recv())
-        .await
-        .expect("subscription granted within 10 s");
-    (client, task)
-}
-
-/// A raw edge: publishes requests with chosen properties and collects whatever comes back on
-/// its result topic.
-struct RawEdge {
-    node: String,
-    client: AsyncClient,
-    answers: mpsc::UnboundedReceiver<Publish>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RawEdge {
-    async fn connect(broker: &Mosquitto, node: &str) -> Self {
-        let topic = protocol::response_topic(PREFIX, node);
-        let (tx, answers) = mpsc::unbounded_channel();
-        let (client, task) = session(
-            options(&format!("raw-{node}"), broker),
-            move |c| c.try_subscribe(topic.clone(), QoS::AtLeastOnce).unwrap(),
-            move |p| {
-                let _ = tx.send(p);
-            },
-        )
-        .await;
-        Self {
-            node: node.into(),
-            client,
-            answers,
-            task,
-        }
-    }
-
-    fn properties(&self, meta: &HardExampleMeta, correlation: u8) -> PublishProperties {
-        protocol::request_properties(
-            &self.node,
-            meta,
-            &protocol::response_topic(PREFIX, &self.node),
-            &[correlation; 16],
-            Duration::from_secs(30),
-        )
-    }
-
-    async fn send(&self, payload: Vec<u8>, properties: PublishProperties) {
-        self.client
-            .publish_with_properties(
-                protocol::request_topic(PREFIX),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                properties,
-            )
-            .await
-            .unwrap();
-    }
-
-    /// The next answer: its correlation byte and body.
-    async fn answer(&mut self) -> (u8, CloudResponse) {
-        let p = tokio::time::timeout(ANSWER_TIMEOUT, self.answers.recv())
-            .await
-            .expect("an answer within the timeout")
-            .expect("session alive");
-        let props = p.properties.as_ref().expect("answer has properties");
-        let correlation = props.correlation_data.as_ref().expect("correlation echoed");
-        assert_eq!(correlation.len(), 16);
-        assert!(correlation.iter().all(|&b| b == correlation[0]));
-        (
-            correlation[0],
-            protocol::parse_response(&p).expect("a valid answer"),
-        )
-    }
-}
-
-impl Drop for RawEdge {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A raw edge on `broker`, its requests valid for 30 s.
+async fn raw_edge(broker: &Mosquitto, node: &str) -> RawEdge {
+    let options = options(&format!("raw-{node}"), broker);
+    RawEdge::connect(options, PREFIX, node, Duration::from_secs(30)).await
 }
 
 /// A still letterboxed as the edge does it, and the hard example made from it: the letterbox
@@ -220,7 +117,7 @@ fn hard_example_is_answered_in_original_pixels_with_its_correlation() {
 async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body() {
     let broker = Mosquitto::start().unwrap();
     let mut cloud = start_cloud(&broker, "cloud-a");
-    let mut edge = RawEdge::connect(&broker, "edge-b").await;
+    let mut edge = raw_edge(&broker, "edge-b").await;
     // 3079×4619 portrait, sent as its 640×960 letterbox content.
     let (_, jpeg, meta) = hard_example(&street2(), 640, 960);
     assert_eq!((meta.orig_w, meta.orig_h), (3079, 4619));
@@ -316,7 +213,7 @@ fn garbage_is_counted_and_refused_and_the_service_keeps_answering() {
 async fn garbage_is_counted_and_refused_and_the_service_keeps_answering_body() {
     let broker = Mosquitto::start().unwrap();
     let mut cloud = start_cloud(&broker, "cloud-g");
-    let mut edge = RawEdge::connect(&broker, "edge-g").await;
+    let mut edge = raw_edge(&broker, "edge-g").await;
     let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
     wait_ready(&mut cloud);
 
@@ -388,7 +285,7 @@ async fn two_replicas_share_the_work_body() {
     let broker = Mosquitto::start().unwrap();
     let mut first = start_cloud(&broker, "cloud-1");
     let mut second = start_cloud(&broker, "cloud-2");
-    let mut edge = RawEdge::connect(&broker, "edge-s").await;
+    let mut edge = raw_edge(&broker, "edge-s").await;
     let (_, jpeg, meta) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
     wait_ready(&mut first);
     wait_ready(&mut second);
@@ -539,7 +436,7 @@ async fn service_resubscribes_after_the_broker_restarts_body() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut edge = RawEdge::connect(&broker, &format!("edge-r{round}")).await;
+        let mut edge = raw_edge(&broker, &format!("edge-r{round}")).await;
         edge.send(jpeg.clone(), edge.properties(&meta, round)).await;
         let (correlation, answer) = edge.answer().await;
         assert_eq!(correlation, round);

@@ -17,19 +17,15 @@ use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
 use helmetd::cloud::{BreakerSettings, CloudAnswer, CloudClient, CloudClientSettings};
 use helmetd::sedna::http_client::{SednaHttpClient, SednaHttpSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
+use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-use common::{HelmetdProcess, message};
+use common::{HelmetdProcess, Peer, RawEdge, message};
 
 const PREFIX: &str = "helmetd/v1";
 /// Loading and warming the 80 MB big model on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Generous: the big model on 2 shared cores. The tests count outcomes; they do not race.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The tests that run the big model would slow each other down.
 fn serial() -> MutexGuard<'static, ()> {
@@ -66,116 +62,24 @@ fn final_stats(cloud: &mut HelmetdProcess) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()))
 }
 
-/// An MQTT client of the test: subscribed to `topics`, everything received goes to a channel.
-struct Peer {
-    client: AsyncClient,
-    received: mpsc::UnboundedReceiver<Publish>,
-    task: tokio::task::JoinHandle<()>,
+/// Session options of the test's own clients: packets as large as a request.
+fn peer_options(broker: &Mosquitto, id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
+    options.set_keep_alive(Duration::from_secs(5));
+    let max = protocol::MAX_REQUEST_BYTES + 64 * 1024;
+    options.set_max_packet_size(Some(u32::try_from(max).unwrap()));
+    options
 }
 
-impl Peer {
-    /// Returns once every subscription is granted. Takes packets as large as a request.
-    async fn connect(broker: &Mosquitto, id: &str, topics: &[String]) -> Self {
-        let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
-        options.set_keep_alive(Duration::from_secs(5));
-        let max = protocol::MAX_REQUEST_BYTES + 64 * 1024;
-        options.set_max_packet_size(Some(u32::try_from(max).unwrap()));
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-        let (tx, received) = mpsc::unbounded_channel();
-        let (acked_tx, mut acked) = mpsc::unbounded_channel();
-        let (handle, topics_owned) = (client.clone(), topics.to_vec());
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for t in &topics_owned {
-                            handle.try_subscribe(t.clone(), QoS::AtLeastOnce).unwrap();
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = acked_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send(p);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        for _ in topics {
-            tokio::time::timeout(Duration::from_secs(10), acked.recv())
-                .await
-                .expect("subscription granted within 10 s");
-        }
-        Self {
-            client,
-            received,
-            task,
-        }
-    }
-
-    async fn publish(&self, topic: &str, payload: Vec<u8>, properties: PublishProperties) {
-        self.client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
-            .await
-            .unwrap();
-    }
-
-    async fn next(&mut self) -> Publish {
-        tokio::time::timeout(ANSWER_TIMEOUT, self.received.recv())
-            .await
-            .expect("a message within the timeout")
-            .expect("session alive")
-    }
+/// A client of the test subscribed to `topic`.
+async fn peer(broker: &Mosquitto, id: &str, topic: String) -> Peer {
+    Peer::connect(peer_options(broker, id), topic).await
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An edge node talking the protocol by hand.
-struct RawEdge {
-    node: String,
-    peer: Peer,
-}
-
-impl RawEdge {
-    async fn connect(broker: &Mosquitto, node: &str) -> Self {
-        let topic = protocol::response_topic(PREFIX, node);
-        Self {
-            node: node.into(),
-            peer: Peer::connect(broker, &format!("raw-{node}"), &[topic]).await,
-        }
-    }
-
-    fn properties(&self, meta: &HardExampleMeta, correlation: u8) -> PublishProperties {
-        protocol::request_properties(
-            &self.node,
-            meta,
-            &protocol::response_topic(PREFIX, &self.node),
-            &[correlation; 16],
-            Duration::from_secs(60),
-        )
-    }
-
-    async fn send(&self, jpeg: Vec<u8>, properties: PublishProperties) {
-        self.peer
-            .publish(&protocol::request_topic(PREFIX), jpeg, properties)
-            .await;
-    }
-
-    /// The next answer: its correlation byte and body.
-    async fn answer(&mut self) -> (u8, CloudResponse) {
-        let p = self.peer.next().await;
-        let correlation = p.properties.as_ref().unwrap().correlation_data.clone();
-        (
-            correlation.expect("correlation echoed")[0],
-            protocol::parse_response(&p).expect("a readable answer"),
-        )
-    }
+/// An edge node talking the protocol by hand, its requests valid for 60 s.
+async fn raw_edge(broker: &Mosquitto, node: &str) -> RawEdge {
+    let options = peer_options(broker, &format!("raw-{node}"));
+    RawEdge::connect(options, PREFIX, node, Duration::from_secs(60)).await
 }
 
 /// A real photo as the edge sends it: letterbox content as JPEG, with its metadata.
@@ -222,7 +126,7 @@ fn huge_images_and_property_floods_are_refused_before_decoding() {
     runtime().block_on(async {
         let broker = Mosquitto::start().unwrap();
         let mut cloud = start_cloud(&broker, "cloud-h");
-        let mut edge = RawEdge::connect(&broker, "edge-h").await;
+        let mut edge = raw_edge(&broker, "edge-h").await;
         let (jpeg, meta) = hard_example();
         let bomb = decodable_bomb();
         println!("decodable 8192x8192 JPEG: {} bytes", bomb.len());
@@ -278,8 +182,8 @@ fn a_flooding_node_does_not_starve_a_calm_one() {
     runtime().block_on(async {
         let broker = Mosquitto::start().unwrap();
         let mut cloud = start_cloud(&broker, "cloud-f");
-        let mut calm = RawEdge::connect(&broker, "edge-calm").await;
-        let mut flood = RawEdge::connect(&broker, "edge-flood").await;
+        let mut calm = raw_edge(&broker, "edge-calm").await;
+        let mut flood = raw_edge(&broker, "edge-flood").await;
         let (jpeg, meta) = hard_example();
         wait_ready(&mut cloud);
 
@@ -347,7 +251,7 @@ fn a_flooding_node_does_not_starve_a_calm_one() {
 /// under the request's own correlation id and response topic. The task hands its session back
 /// so the last answer is not cut off by closing it.
 async fn rogue_cloud(broker: &Mosquitto, bodies: Vec<Vec<u8>>) -> tokio::task::JoinHandle<Peer> {
-    let mut rogue = Peer::connect(broker, "rogue-cloud", &[protocol::request_topic(PREFIX)]).await;
+    let mut rogue = peer(broker, "rogue-cloud", protocol::request_topic(PREFIX)).await;
     tokio::spawn(async move {
         for body in bodies {
             let request = rogue.next().await;
@@ -482,7 +386,7 @@ fn answers_under_predicted_ids_are_not_used() {
         let broker = Mosquitto::start().unwrap();
         let (jpeg, meta) = hard_example();
         // A peer that reads the request topic (or any one answer) learns an id.
-        let mut spy = Peer::connect(&broker, "spy", &[protocol::request_topic(PREFIX)]).await;
+        let mut spy = peer(&broker, "spy", protocol::request_topic(PREFIX)).await;
         let client = edge_client(&broker, "edge-p", Duration::from_secs(1)).await;
 
         // Nobody answers the first request; the spy sees its id.

@@ -14,9 +14,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{HelmetdProcess, TestRoot, message};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 /// Loading the 80 MB big model and warming it up, on a busy 2-core machine.
@@ -74,28 +71,14 @@ fn still_open(stream: &TcpStream) -> bool {
     open
 }
 
-/// One HTTP/1.1 exchange on a fresh connection; `None` if the server refused or closed it.
+/// [`common::http_exchange`] with the body as text.
 async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Option<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let response = sender.send_request(request).await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let (status, body) = common::http_exchange(addr, method, path, body).await?;
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 

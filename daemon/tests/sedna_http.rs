@@ -28,8 +28,6 @@ use helmetd::cloud::protocol::HardExampleMeta;
 use helmetd::cloud::{AskError, BreakerSettings, BreakerState, CloudAnswer};
 use helmetd::sedna::http_client::{SednaHttpClient, SednaHttpError, SednaHttpSettings};
 use helmetd::sedna::http_server::parse_predict;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use image::RgbImage;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -342,31 +340,18 @@ fn sedna_body(image: &RgbImage) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// One HTTP/1.1 exchange as `requests` does it (Content-Length, JSON content type).
+/// One exchange as Sedna's `requests` makes it ([`common::http_exchange`]), its body as JSON.
 async fn exchange(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = tokio::time::timeout(ANSWER_TIMEOUT, async {
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body)
-    })
+    let (status, body) = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        common::http_exchange(addr, method, path, body),
+    )
     .await
-    .expect("helmetd cloud answers");
-    let json = serde_json::from_slice(&response.1)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&response.1)));
-    (response.0, json)
+    .expect("helmetd cloud answers")
+    .expect("an HTTP answer");
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    (status, json)
 }
 
 #[test]

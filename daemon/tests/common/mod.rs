@@ -265,6 +265,10 @@ pub fn default_config() -> helmetd::config::Config {
     helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
 }
 
+/// How long a test waits for one answer of `helmetd cloud`. Generous: the big model on 2 shared
+/// cores; the tests measure, they do not race.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A `CloudClient` on its own MQTT session, as the uplink drives it: the event loop runs in the
 /// returned task. Returns once the answer subscription is granted (at most 10 s).
 pub async fn subscribed_cloud_client(
@@ -300,4 +304,183 @@ pub async fn subscribed_cloud_client(
         .await
         .expect("answer subscription granted within 10 s");
     (client, driver)
+}
+
+/// An MQTT client of the test subscribed to one topic; everything it receives goes to a channel.
+pub struct Peer {
+    pub client: rumqttc::v5::AsyncClient,
+    pub received: tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    /// Returns once the subscription is granted (at most 10 s). The request queue holds 256, so
+    /// a test flooding the broker is not held up by the client.
+    pub async fn connect(options: rumqttc::v5::MqttOptions, topic: String) -> Self {
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        use rumqttc::v5::{AsyncClient, Event};
+
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1);
+        let handle = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        handle
+                            .try_subscribe(topic.clone(), QoS::AtLeastOnce)
+                            .unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready.recv())
+            .await
+            .expect("subscription granted within 10 s");
+        Self {
+            client,
+            received,
+            task,
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+    ) {
+        self.client
+            .publish_with_properties(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The next message, within [`ANSWER_TIMEOUT`].
+    pub async fn next(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        tokio::time::timeout(ANSWER_TIMEOUT, self.received.recv())
+            .await
+            .expect("a message within the timeout")
+            .expect("session alive")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An edge node talking the hard-example protocol by hand: publishes requests with chosen
+/// properties and collects what comes back on its result topic.
+pub struct RawEdge {
+    node: String,
+    prefix: String,
+    /// The requests' message expiry.
+    expiry: Duration,
+    pub peer: Peer,
+}
+
+impl RawEdge {
+    /// Subscribed to `node`'s result topic under `prefix`, on a session made with `options`.
+    pub async fn connect(
+        options: rumqttc::v5::MqttOptions,
+        prefix: &str,
+        node: &str,
+        expiry: Duration,
+    ) -> Self {
+        use helmetd::cloud::protocol;
+
+        let topic = protocol::response_topic(prefix, node);
+        Self {
+            node: node.into(),
+            prefix: prefix.into(),
+            expiry,
+            peer: Peer::connect(options, topic).await,
+        }
+    }
+
+    /// A request's properties with the correlation id `[correlation; 16]`.
+    pub fn properties(
+        &self,
+        meta: &helmetd::cloud::protocol::HardExampleMeta,
+        correlation: u8,
+    ) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+        use helmetd::cloud::protocol;
+
+        protocol::request_properties(
+            &self.node,
+            meta,
+            &protocol::response_topic(&self.prefix, &self.node),
+            &[correlation; 16],
+            self.expiry,
+        )
+    }
+
+    pub async fn send(
+        &self,
+        payload: Vec<u8>,
+        properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+    ) {
+        let topic = helmetd::cloud::protocol::request_topic(&self.prefix);
+        self.peer.publish(&topic, payload, properties).await;
+    }
+
+    /// The next answer: its correlation byte and body.
+    pub async fn answer(&mut self) -> (u8, helmetd::cloud::protocol::CloudResponse) {
+        let p = self.peer.next().await;
+        let props = p.properties.as_ref().expect("answer has properties");
+        let correlation = props.correlation_data.as_ref().expect("correlation echoed");
+        assert_eq!(correlation.len(), 16);
+        assert!(correlation.iter().all(|&b| b == correlation[0]));
+        (
+            correlation[0],
+            helmetd::cloud::protocol::parse_response(&p).expect("a valid answer"),
+        )
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection, as Python's `requests` makes it (JSON content
+/// type, Content-Length): the status and body, `None` if the server refused or closed it.
+pub async fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Option<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body.to_vec()))
 }
