@@ -480,9 +480,10 @@ pub fn run(
                 let loading = workers.iter().any(|w| w.state == WorkerState::Starting);
                 start_timeout.tick(&systemd, now, loading);
             }
-            let stats = stats_json(cameras.cameras(), &dispatcher, &workers, &counters);
-            let facts = status_facts(&stats);
+            // The stats JSON is built only when the line's facts changed, not every reconcile.
+            let facts = Some(status_facts(cameras.cameras(), ready, workers.len()));
             if facts != last_status_facts {
+                let stats = stats_json(cameras.cameras(), &dispatcher, &workers, &counters);
                 systemd.status(&status_line_of(&stats));
                 last_status_facts = facts;
             }
@@ -706,10 +707,7 @@ fn node_health(
     desired: u32,
 ) -> NodeHealth {
     NodeHealth {
-        cameras_streaming: cameras
-            .iter()
-            .filter(|c| c.stats().state == helmet_pipelines::ingest::CameraState::Streaming)
-            .count(),
+        cameras_streaming: streaming(cameras),
         cameras_total: cameras.len(),
         workers_ready: workers
             .iter()
@@ -719,21 +717,19 @@ fn node_health(
     }
 }
 
-/// The `systemctl status` line: what an operator checks first.
 /// What the STATUS line says besides counters: cameras streaming, workers ready, workers.
-fn status_facts(stats: &serde_json::Value) -> Option<(usize, u64, u64)> {
-    let streaming = stats["cameras"]
-        .as_array()?
-        .iter()
-        .filter(|c| c["state"].as_str() == Some("Streaming"))
-        .count();
-    Some((
-        streaming,
-        stats["workers_ready"].as_u64()?,
-        stats["workers"].as_u64()?,
-    ))
+fn status_facts(cameras: &[Camera], workers_ready: usize, workers: usize) -> (usize, usize, usize) {
+    (streaming(cameras), workers_ready, workers)
 }
 
+fn streaming(cameras: &[Camera]) -> usize {
+    cameras
+        .iter()
+        .filter(|c| c.stats().state == helmet_pipelines::ingest::CameraState::Streaming)
+        .count()
+}
+
+/// The `systemctl status` line: what an operator checks first.
 fn status_line_of(stats: &serde_json::Value) -> String {
     let cameras = stats["cameras"].as_array().map_or(&[][..], Vec::as_slice);
     let streaming = cameras
