@@ -24,7 +24,7 @@ use rand::SeedableRng;
 
 use crate::cloud::protocol::HardExampleMeta;
 use crate::cloud::service::{letterbox_jpeg, to_original};
-use crate::commands::detect::{cloud_model_spec, edge_model_spec};
+use crate::commands::detect::{cloud_model_spec, edge_model_spec, is_image};
 use crate::config::Config;
 
 /// Boxes of different frames never match; within a frame, greedy by score, same class.
@@ -36,7 +36,7 @@ const TARGET_F1: f64 = 0.95;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchJointArgs {
-    /// Folders of photos (.jpg, .jpeg, .png) to score besides the bundled media/.
+    /// Folders of photos (what `helmetd detect` reads as images) to score besides media/.
     #[arg(long)]
     pub photos: Vec<PathBuf>,
     /// Video sampled for frames (default: the bundled media/helmet-test.mp4).
@@ -223,11 +223,7 @@ fn photos_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-        })
+        .filter(|p| is_image(p))
         .collect();
     found.sort();
     Ok(found)

@@ -111,11 +111,7 @@ fn classify(input: &str) -> anyhow::Result<Input> {
     let path = path
         .canonicalize()
         .with_context(|| format!("{input}: cannot open"))?;
-    let is_image = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-    if is_image {
+    if is_image(&path) {
         return Ok(Input::Image(path));
     }
     let url = url::Url::from_file_path(&path)
@@ -124,6 +120,13 @@ fn classify(input: &str) -> anyhow::Result<Input> {
         url: url.to_string(),
         file: true,
     })
+}
+
+/// Whether `path` names a still image (by its extension), as `detect` and `bench joint` read it.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// A camera-like name for an input: its file name, with anything unsafe in file names and MQTT
