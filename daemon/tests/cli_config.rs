@@ -10,6 +10,28 @@ fn helmetd() -> Command {
     c
 }
 
+/// `helmetd print-default-config`: the commented default.
+fn default_config_text() -> String {
+    String::from_utf8(
+        helmetd()
+            .arg("print-default-config")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+}
+
+/// Writes `text` to `file` and runs `check-config` on it, which must refuse it with exit 78;
+/// returns what it printed. `case` names the case in a failure.
+fn refused(file: &std::path::Path, text: &str, case: &str) -> String {
+    std::fs::write(file, text).unwrap();
+    let out = helmetd().arg("check-config").arg(file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{case}: {stderr}");
+    stderr
+}
+
 #[test]
 fn print_default_config_round_trips_through_check_config() {
     let out = helmetd().arg("print-default-config").output().unwrap();
@@ -30,20 +52,10 @@ fn print_default_config_round_trips_through_check_config() {
 fn broken_config_exits_78_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broken.toml");
-    let text = String::from_utf8(
-        helmetd()
-            .arg("print-default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
+    let text = default_config_text()
         + "\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://127.0.0.1:8554/x\"\nfpss = 3\n";
     let line = text.lines().count();
-    std::fs::write(&file, &text).unwrap();
-    let out = helmetd().arg("check-config").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&file, &text, "fpss");
     assert!(
         stderr.contains(&format!(
             "broken.toml:{line}:1: unknown field 'fpss' in [[camera]]"
@@ -56,15 +68,7 @@ fn broken_config_exits_78_with_file_and_line() {
 fn bad_override_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ok.toml");
-    std::fs::write(
-        &file,
-        helmetd()
-            .arg("print-default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    std::fs::write(&file, default_config_text()).unwrap();
     let out = helmetd()
         .args(["check-config"])
         .arg(&file)
@@ -94,24 +98,13 @@ fn missing_file_is_a_config_error() {
 fn declared_input_shape_is_checked_against_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shape.toml");
-    let text = String::from_utf8(
-        helmetd()
-            .arg("print-default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .replace("input = [384, 640]", "input = [640, 640]");
+    let text = default_config_text().replace("input = [384, 640]", "input = [640, 640]");
     let line = text
         .lines()
         .position(|l| l.starts_with("input = [640, 640]"))
         .unwrap()
         + 1;
-    std::fs::write(&file, &text).unwrap();
-    let out = helmetd().arg("check-config").arg(&file).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = refused(&file, &text, "input");
     assert!(
         stderr.contains(&format!("shape.toml:{line}:1:")),
         "{stderr}"
@@ -129,22 +122,15 @@ fn values_run_cannot_live_with_exit_78_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "x.y.z.w\n").unwrap();
-    let default = String::from_utf8(
-        helmetd()
-            .arg("print-default-config")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    // KubeEdge on, with what it needs, so only the case's key is wrong.
-    .replace("enabled = false", "enabled = true")
-    .replace("cloudcore_host = \"\"", "cloudcore_host = \"127.0.0.1\"")
-    .replace(
-        "token_file = \"\"",
-        &format!("token_file = \"{}\"", token.display()),
-    )
-    .replace("node_name = \"\"", "node_name = \"gw-1\"");
+    let default = default_config_text()
+        // KubeEdge on, with what it needs, so only the case's key is wrong.
+        .replace("enabled = false", "enabled = true")
+        .replace("cloudcore_host = \"\"", "cloudcore_host = \"127.0.0.1\"")
+        .replace(
+            "token_file = \"\"",
+            &format!("token_file = \"{}\"", token.display()),
+        )
+        .replace("node_name = \"\"", "node_name = \"gw-1\"");
     let file = dir.path().join("helmetd.toml");
     std::fs::write(&file, &default).unwrap();
     let ok = helmetd().arg("check-config").arg(&file).output().unwrap();
@@ -209,10 +195,7 @@ fn values_run_cannot_live_with_exit_78_with_file_line_and_key() {
             })
             .unwrap()
             + 1;
-        std::fs::write(&file, &text).unwrap();
-        let out = helmetd().arg("check-config").arg(&file).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{to}: {stderr}");
+        let stderr = refused(&file, &text, to);
         assert!(
             stderr.contains(&format!("helmetd.toml:{line}:1: {key}: ")),
             "{to}: expected line {line} and {key}: {stderr}"
