@@ -23,11 +23,9 @@ use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::NetworkOptions;
 use rumqttc::v5::MqttOptions;
 
-use common::{HelmetdProcess, RawEdge, default_config, message};
+use common::{HelmetdProcess, RawEdge, default_config, message, start_cloud, wait_ready};
 
 const PREFIX: &str = "helmetd/v1";
-/// Loading the 80 MB big model and warming it up, on a busy 2-core machine.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tests start model-running processes; in parallel they would measure each other.
 fn serial() -> MutexGuard<'static, ()> {
@@ -47,20 +45,6 @@ fn serially(body: impl std::future::Future<Output = ()>) {
 
 fn root() -> PathBuf {
     helmetd_e2e::workspace_root()
-}
-
-/// `helmetd cloud` on the test broker.
-fn start_cloud(broker: &Mosquitto, node: &str) -> HelmetdProcess {
-    let url = format!("mqtt.url={}", broker.url());
-    let name = format!("node.name={node}");
-    HelmetdProcess::start(&["cloud", "--set", &url, "--set", &name])
-}
-
-/// Waits for the subscription to be granted.
-fn wait_ready(cloud: &mut HelmetdProcess) {
-    cloud.wait_for(READY_TIMEOUT, "ready for hard examples", |l| {
-        (message(l) == "ready for hard examples").then_some(())
-    });
 }
 
 /// MQTT options as the daemon uses them on loopback: TCP_NODELAY, answers up to 64 KiB.

@@ -21,11 +21,9 @@ use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{HelmetdProcess, Peer, RawEdge, message};
+use common::{HelmetdProcess, Peer, RawEdge, message, start_cloud, wait_ready};
 
 const PREFIX: &str = "helmetd/v1";
-/// Loading and warming the 80 MB big model on a busy 2-core machine.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tests that run the big model would slow each other down.
 fn serial() -> MutexGuard<'static, ()> {
@@ -38,18 +36,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn start_cloud(broker: &Mosquitto, node: &str) -> HelmetdProcess {
-    let url = format!("mqtt.url={}", broker.url());
-    let name = format!("node.name={node}");
-    HelmetdProcess::start(&["cloud", "--set", &url, "--set", &name])
-}
-
-fn wait_ready(cloud: &mut HelmetdProcess) {
-    cloud.wait_for(READY_TIMEOUT, "ready for hard examples", |l| {
-        (message(l) == "ready for hard examples").then_some(())
-    });
 }
 
 /// The final counters `helmetd cloud` logs on SIGTERM.

@@ -265,6 +265,21 @@ pub fn default_config() -> helmetd::config::Config {
     helmetd::config::load(helmetd::config::ConfigSource::Default, &overrides).unwrap()
 }
 
+/// `helmetd cloud` on the test broker, as node `node`.
+pub fn start_cloud(broker: &helmetd_e2e::mosquitto::Mosquitto, node: &str) -> HelmetdProcess {
+    let url = format!("mqtt.url={}", broker.url());
+    let name = format!("node.name={node}");
+    HelmetdProcess::start(&["cloud", "--set", &url, "--set", &name])
+}
+
+/// Waits for `helmetd cloud`'s subscription to be granted: loading and warming the 80 MB big
+/// model on a busy 2-core machine takes up to 120 s.
+pub fn wait_ready(cloud: &mut HelmetdProcess) {
+    cloud.wait_for(Duration::from_secs(120), "ready for hard examples", |l| {
+        (message(l) == "ready for hard examples").then_some(())
+    });
+}
+
 /// How long a test waits for one answer of `helmetd cloud`. Generous: the big model on 2 shared
 /// cores; the tests measure, they do not race.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
