@@ -14,5 +14,6 @@ pub mod sedna;
 pub mod spool;
 pub mod supervisor;
 pub mod systemd;
+pub mod telemetry;
 pub mod uplink;
 pub mod worker;

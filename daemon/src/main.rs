@@ -201,6 +201,8 @@ enum BenchCommand {
     },
     /// Per-frame dispatch overhead (daemon ↔ worker round trip without the model) vs the model's own time.
     Dispatch(helmetd::commands::bench_dispatch::BenchDispatchArgs),
+    /// What `helmetd run` costs when nothing happens: its CPU % and wake-ups/s with no camera and with a silent one.
+    Idle(helmetd::commands::bench_idle::BenchIdleArgs),
     /// Bytes per hard example vs Sedna's JSON body, and glass-to-alert latency vs the model's own time.
     Uplink(helmetd::commands::bench_uplink::BenchUplinkArgs),
     /// Baseline → 4× cameras → baseline, autoscaled vs static max vs static min replicas: reaction, p99 and CPU ratios.
@@ -262,6 +264,7 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
             Ok(figures.result_line())
         }
         BenchCommand::Dispatch(args) => Ok(helmetd::commands::bench_dispatch::run(&args)?),
+        BenchCommand::Idle(args) => helmetd::commands::bench_idle::run(&args),
         BenchCommand::Uplink(args) => Ok(helmetd::commands::bench_uplink::run(args)?),
         BenchCommand::Surge(args) => Ok(helmetd::commands::bench_surge::run(args)?),
         BenchCommand::Joint { config, args } => {
@@ -299,8 +302,7 @@ fn run_daemon(
     duration: Option<f64>,
     sedna_env: SednaEnvArg,
 ) -> anyhow::Result<()> {
-    use helmetd::run::{ConfigOrigin, Links, Signals};
-    use std::sync::Arc;
+    use helmetd::run::{ConfigOrigin, Control, Daemon, DaemonOptions};
 
     let (overrides, env) = sedna_env.overrides(&config.overrides)?;
     let origin = ConfigOrigin {
@@ -311,52 +313,17 @@ fn run_daemon(
         overrides,
     };
     let cfg = origin.load().map_err(|e| env.attribute(e))?;
-    let (runtime, signals) = Signals::with_runtime()?;
-    let mut links = Links::default();
-    if !cfg.mqtt.url.is_empty() {
-        let settings = helmetd::uplink::UplinkSettings::from_config(&cfg)?;
-        let handle = helmetd::uplink::Uplink::spawn(settings, runtime.handle())?;
-        links.uplink = Some(handle);
-    }
-    // Bound before the loop starts, so a taken port fails the start-up; probes see the start too.
-    let http = match cfg.http.listen.as_str() {
-        "" => None,
-        listen => {
-            let telemetry = Arc::new(helmetd::http::Telemetry::new(helmetd::http::HEALTH_TIMEOUT));
-            let limits = helmetd::http::ConnectionLimits::from_http(&cfg.http);
-            let server = helmetd::http::HttpServer::start(
-                listen,
-                limits,
-                telemetry.clone(),
-                runtime.handle(),
-            )?;
-            links.telemetry = Some(telemetry);
-            Some(server)
-        }
-    };
-    // Sedna's Local Controller, when `[sedna] lc_server` names one.
-    let lc = helmetd::sedna::lc::LcSettings::from_config(&cfg)?.map(|settings| {
-        let counters = links.counters.clone();
-        helmetd::sedna::lc::LcReporter::spawn(runtime.handle(), settings, move || {
-            helmetd::sedna::lc::Totals::from(&*counters)
-        })
-    });
-    let uplink = links.uplink.clone();
+    let (runtime, control) = Control::with_runtime()?;
     let until = duration.map(|d| std::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-    let summary = helmetd::run::run(&origin, cfg, runtime.handle(), links, &signals, until);
-    if let Some(server) = http
-        && let Err(e) = runtime.block_on(server.stop())
-    {
-        tracing::warn!(error = %e, "HTTP endpoint");
-    }
-    if let Some(uplink) = uplink {
-        // Publishes `stopped`; what the broker has not acknowledged stays in the spool.
-        let _ = runtime.block_on(uplink.shutdown());
-    }
-    if let Some(lc) = lc {
-        // The last period's counts, at most 5 s.
-        runtime.block_on(lc.shutdown());
-    }
+    let summary = Daemon::start(
+        origin,
+        cfg,
+        runtime.handle(),
+        &control,
+        DaemonOptions::default(),
+    )
+    .and_then(|daemon| daemon.run(&control, until));
+    // Every task the daemon started was joined by its shutdown; what is left is the signal task.
     runtime.shutdown_timeout(Duration::from_secs(2));
     let summary = summary?;
     println!(
@@ -473,11 +440,11 @@ fn run_demo(
     output: PathBuf,
 ) -> anyhow::Result<()> {
     use helmetd::commands::demo::{self, DemoOptions};
-    use helmetd::run::Signals;
+    use helmetd::run::Control;
 
     let cfg = config::load(ConfigSource::Default, &[])?;
     init_runtime(&cfg)?;
-    let (runtime, signals) = Signals::with_runtime()?;
+    let (runtime, control) = Control::with_runtime()?;
     let max_workers = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let opts = DemoOptions {
         video: video.unwrap_or_else(demo::default_video),
@@ -488,7 +455,7 @@ fn run_demo(
         output,
         max_workers,
     };
-    let summary = demo::run(&opts, signals, &runtime)?;
+    let summary = demo::run(&opts, control, &runtime)?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     println!();
     println!("  summary after {:.0} s", summary.seconds);

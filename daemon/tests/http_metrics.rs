@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use helmetd::http::snapshot::{CameraSnapshot, CameraState, WorkerSnapshot, WorkerState};
-use helmetd::http::{ConnectionLimits, HttpServer, Snapshot, Telemetry, status_command};
+use helmetd::http::{ConnectionLimits, HttpServer, Telemetry, status_command};
+use helmetd::telemetry::Snapshot;
+use helmetd::telemetry::snapshot::{CameraSnapshot, CameraState, WorkerSnapshot, WorkerState};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;

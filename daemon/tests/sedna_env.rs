@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use helmetd::config::{self, ConfigError, ConfigSource, DEFAULT_CONFIG};
-use helmetd::run::Counters;
 use helmetd::sedna::env::{self, EnvError, SednaEnvMode};
 use helmetd::sedna::import;
 use helmetd::sedna::lc::{LcReporter, LcSettings, Totals};
+use helmetd::telemetry::Snapshot;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sedna");
 
@@ -523,9 +523,14 @@ async fn lc_reports_skip_idle_periods_and_survive_an_outage() {
     let addr = listener.local_addr().unwrap();
     let lc = FakeLc::default();
     let server = lc.serve(listener).await;
-    // The daemon's own counters, read as the daemon's wiring reads them.
-    let counters = Arc::new(Counters::default());
-    let (frames, hard) = (&counters.frames, &counters.hard);
+    // The daemon's snapshot channel, read as the daemon's wiring reads it.
+    let (snapshots, latest) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let count = |frames: u64, hard: u64| {
+        let mut snapshot = Snapshot::default();
+        snapshot.counters.frames = frames;
+        snapshot.counters.hard = hard;
+        snapshots.send_replace(Arc::new(snapshot));
+    };
     let settings = LcSettings {
         authority: addr.to_string(),
         path: "/sedna/workers/edgeworker-x7k2p/info".into(),
@@ -535,17 +540,15 @@ async fn lc_reports_skip_idle_periods_and_survive_an_outage() {
         period: PERIOD,
         timeout: Duration::from_secs(5),
     };
-    let source = counters.clone();
     let reporter = LcReporter::spawn(&tokio::runtime::Handle::current(), settings, move || {
-        Totals::from(&*source)
+        Totals::from(&latest.borrow().counters)
     });
 
     // A period without inference sends nothing, as Sedna.
     tokio::time::sleep(PERIOD + Duration::from_secs(1)).await;
     assert_eq!((reporter.attempts(), lc.count()), (0, 0));
 
-    frames.store(10, Ordering::SeqCst);
-    hard.store(2, Ordering::SeqCst);
+    count(10, 2);
     until(|| reporter.delivered() == 1).await;
     let (worker, body) = lc.last();
     assert_eq!(worker, "edgeworker-x7k2p");
@@ -572,7 +575,7 @@ async fn lc_reports_skip_idle_periods_and_survive_an_outage() {
     // Outage 1: nothing listens. Unacknowledged counts are retried every period.
     server.abort();
     let _ = server.await;
-    frames.store(20, Ordering::SeqCst);
+    count(20, 2);
     until(|| reporter.attempts() == 2).await;
     until(|| reporter.attempts() == 3).await;
     assert_eq!((reporter.delivered(), lc.count()), (1, 1));
@@ -591,14 +594,13 @@ async fn lc_reports_skip_idle_periods_and_survive_an_outage() {
 
     // Recovery: the cumulative counts reach the LC, the reporter still runs.
     lc.mode.store(0, Ordering::SeqCst);
-    frames.store(25, Ordering::SeqCst);
-    hard.store(5, Ordering::SeqCst);
+    count(25, 5);
     until(|| reporter.delivered() == 2).await;
     assert_eq!(lc.last().1["ownerInfo"]["inferenceNumber"], 25);
     assert_eq!(lc.last().1["ownerInfo"]["uploadCloudRatio"], 0.2);
 
     // Shutdown sends what the LC has not seen yet.
-    frames.store(30, Ordering::SeqCst);
+    count(30, 5);
     let before = lc.count();
     reporter.shutdown().await;
     assert_eq!(lc.count(), before + 1);

@@ -319,7 +319,6 @@ fn worker(out: &mut Corpus) {
         input_h: 384,
         num_classes: 2,
         load_ms: 350,
-        fake_inference: false,
     });
     put("ready", false, &|b| ready.encode(b));
     let mut detections = Detections::new();

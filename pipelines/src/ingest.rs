@@ -89,7 +89,13 @@ pub struct CameraSettings {
     /// Model input size the frames are letterboxed to.
     pub input_w: u32,
     pub input_h: u32,
+    /// Called from the camera's thread after each frame it puts in the mailbox, so a consumer
+    /// can sleep until there is one instead of polling `take_latest`. Must return quickly.
+    pub on_frame: Option<FrameHook>,
 }
+
+/// See [`CameraSettings::on_frame`].
+pub type FrameHook = Arc<dyn Fn() + Send + Sync>;
 
 impl CameraSettings {
     /// Settings with the defaults: 5 fps, TCP, 5 s stall timeout, backoff 1 s doubling to 30 s,
@@ -108,6 +114,7 @@ impl CameraSettings {
             pace: Pace::Realtime,
             input_w,
             input_h,
+            on_frame: None,
         }
     }
 }
@@ -785,6 +792,9 @@ impl Worker {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.frames_out.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.settings.on_frame {
+            hook();
+        }
         true
     }
 

@@ -267,6 +267,12 @@ impl EpisodeTracker {
         if now.duration_since(last).unwrap_or(Duration::ZERO) < self.settings.end_after {
             return None;
         }
+        self.close()
+    }
+
+    /// Ends the open episode now (the daemon is stopping): subscribers get its `end` rather
+    /// than an episode that never closes. A violation still being confirmed ends silently.
+    pub fn close(&mut self) -> Option<AlertEvent> {
         let violation = self.current.take()?;
         let published = violation.published?;
         let top = violation.top;

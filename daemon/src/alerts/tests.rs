@@ -527,3 +527,21 @@ fn settings_from_config_resolve_class_names() {
         ));
     }
 }
+
+#[test]
+fn close_ends_an_open_episode_at_once_and_drops_an_unconfirmed_one() {
+    let mut t = tracker();
+    let events = feed(&mut t, &[&[head(0.8)], &[head(0.9)], &[]]);
+    assert_eq!(events.len(), 1, "new after two frames");
+    let end = t.close().expect("an open episode ends when closed");
+    assert_eq!(end.kind, EventKind::End);
+    assert_eq!(end.id, events[0].1.id);
+    assert_eq!(end.end_time, Some(at(500)), "the last violating frame");
+    assert!(t.is_idle());
+    assert!(t.close().is_none(), "nothing left to end");
+
+    let mut t = tracker();
+    assert!(feed(&mut t, &[&[head(0.8)]]).is_empty());
+    assert!(t.close().is_none(), "never published, so nothing to end");
+    assert!(t.is_idle());
+}

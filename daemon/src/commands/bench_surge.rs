@@ -2,8 +2,7 @@
 //!
 //! **Profile.** One loopback RTSP camera (baseline), then [`BenchSurgeArgs::surge_cameras`]
 //! cameras (the surge: 4× the frames), then one camera again. The bench changes the config
-//! file and sets the `reload` flag of the [`Signals`] it handed to `run::run`, exactly what
-//! SIGHUP does, so the daemon reconciles its cameras while it runs. Every camera streams the
+//! file and asks the daemon's [`Control`] for a reload, exactly what SIGHUP does, so the daemon reconciles its cameras while it runs. Every camera streams the
 //! same video from one gst-rtsp-server in this process, served at 640×360 and 5 fps so that its
 //! encoders stay cheap next to the model; each camera samples `--fps` frames per second. A
 //! camera samples on a grid that starts when its stream starts, and real cameras are not
@@ -12,7 +11,7 @@
 //! surge is complete after less than one sampling period; its start is the first join).
 //!
 //! **Runs.** The profile runs three times, one after the other, with the real daemon
-//! (`run::run` in this process, supervised worker processes in their own cgroups under a
+//! ([`Daemon`] in this process, supervised worker processes in their own cgroups under a
 //! dedicated root): autoscaled (`[edge.hpa]` min 1, max = cores, CPU `Utilization`), static at
 //! max replicas, static at min replicas.
 //!
@@ -46,9 +45,10 @@ use helmet_pipelines::rtsp_server::{RtspServer, RtspServerOptions, probe_video};
 
 use crate::autoscaler::parse_cpu_stat;
 use crate::config::{self, ConfigSource};
-use crate::http::{HEALTH_TIMEOUT, Snapshot, Telemetry, snapshot::WorkerState};
-use crate::run::{ConfigOrigin, EDGE_POOL, Inferred, Links, Signals};
+use crate::run::{ConfigOrigin, Control, Daemon, DaemonOptions, EDGE_POOL, Inferred};
 use crate::supervisor::WORKERS_DIR;
+use crate::telemetry::snapshot::WorkerState;
+use crate::telemetry::{Snapshot, SnapshotReceiver};
 
 /// The camera of the baseline; the surge adds `cam2`, `cam3`, ….
 const BASELINE_CAMERA: &str = "cam1";
@@ -331,18 +331,18 @@ pub fn run(args: BenchSurgeArgs) -> anyhow::Result<String> {
         bench.cgroup_root.display()
     );
 
-    let (runtime, signals) = Signals::with_runtime()?;
+    let (runtime, control) = Control::with_runtime()?;
     let mut records = Vec::new();
     let mut failure = None;
     for mode in Mode::ALL {
-        match run_profile(&bench, mode, &runtime, &signals) {
+        match run_profile(&bench, mode, &runtime, &control) {
             Ok(record) => records.push(record),
             Err(e) => {
                 failure = Some(e.context(format!("{} run", mode.label())));
                 break;
             }
         }
-        if signals.shutdown.load(Ordering::Acquire) {
+        if control.is_shutting_down() {
             failure = Some(anyhow::anyhow!("interrupted"));
             break;
         }
@@ -438,7 +438,7 @@ fn run_profile(
     bench: &Bench,
     mode: Mode,
     runtime: &tokio::runtime::Runtime,
-    signals: &Arc<Signals>,
+    control: &Control,
 ) -> anyhow::Result<RunRecord> {
     let path = bench
         .work
@@ -460,12 +460,10 @@ fn run_profile(
     let cfg = origin.load()?;
     let cpu_request = cfg.edge.worker.resources.requests.cpu.as_f64();
 
-    let telemetry = Arc::new(Telemetry::new(HEALTH_TIMEOUT));
     let served: Arc<Mutex<Vec<Served>>> = Arc::default();
     let start = Instant::now();
     let start_wall = SystemTime::now();
-    let links = Links {
-        telemetry: Some(telemetry.clone()),
+    let options = DaemonOptions {
         result_observer: Some({
             let served = served.clone();
             Arc::new(move |r: &Inferred| {
@@ -485,8 +483,9 @@ fn run_profile(
                     });
             })
         }),
-        ..Links::default()
+        ..DaemonOptions::default()
     };
+    let daemon = Daemon::start(origin, cfg, runtime.handle(), control, options)?;
     let until = start + Duration::from_secs_f64(bench.schedule.end);
     let finished = AtomicBool::new(false);
     let watch = Watch {
@@ -494,13 +493,13 @@ fn run_profile(
         mode,
         config: &path,
         start,
-        telemetry: &telemetry,
-        signals,
+        snapshots: daemon.snapshots(),
+        control,
         finished: &finished,
     };
     let (summary, watched) = std::thread::scope(|scope| {
         let watcher = scope.spawn(|| watch.run());
-        let summary = crate::run::run(&origin, cfg, runtime.handle(), links, signals, Some(until));
+        let summary = daemon.run(control, Some(until));
         finished.store(true, Ordering::Release);
         (summary, watcher.join())
     });
@@ -560,8 +559,8 @@ struct Watch<'a> {
     mode: Mode,
     config: &'a Path,
     start: Instant,
-    telemetry: &'a Telemetry,
-    signals: &'a Signals,
+    snapshots: SnapshotReceiver,
+    control: &'a Control,
     finished: &'a AtomicBool,
 }
 
@@ -590,15 +589,13 @@ impl Watch<'_> {
             .join("cpu.stat");
         let mut ticks: Vec<Tick> = Vec::new();
         let mut cpu = CpuTrace::default();
-        let mut latest: Option<Arc<Snapshot>> = None;
+        let mut snapshots = self.snapshots.clone();
         let mut next = 0;
         while !self.finished.load(Ordering::Acquire) {
             let at = self.start.elapsed().as_secs_f64();
-            if let Some(snapshot) = self.telemetry.metrics.latest()
-                && !latest.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot))
-            {
+            if snapshots.has_changed().unwrap_or(false) {
+                let snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
                 ticks.push(Tick::new(at, &snapshot));
-                latest = Some(snapshot);
             }
             cpu.read(at, &cpu_stat);
             if let Some(&(when, name, cameras, reload)) = phases.get(next)
@@ -606,7 +603,7 @@ impl Watch<'_> {
             {
                 if reload {
                     write_config(self.config, &config_text(self.bench, self.mode, cameras))?;
-                    self.signals.reload.store(true, Ordering::Release);
+                    self.control.reload();
                 }
                 let (ready, desired) = ticks.last().map_or((0, 0), |t| (t.ready.len(), t.desired));
                 println!(

@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,7 +35,7 @@ use anyhow::Context;
 use helmet_pipelines::detect::Detector;
 use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
 use helmet_pipelines::output::{ALL_EXAMPLES, content_image, encode_jpeg};
-use helmet_pipelines::rtsp_server::{RtspServer, probe_video};
+use helmet_pipelines::rtsp_server::{RtspServer, VideoProbe, probe_video};
 use helmet_pipelines::{Frame, runtime};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -47,7 +46,7 @@ use crate::alerts::{AlertEvent, EventKind};
 use crate::cloud::CloudClientSettings;
 use crate::cloud::protocol::{self, HardExampleMeta};
 use crate::config::{self, Config, ConfigSource};
-use crate::run::{ConfigOrigin, Counters, Links, Signals};
+use crate::run::{ConfigOrigin, Control, Daemon, DaemonOptions};
 
 /// The bundled video shows each photo this long.
 const PHOTO_PERIOD: Duration = Duration::from_millis(1500);
@@ -131,6 +130,26 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
     let model = time_model(&mut detector, &edge[densest])?;
     drop(detector);
 
+    let bytes_ratio = print_bytes(&cfg, &probe, &edge, &bytes, densest, model);
+
+    println!();
+    println!(
+        "  live: broker, RTSP camera, cloud service and daemon for {} s …",
+        args.seconds
+    );
+    let (timings, summary) = live(&video, Duration::from_secs(args.seconds.max(1)))?;
+    Ok(report_live(&timings, &summary, model, bytes_ratio))
+}
+
+/// The bytes table; returns ours ÷ Sedna's over all frames.
+fn print_bytes(
+    cfg: &config::Config,
+    probe: &VideoProbe,
+    edge: &[Frame],
+    bytes: &[FrameBytes],
+    densest: usize,
+    model: Duration,
+) -> f64 {
     println!();
     println!(
         "  bytes per hard example (edge: MQTT 5 PUBLISH, JPEG q{} of the {}x{} letterbox content; Sedna: JSON body of the {}x{} frame)",
@@ -144,7 +163,7 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
         "  {:>7}  {:>5}  {:>9}  {:>9}  {:>11}  {:>7}",
         "pts s", "boxes", "JPEG B", "PUBLISH B", "Sedna B", "ratio %"
     );
-    for b in &bytes {
+    for b in bytes {
         println!(
             "  {:>7.2}  {:>5}  {:>9}  {:>9}  {:>11}  {:>7.3}",
             b.pts.as_secs_f64(),
@@ -172,12 +191,16 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
         bytes[densest].boxes
     );
 
-    println!();
-    println!(
-        "  live: broker, RTSP camera, cloud service and daemon for {} s …",
-        args.seconds
-    );
-    let (timings, summary) = live(&video, Duration::from_secs(args.seconds.max(1)))?;
+    bytes_ratio
+}
+
+/// The live run's table and summary, and the `RESULT` line.
+fn report_live(
+    timings: &[AlertTiming],
+    summary: &crate::run::RunSummary,
+    model: Duration,
+    bytes_ratio: f64,
+) -> String {
     let ms_between = |to: SystemTime, from: SystemTime| match to.duration_since(from) {
         Ok(d) => ms(d),
         Err(e) => -ms(e.duration()),
@@ -188,7 +211,7 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
     );
     let mut glass_to_alert = Vec::new();
     let mut to_uplink = Vec::new();
-    for t in &timings {
+    for t in timings {
         let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
         let handed = t.capture.map(|c| ms_between(t.handed, c));
         let received = t.capture.zip(t.received).map(|(c, r)| ms_between(r, c));
@@ -225,14 +248,14 @@ pub fn run(args: BenchUplinkArgs) -> anyhow::Result<String> {
         fmt(nearest_rank(&to_uplink, 0.99)),
         ms(model)
     );
-    Ok(format!(
+    format!(
         "RESULT bytes_ratio={:.5} alert_p50_ms={} alert_p99_ms={} model_ms={:.1} alerts={}",
         bytes_ratio,
         fmt(nearest_rank(&glass_to_alert, 0.50)),
         fmt(nearest_rank(&glass_to_alert, 0.99)),
         ms(model),
         glass_to_alert.len()
-    ))
+    )
 }
 
 fn ms(d: Duration) -> f64 {
@@ -498,19 +521,16 @@ fn live_in(
     let cfg = origin.load()?;
     let prefix = cfg.mqtt.topic_prefix.clone();
 
-    let (runtime, signals) = Signals::with_runtime()?;
+    let (runtime, control) = Control::with_runtime()?;
     let received = subscribe_alerts(&runtime, port, format!("{prefix}/{NODE}/+/alert"))?;
 
     let cloud = super::demo::InProcessCloud::start(&cfg, "bench-cloud")?;
 
     let seen: Seen = Arc::default();
-    let mut links = Links {
-        counters: Arc::new(Counters::default()),
-        ..Links::default()
-    };
+    let mut options = DaemonOptions::default();
     {
         let seen = seen.clone();
-        links.watcher = Some(Arc::new(move |event: &AlertEvent| {
+        options.watcher = Some(Arc::new(move |event: &AlertEvent| {
             let now = SystemTime::now();
             if event.kind != EventKind::End {
                 seen.lock().unwrap_or_else(PoisonError::into_inner).push((
@@ -522,14 +542,9 @@ fn live_in(
             }
         }));
     }
-    let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
-    let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
-    links.uplink = Some(handle.clone());
-
     let until = Instant::now() + seconds;
-    let result = crate::run::run(&origin, cfg, runtime.handle(), links, &signals, Some(until));
-    signals.shutdown.store(true, Ordering::Release);
-    let _ = runtime.block_on(handle.shutdown());
+    let result = Daemon::start(origin, cfg, runtime.handle(), &control, options)
+        .and_then(|daemon| daemon.run(&control, Some(until)));
     // Alerts handed over in the last moments are still on their way through the broker.
     std::thread::sleep(Duration::from_millis(500));
     cloud.stop();

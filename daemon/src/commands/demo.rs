@@ -9,14 +9,14 @@ use std::io::{IsTerminal, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use helmet_pipelines::rtsp_server::{RtspServer, probe_video};
 
 use crate::config::{self, ConfigSource};
-use crate::run::{ConfigOrigin, Counters, Links, Signals};
+use crate::run::{ConfigOrigin, Control, Daemon, DaemonOptions};
+use crate::telemetry::SnapshotReceiver;
 
 pub struct DemoOptions {
     pub video: PathBuf,
@@ -120,7 +120,7 @@ fn write_config(opts: &DemoOptions, cameras: &[String]) -> anyhow::Result<PathBu
 
 pub fn run(
     opts: &DemoOptions,
-    signals: Arc<Signals>,
+    control: Arc<Control>,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
@@ -182,12 +182,7 @@ pub fn run(
 
     let cloud = InProcessCloud::start(&cfg, "demo-cloud")?;
 
-    let counters = Arc::new(Counters::default());
-    let mut links = Links {
-        counters: counters.clone(),
-        ..Links::default()
-    };
-    links.watcher = Some(Arc::new(|event: &crate::alerts::AlertEvent| {
+    let watcher: crate::run::AlertWatcher = Arc::new(|event: &crate::alerts::AlertEvent| {
         println!(
             "\r  ALERT {:<6} {} {} score {:.2} ({} in frame, decided by {:?})",
             format!("{:?}", event.kind).to_lowercase(),
@@ -197,10 +192,11 @@ pub fn run(
             event.count,
             event.source
         );
-    }));
-    let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
-    let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
-    links.uplink = Some(handle.clone());
+    });
+    let options = DaemonOptions {
+        watcher: Some(watcher),
+        ..DaemonOptions::default()
+    };
 
     let until = if opts.run_forever {
         None
@@ -212,11 +208,14 @@ pub fn run(
                     .unwrap_or(probe.duration + Duration::from_secs(8)),
         )
     };
-    let status = spawn_status_line(counters.clone(), signals.clone(), started);
-    let result = crate::run::run(&origin, cfg, runtime.handle(), links, &signals, until);
-    signals.shutdown.store(true, Ordering::Release);
-    let _ = status.join();
-    let _ = runtime.block_on(handle.shutdown());
+    let result =
+        Daemon::start(origin, cfg, runtime.handle(), &control, options).and_then(|daemon| {
+            let status = spawn_status_line(daemon.snapshots(), control.clone(), started);
+            let result = daemon.run(&control, until);
+            control.shutdown();
+            let _ = status.join();
+            result
+        });
     cloud.stop();
     drop(server);
     let run = result?;
@@ -267,8 +266,8 @@ impl InProcessCloud {
 
 /// One line, refreshed every second on a terminal, printed every 5 s otherwise.
 fn spawn_status_line(
-    counters: Arc<Counters>,
-    signals: Arc<Signals>,
+    snapshots: SnapshotReceiver,
+    control: Arc<Control>,
     started: Instant,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -279,21 +278,21 @@ fn spawn_status_line(
             Duration::from_secs(5)
         };
         let mut last = Instant::now();
-        while !signals.shutdown.load(Ordering::Acquire) {
+        while !control.is_shutting_down() {
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() < every {
                 continue;
             }
             last = Instant::now();
-            let get = Counters::get;
+            let c = snapshots.borrow().counters.clone();
             let line = format!(
                 "  [{:5.0} s] frames {} | hard {} | cloud answered {} late {} | alerts {}",
                 started.elapsed().as_secs_f64(),
-                get(&counters.frames),
-                get(&counters.hard),
-                get(&counters.cloud_answered),
-                get(&counters.cloud_late),
-                get(&counters.alerts),
+                c.frames,
+                c.hard,
+                c.cloud_answered,
+                c.cloud_late,
+                c.alerts,
             );
             if tty {
                 print!("\r{line}   ");

@@ -20,6 +20,9 @@ struct Number {
     range: RangeInclusive<f64>,
 }
 
+/// Seconds in a day, the unit of the longest periods in [`Config::numbers`].
+const DAY: f64 = 86_400.0;
+
 fn number(key: KeyPath, value: impl Into<Num>, range: RangeInclusive<f64>) -> Number {
     Number {
         key,
@@ -123,8 +126,16 @@ impl Config {
     /// turning it into a `Duration`, a byte count or an `Instant` cannot overflow. A new numeric
     /// key belongs here; a test sets each number of the default config to `inf` and to 2^63-1.
     fn numbers(&self) -> Vec<Number> {
-        const DAY: f64 = 86_400.0;
-        let mut n = vec![
+        let mut n = self.mqtt_edge_and_alert_numbers();
+        n.extend(self.integration_and_output_numbers());
+        n.extend(self.connection_numbers());
+        n.extend(self.camera_numbers());
+        n
+    }
+
+    /// The `[mqtt]`, `[edge]` and `[alerts]` part of [`Self::numbers`].
+    fn mqtt_edge_and_alert_numbers(&self) -> Vec<Number> {
+        vec![
             number(
                 key("mqtt.keep_alive_s"),
                 self.mqtt.keep_alive_s,
@@ -191,6 +202,12 @@ impl Config {
                 self.alerts.end_after_s,
                 0.1..=DAY,
             ),
+        ]
+    }
+
+    /// The `[cloud]`, `[kubeedge]`, `[sedna]` and `[output]` part of [`Self::numbers`].
+    fn integration_and_output_numbers(&self) -> Vec<Number> {
+        vec![
             number(
                 key("cloud.timeout_ms"),
                 self.cloud.timeout_ms,
@@ -245,7 +262,11 @@ impl Config {
                 1.0..=100.0,
             ),
             number(key("output.max_mb"), self.output.max_mb, 1.0..=1_048_576.0),
-        ];
+        ]
+    }
+
+    fn connection_numbers(&self) -> Vec<Number> {
+        let mut n = Vec::new();
         // The HTTP servers' connection caps stay well below the units' LimitNOFILE (16384).
         for (table, cap, header_s, body_s) in [
             (
@@ -266,6 +287,11 @@ impl Config {
             n.push(number(at("header_timeout_s"), header_s, 1.0..=3600.0));
             n.push(number(at("body_timeout_s"), body_s, 1.0..=3600.0));
         }
+        n
+    }
+
+    fn camera_numbers(&self) -> Vec<Number> {
+        let mut n = Vec::new();
         for (i, cam) in self.cameras.iter().enumerate() {
             let at = |k: &str| KeyPath::default().key("camera").index(i).key(k);
             n.push(number(at("detect_fps"), cam.detect_fps, 0.01..=120.0));

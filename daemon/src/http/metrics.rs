@@ -1,7 +1,7 @@
 //! The `/metrics` registry: every family is set from the loop's latest [`Snapshot`], except the
 //! cloud round-trip histogram, which finalize tasks feed as answers arrive.
 //!
-//! Totals the daemon already counts (cameras, dispatch, [`crate::run::Counters`]) are stored
+//! Totals the daemon already counts (cameras, dispatch, [`crate::telemetry::Counters`]) are stored
 //! into counters as they are rather than re-counted here, so `/metrics`, the stats topic and the
 //! run summary can never disagree.
 
@@ -15,9 +15,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
-use super::snapshot::{CameraState, Snapshot, WorkerState};
+use crate::telemetry::snapshot::{CameraState, Snapshot, WorkerState};
 
 /// The `Content-Type` of what [`Metrics::encode`] writes (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -65,19 +65,128 @@ pub struct Metrics {
     /// half-applied snapshot (worker and condition families are cleared and refilled).
     consistent: Mutex<()>,
     latest: Mutex<Option<Arc<Snapshot>>>,
-    camera_frames_in: Family<CameraLabels, Counter>,
-    camera_frames_processed: Family<CameraLabels, Counter>,
-    camera_frames_dropped: Family<CameraLabels, Counter>,
-    camera_reconnects: Family<CameraLabels, Counter>,
-    camera_up: Family<CameraLabels, Gauge>,
-    worker_cpu_cores: Family<WorkerLabels, FloatGauge>,
-    worker_state: Family<WorkerStateLabels, Gauge>,
-    worker_restarts: Family<WorkerLabels, Counter>,
+    cameras: CameraFamilies,
+    workers: WorkerFamilies,
+    frames: FrameCounters,
+    links: LinkFamilies,
+    connections: ConnectionFamilies,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-camera families, from the snapshot's cameras.
+struct CameraFamilies {
+    frames_in: Family<CameraLabels, Counter>,
+    frames_processed: Family<CameraLabels, Counter>,
+    frames_dropped: Family<CameraLabels, Counter>,
+    reconnects: Family<CameraLabels, Counter>,
+    up: Family<CameraLabels, Gauge>,
+}
+
+impl CameraFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            frames_in: register(
+                registry,
+                "helmetd_camera_frames_in",
+                "Decoded frames seen by the camera's sampler",
+                Family::default(),
+            ),
+            frames_processed: register(
+                registry,
+                "helmetd_camera_frames_processed",
+                "Frames of the camera a worker returned a result for",
+                Family::default(),
+            ),
+            frames_dropped: register(
+                registry,
+                "helmetd_camera_frames_dropped",
+                "Sampled frames replaced by a newer one before a worker took them",
+                Family::default(),
+            ),
+            reconnects: register(
+                registry,
+                "helmetd_camera_reconnects",
+                "Camera pipeline restarts after a failure",
+                Family::default(),
+            ),
+            up: register(
+                registry,
+                "helmetd_camera_up",
+                "1 while the camera is streaming",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Worker slots, their pools and the autoscaler's view of them.
+struct WorkerFamilies {
+    cpu_cores: Family<WorkerLabels, FloatGauge>,
+    state: Family<WorkerStateLabels, Gauge>,
+    restarts: Family<WorkerLabels, Counter>,
     pool_cpu_pressure: Family<PoolLabels, FloatGauge>,
     replicas_current: Gauge,
     replicas_desired: Gauge,
     hpa_condition: Family<ConditionLabels, Gauge>,
-    frames: Counter,
+}
+
+impl WorkerFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            cpu_cores: register(
+                registry,
+                "helmetd_worker_cpu_cores",
+                "CPU cores the worker process used over the last second",
+                Family::default(),
+            ),
+            state: register(
+                registry,
+                "helmetd_worker_state",
+                "1 for the worker slot's current state, 0 for the others",
+                Family::default(),
+            ),
+            restarts: register(
+                registry,
+                "helmetd_worker_restarts",
+                "Starts of the worker slot after its first",
+                Family::default(),
+            ),
+            pool_cpu_pressure: register(
+                registry,
+                "helmetd_pool_cpu_pressure",
+                "Share of the last second some task of the pool waited for CPU (PSI some)",
+                Family::default(),
+            ),
+            replicas_current: register(
+                registry,
+                "helmetd_replicas_current",
+                "Worker slots with a running process",
+                Gauge::default(),
+            ),
+            replicas_desired: register(
+                registry,
+                "helmetd_replicas_desired",
+                "Workers the supervisor is asked to run",
+                Gauge::default(),
+            ),
+            hpa_condition: register(
+                registry,
+                "helmetd_hpa_condition",
+                "The autoscaler's HPA conditions, 1 per current (condition, status, reason)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// What happened to the frames: the run's counters and the cloud round trip.
+struct FrameCounters {
+    finalized: Counter,
     hard_examples: Counter,
     cloud_answered: Counter,
     cloud_late: Counter,
@@ -87,193 +196,185 @@ pub struct Metrics {
     alerts: Counter,
     finalize_dropped: Counter,
     output_errors: Counter,
+}
+
+impl FrameCounters {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            finalized: register(
+                registry,
+                "helmetd_frames",
+                "Frames finalized over all cameras",
+                Counter::default(),
+            ),
+            hard_examples: register(
+                registry,
+                "helmetd_hard_examples",
+                "Frames judged hard examples",
+                Counter::default(),
+            ),
+            cloud_answered: register(
+                registry,
+                "helmetd_cloud_answered",
+                "Hard examples the cloud answered in time",
+                Counter::default(),
+            ),
+            cloud_late: register(
+                registry,
+                "helmetd_cloud_late",
+                "Hard examples whose cloud answer came too late",
+                Counter::default(),
+            ),
+            cloud_failed: register(
+                registry,
+                "helmetd_cloud_failed",
+                "Hard examples the cloud could not be asked about or refused",
+                Counter::default(),
+            ),
+            cloud_skipped: register(
+                registry,
+                "helmetd_cloud_skipped",
+                "Hard examples not sent because the circuit breaker was open",
+                Counter::default(),
+            ),
+            cloud_round_trip: register(
+                registry,
+                "helmetd_cloud_round_trip_seconds",
+                "Time from sending a hard example to the cloud's answer",
+                Histogram::new(RTT_BUCKETS),
+            ),
+            alerts: register(
+                registry,
+                "helmetd_alerts",
+                "Alert events (new, update and end together)",
+                Counter::default(),
+            ),
+            finalize_dropped: register(
+                registry,
+                "helmetd_finalize_dropped",
+                "Results dropped because a camera's finalize queue was full",
+                Counter::default(),
+            ),
+            output_errors: register(
+                registry,
+                "helmetd_output_errors",
+                "Failed writes of output folders",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The spool and the daemon's links to MQTT and KubeEdge.
+struct LinkFamilies {
     spool_depth: Gauge,
     spool_dropped: Counter,
     spool_bypassed: Counter,
     spool_lost: Counter,
     mqtt_connected: Gauge,
     kubeedge_connected: Gauge,
-    http_connections_open: Gauge,
-    http_connections_refused: Counter,
-    http_connections_timed_out: Counter,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+impl LinkFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            spool_depth: register(
+                registry,
+                "helmetd_spool_depth",
+                "Messages in the spool not yet acknowledged by the broker",
+                Gauge::default(),
+            ),
+            spool_dropped: register(
+                registry,
+                "helmetd_spool_dropped",
+                "Spool entries dropped unsent (spool full or too old)",
+                Counter::default(),
+            ),
+            spool_bypassed: register(
+                registry,
+                "helmetd_spool_bypassed",
+                "Messages the spool could not store (disk full), sent once as QoS 1 instead",
+                Counter::default(),
+            ),
+            spool_lost: register(
+                registry,
+                "helmetd_spool_lost",
+                "Messages the spool could not store while the broker was not connected",
+                Counter::default(),
+            ),
+            mqtt_connected: register(
+                registry,
+                "helmetd_mqtt_connected",
+                "1 while the MQTT session is up",
+                Gauge::default(),
+            ),
+            kubeedge_connected: register(
+                registry,
+                "helmetd_kubeedge_connected",
+                "1 while the KubeEdge node link is up and the node registered; 0 when [kubeedge] is off",
+                Gauge::default(),
+            ),
+        }
     }
+}
+
+/// The HTTP endpoint's own connection counts, stored at each scrape.
+struct ConnectionFamilies {
+    open: Gauge,
+    refused: Counter,
+    timed_out: Counter,
+}
+
+impl ConnectionFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            open: register(
+                registry,
+                "helmetd_http_connections_open",
+                "Connections open to this endpoint (at most http.max_connections)",
+                Gauge::default(),
+            ),
+            refused: register(
+                registry,
+                "helmetd_http_connections_refused",
+                "Connections to this endpoint closed at once: http.max_connections were open",
+                Counter::default(),
+            ),
+            timed_out: register(
+                registry,
+                "helmetd_http_connections_timed_out",
+                "Connections to this endpoint closed by a deadline (request head, idle keep-alive, body or an unread answer)",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Registers `metric` and returns the handle to keep: a clone shares the registered values.
+/// Counters are registered without `_total`: the encoder appends it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        // Counters are registered without `_total`: the encoder appends it.
-        macro_rules! register {
-            ($name:literal, $help:literal, $metric:expr) => {{
-                let metric = $metric;
-                registry.register($name, $help, metric.clone());
-                metric
-            }};
-        }
+        // Families are encoded in registration order, so this order is the order of /metrics.
+        let cameras = CameraFamilies::register(&mut registry);
+        let workers = WorkerFamilies::register(&mut registry);
+        let frames = FrameCounters::register(&mut registry);
+        let links = LinkFamilies::register(&mut registry);
+        let connections = ConnectionFamilies::register(&mut registry);
         Self {
-            camera_frames_in: register!(
-                "helmetd_camera_frames_in",
-                "Decoded frames seen by the camera's sampler",
-                Family::default()
-            ),
-            camera_frames_processed: register!(
-                "helmetd_camera_frames_processed",
-                "Frames of the camera a worker returned a result for",
-                Family::default()
-            ),
-            camera_frames_dropped: register!(
-                "helmetd_camera_frames_dropped",
-                "Sampled frames replaced by a newer one before a worker took them",
-                Family::default()
-            ),
-            camera_reconnects: register!(
-                "helmetd_camera_reconnects",
-                "Camera pipeline restarts after a failure",
-                Family::default()
-            ),
-            camera_up: register!(
-                "helmetd_camera_up",
-                "1 while the camera is streaming",
-                Family::default()
-            ),
-            worker_cpu_cores: register!(
-                "helmetd_worker_cpu_cores",
-                "CPU cores the worker process used over the last second",
-                Family::default()
-            ),
-            worker_state: register!(
-                "helmetd_worker_state",
-                "1 for the worker slot's current state, 0 for the others",
-                Family::default()
-            ),
-            worker_restarts: register!(
-                "helmetd_worker_restarts",
-                "Starts of the worker slot after its first",
-                Family::default()
-            ),
-            pool_cpu_pressure: register!(
-                "helmetd_pool_cpu_pressure",
-                "Share of the last second some task of the pool waited for CPU (PSI some)",
-                Family::default()
-            ),
-            replicas_current: register!(
-                "helmetd_replicas_current",
-                "Worker slots with a running process",
-                Gauge::default()
-            ),
-            replicas_desired: register!(
-                "helmetd_replicas_desired",
-                "Workers the supervisor is asked to run",
-                Gauge::default()
-            ),
-            hpa_condition: register!(
-                "helmetd_hpa_condition",
-                "The autoscaler's HPA conditions, 1 per current (condition, status, reason)",
-                Family::default()
-            ),
-            frames: register!(
-                "helmetd_frames",
-                "Frames finalized over all cameras",
-                Counter::default()
-            ),
-            hard_examples: register!(
-                "helmetd_hard_examples",
-                "Frames judged hard examples",
-                Counter::default()
-            ),
-            cloud_answered: register!(
-                "helmetd_cloud_answered",
-                "Hard examples the cloud answered in time",
-                Counter::default()
-            ),
-            cloud_late: register!(
-                "helmetd_cloud_late",
-                "Hard examples whose cloud answer came too late",
-                Counter::default()
-            ),
-            cloud_failed: register!(
-                "helmetd_cloud_failed",
-                "Hard examples the cloud could not be asked about or refused",
-                Counter::default()
-            ),
-            cloud_skipped: register!(
-                "helmetd_cloud_skipped",
-                "Hard examples not sent because the circuit breaker was open",
-                Counter::default()
-            ),
-            cloud_round_trip: register!(
-                "helmetd_cloud_round_trip_seconds",
-                "Time from sending a hard example to the cloud's answer",
-                Histogram::new(RTT_BUCKETS)
-            ),
-            alerts: register!(
-                "helmetd_alerts",
-                "Alert events (new, update and end together)",
-                Counter::default()
-            ),
-            finalize_dropped: register!(
-                "helmetd_finalize_dropped",
-                "Results dropped because a camera's finalize queue was full",
-                Counter::default()
-            ),
-            output_errors: register!(
-                "helmetd_output_errors",
-                "Failed writes of output folders",
-                Counter::default()
-            ),
-            spool_depth: register!(
-                "helmetd_spool_depth",
-                "Messages in the spool not yet acknowledged by the broker",
-                Gauge::default()
-            ),
-            spool_dropped: register!(
-                "helmetd_spool_dropped",
-                "Spool entries dropped unsent (spool full or too old)",
-                Counter::default()
-            ),
-            spool_bypassed: register!(
-                "helmetd_spool_bypassed",
-                "Messages the spool could not store (disk full), sent once as QoS 1 instead",
-                Counter::default()
-            ),
-            spool_lost: register!(
-                "helmetd_spool_lost",
-                "Messages the spool could not store while the broker was not connected",
-                Counter::default()
-            ),
-            mqtt_connected: register!(
-                "helmetd_mqtt_connected",
-                "1 while the MQTT session is up",
-                Gauge::default()
-            ),
-            kubeedge_connected: register!(
-                "helmetd_kubeedge_connected",
-                "1 while the KubeEdge node link is up and the node registered; 0 when [kubeedge] is off",
-                Gauge::default()
-            ),
-            http_connections_open: register!(
-                "helmetd_http_connections_open",
-                "Connections open to this endpoint (at most http.max_connections)",
-                Gauge::default()
-            ),
-            http_connections_refused: register!(
-                "helmetd_http_connections_refused",
-                "Connections to this endpoint closed at once: http.max_connections were open",
-                Counter::default()
-            ),
-            http_connections_timed_out: register!(
-                "helmetd_http_connections_timed_out",
-                "Connections to this endpoint closed by a deadline (request head, idle keep-alive, body or an unread answer)",
-                Counter::default()
-            ),
             registry,
             consistent: Mutex::new(()),
             latest: Mutex::new(None),
+            cameras,
+            workers,
+            frames,
+            links,
+            connections,
         }
     }
 
@@ -284,85 +385,96 @@ impl Metrics {
             let labels = CameraLabels {
                 camera: camera.name.clone(),
             };
-            set(&self.camera_frames_in, &labels, camera.frames_in);
+            set(&self.cameras.frames_in, &labels, camera.frames_in);
             set(
-                &self.camera_frames_processed,
+                &self.cameras.frames_processed,
                 &labels,
                 camera.frames_processed,
             );
-            set(&self.camera_frames_dropped, &labels, camera.frames_dropped);
-            set(&self.camera_reconnects, &labels, camera.reconnects);
-            self.camera_up
+            set(&self.cameras.frames_dropped, &labels, camera.frames_dropped);
+            set(&self.cameras.reconnects, &labels, camera.reconnects);
+            self.cameras
+                .up
                 .get_or_create(&labels)
                 .set(i64::from(camera.state == CameraState::Streaming));
         }
 
         // Slots come and go with scaling: rebuilt, so a removed slot's series disappear.
-        self.worker_cpu_cores.clear();
-        self.worker_state.clear();
-        self.worker_restarts.clear();
+        self.workers.cpu_cores.clear();
+        self.workers.state.clear();
+        self.workers.restarts.clear();
         for worker in &snapshot.workers {
             let labels = WorkerLabels {
                 pool: worker.pool.clone(),
                 id: worker.id,
             };
             if let Some(cores) = worker.cpu_cores {
-                self.worker_cpu_cores.get_or_create(&labels).set(cores);
+                self.workers.cpu_cores.get_or_create(&labels).set(cores);
             }
-            set(&self.worker_restarts, &labels, u64::from(worker.restarts));
+            set(&self.workers.restarts, &labels, u64::from(worker.restarts));
             for state in WorkerState::ALL {
                 let labels = WorkerStateLabels {
                     pool: worker.pool.clone(),
                     id: worker.id,
                     state: state.as_str(),
                 };
-                self.worker_state
+                self.workers
+                    .state
                     .get_or_create(&labels)
                     .set(i64::from(worker.state == state));
             }
         }
-        self.pool_cpu_pressure.clear();
+        self.workers.pool_cpu_pressure.clear();
         if let Some(pressure) = snapshot.pool_cpu_pressure {
             let pools = snapshot.workers.iter().map(|w| &w.pool);
             for pool in pools.collect::<std::collections::BTreeSet<_>>() {
                 let labels = PoolLabels { pool: pool.clone() };
-                self.pool_cpu_pressure.get_or_create(&labels).set(pressure);
+                self.workers
+                    .pool_cpu_pressure
+                    .get_or_create(&labels)
+                    .set(pressure);
             }
         }
 
-        self.replicas_current
+        self.workers
+            .replicas_current
             .set(i64::from(snapshot.replicas.current));
-        self.replicas_desired
+        self.workers
+            .replicas_desired
             .set(i64::from(snapshot.replicas.desired));
-        self.hpa_condition.clear();
+        self.workers.hpa_condition.clear();
         for condition in &snapshot.replicas.conditions {
             let labels = ConditionLabels {
                 condition: condition.condition.clone(),
                 status: if condition.status { "True" } else { "False" },
                 reason: condition.reason.clone(),
             };
-            self.hpa_condition.get_or_create(&labels).set(1);
+            self.workers.hpa_condition.get_or_create(&labels).set(1);
         }
 
         let c = &snapshot.counters;
-        store(&self.frames, c.frames);
-        store(&self.hard_examples, c.hard);
-        store(&self.cloud_answered, c.cloud_answered);
-        store(&self.cloud_late, c.cloud_late);
-        store(&self.cloud_failed, c.cloud_failed);
-        store(&self.cloud_skipped, c.cloud_skipped);
-        store(&self.alerts, c.alerts);
-        store(&self.finalize_dropped, c.finalize_dropped);
-        store(&self.output_errors, c.output_errors);
+        store(&self.frames.finalized, c.frames);
+        store(&self.frames.hard_examples, c.hard);
+        store(&self.frames.cloud_answered, c.cloud_answered);
+        store(&self.frames.cloud_late, c.cloud_late);
+        store(&self.frames.cloud_failed, c.cloud_failed);
+        store(&self.frames.cloud_skipped, c.cloud_skipped);
+        store(&self.frames.alerts, c.alerts);
+        store(&self.frames.finalize_dropped, c.finalize_dropped);
+        store(&self.frames.output_errors, c.output_errors);
 
         let uplink = snapshot.uplink.clone().unwrap_or_default();
-        self.spool_depth
+        self.links
+            .spool_depth
             .set(i64::try_from(uplink.spool_depth).unwrap_or(i64::MAX));
-        store(&self.spool_dropped, uplink.spool_dropped);
-        store(&self.spool_bypassed, uplink.spool_bypassed);
-        store(&self.spool_lost, uplink.spool_lost);
-        self.mqtt_connected.set(i64::from(uplink.mqtt_connected));
-        self.kubeedge_connected
+        store(&self.links.spool_dropped, uplink.spool_dropped);
+        store(&self.links.spool_bypassed, uplink.spool_bypassed);
+        store(&self.links.spool_lost, uplink.spool_lost);
+        self.links
+            .mqtt_connected
+            .set(i64::from(uplink.mqtt_connected));
+        self.links
+            .kubeedge_connected
             .set(i64::from(snapshot.kubeedge_connected));
 
         *lock(&self.latest) = Some(Arc::new(snapshot.clone()));
@@ -370,16 +482,17 @@ impl Metrics {
 
     /// One answered cloud request; called by the finalize task that waited for it.
     pub fn observe_cloud_rtt(&self, rtt: Duration) {
-        self.cloud_round_trip.observe(rtt.as_secs_f64());
+        self.frames.cloud_round_trip.observe(rtt.as_secs_f64());
     }
 
     /// The endpoint's own connection counters, stored at each scrape.
     pub fn store_connections(&self, counts: crate::http::ConnectionCounts) {
         let _consistent = lock(&self.consistent);
-        self.http_connections_open
+        self.connections
+            .open
             .set(i64::try_from(counts.open).unwrap_or(i64::MAX));
-        store(&self.http_connections_refused, counts.refused);
-        store(&self.http_connections_timed_out, counts.timed_out);
+        store(&self.connections.refused, counts.refused);
+        store(&self.connections.timed_out, counts.timed_out);
     }
 
     /// The last snapshot applied; `None` before the loop's first.
@@ -417,7 +530,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::snapshot::{
+    use crate::telemetry::snapshot::{
         CameraSnapshot, CameraState, ConditionSnapshot, CounterSnapshot, ReplicaSnapshot,
         UplinkSnapshot, WorkerSnapshot,
     };
@@ -508,7 +621,7 @@ mod tests {
                 spool_dropped: 2,
                 ..Default::default()
             }),
-            kubeedge_connected: false,
+            ..Default::default()
         }
     }
 

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::guard::{self, ConnectionLimits, ConnectionStats};
 use super::metrics::{CONTENT_TYPE, Metrics};
-use super::snapshot::{CameraState, Snapshot, WorkerState};
 use super::status::StatusReport;
+use crate::telemetry::snapshot::{CameraState, Snapshot, WorkerState};
 
 /// `/healthz` fails once the control loop has not ticked for this long: the loop ticks every
 /// 20 ms, so 5 s means it is stuck, not busy.
@@ -272,7 +272,7 @@ async fn status(State(telemetry): State<Arc<Telemetry>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::snapshot::{CameraSnapshot, WorkerSnapshot};
+    use crate::telemetry::snapshot::{CameraSnapshot, WorkerSnapshot};
 
     #[test]
     fn readiness_names_what_is_missing() {

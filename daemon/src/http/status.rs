@@ -10,7 +10,7 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{Snapshot, WorkerState};
+use crate::telemetry::snapshot::{Snapshot, WorkerState};
 
 /// `helmetd status`'s default: the daemon's default `[http] listen`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9464";
@@ -186,7 +186,7 @@ pub fn render(report: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::snapshot::{CameraSnapshot, CameraState, UplinkSnapshot};
+    use crate::telemetry::snapshot::{CameraSnapshot, CameraState, UplinkSnapshot};
 
     #[test]
     fn render_summarises_the_report() {

@@ -164,6 +164,20 @@ pub struct KubeEdgeHandle {
 
 pub struct KubeEdge;
 
+/// See [`KubeEdgeHandle::health_reporter`].
+#[derive(Clone)]
+pub struct HealthReporter(watch::Sender<Option<NodeHealth>>);
+
+impl HealthReporter {
+    pub fn report(&self, health: NodeHealth) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != Some(health);
+            *current = Some(health);
+            changed
+        });
+    }
+}
+
 impl KubeEdge {
     /// Starts the node agent on `runtime`: bootstrap if needed, then connect, register and stay
     /// connected until [`KubeEdgeHandle::shutdown`].
@@ -194,11 +208,12 @@ impl KubeEdgeHandle {
     /// The daemon's health, reported every second; a change of what operators see is patched
     /// into the node's conditions at once.
     pub fn report(&self, health: NodeHealth) {
-        self.health.send_if_modified(|current| {
-            let changed = *current != Some(health);
-            *current = Some(health);
-            changed
-        });
+        self.health_reporter().report(health);
+    }
+
+    /// Reports from another task than the handle's owner.
+    pub fn health_reporter(&self) -> HealthReporter {
+        HealthReporter(self.health.clone())
     }
 
     /// Closes the WebSocket and waits for the task (at most 5 s).

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::Message as Frame;
@@ -263,113 +265,147 @@ async fn session(
     if let Some(h) = *health.borrow_and_update() {
         conditions.update(&h, SystemTime::now());
     }
-    let now = Instant::now();
-    let mut next_keepalive = now;
-    let mut next_register = Some(now + settings.register_delay);
-    let mut next_lease: Option<Instant> = None;
-    let mut next_status: Option<Instant> = None;
-    let mut stable = false;
+    let result = serve(&mut s, conditions, health, shutdown, rotation, backoff).await;
+    state.send_modify(|st| st.registered = false);
+    result.unwrap_or_else(Outcome::Dropped)
+}
+
+/// The connected part of a session: the due messages out, replies and health changes in, until
+/// shutdown, a certificate rotation or a broken link (`Err`, the session is dropped).
+async fn serve(
+    s: &mut Session<'_>,
+    conditions: &mut Conditions,
+    health: &mut watch::Receiver<Option<NodeHealth>>,
+    shutdown: &mut watch::Receiver<bool>,
+    mut rotation: Pin<&mut impl Future<Output = Credentials>>,
+    backoff: &mut Backoff,
+) -> Result<Outcome, String> {
+    let mut timers = Timers::new(s.settings);
     let mut health_open = true;
-    let result: Result<Outcome, String> = async {
-        loop {
-            let now = Instant::now();
-            if now >= next_keepalive {
-                s.send(Message::keepalive()).await?;
-                next_keepalive = now + settings.keepalive;
+    loop {
+        let now = Instant::now();
+        s.send_due(&mut timers, conditions, now).await?;
+        if let Some(late) = s.overdue(now) {
+            return Err(format!(
+                "no reply to {late:?} within {:?}",
+                s.settings.request_timeout
+            ));
+        }
+        let wake = timers.wake(s.oldest_deadline());
+        tokio::select! {
+            _ = sleep_until(wake) => {}
+            _ = stopped(shutdown) => {
+                s.close().await;
+                return Ok(Outcome::Shutdown);
             }
-            if next_register.is_some_and(|t| now >= t) {
-                next_register = None;
-                let object = node::node_object(
-                    &settings.node_name,
-                    &settings.node_labels,
-                    &s.host,
-                    s.local_ip,
-                    conditions,
-                    SystemTime::now(),
-                );
-                s.request(Request::Register, "insert", &node_resource(settings, "node"), object)
-                    .await?;
+            new = &mut rotation => {
+                s.close().await;
+                return Ok(Outcome::Rotated(new));
             }
-            if next_status.is_some_and(|t| now >= t) {
-                next_status = Some(now + settings.status_period);
-                s.patch_status(conditions).await?;
-            }
-            if next_lease.is_some_and(|t| now >= t) {
-                next_lease = Some(now + settings.lease);
-                s.renew_lease().await?;
-            }
-            if let Some(late) = s.overdue(now) {
-                return Err(format!(
-                    "no reply to {late:?} within {:?}",
-                    settings.request_timeout
-                ));
-            }
-            let wake = [Some(next_keepalive), next_register, next_status, next_lease, s.oldest_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_keepalive);
-            tokio::select! {
-                _ = sleep_until(wake) => {}
-                _ = stopped(shutdown) => {
-                    s.close().await;
-                    return Ok(Outcome::Shutdown);
+            changed = health.changed(), if health_open => {
+                health_open = changed.is_ok();
+                let report = *health.borrow_and_update();
+                if let Some(h) = report
+                    && conditions.update(&h, SystemTime::now())
+                    && s.registered
+                {
+                    s.patch_status(conditions).await?;
                 }
-                new = &mut rotation => {
-                    s.close().await;
-                    return Ok(Outcome::Rotated(new));
-                }
-                changed = health.changed(), if health_open => {
-                    health_open = changed.is_ok();
-                    let report = *health.borrow_and_update();
-                    if let Some(h) = report
-                        && conditions.update(&h, SystemTime::now())
-                        && s.registered
-                    {
-                        s.patch_status(conditions).await?;
-                    }
-                }
-                frame = s.ws.next() => {
-                    let text = match frame {
-                        Some(Ok(Frame::Text(t))) => t.to_string(),
-                        Some(Ok(Frame::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
-                        Some(Ok(Frame::Close(c))) => {
-                            return Err(format!("cloudcore closed the connection{}", c.map(|c| format!(": {}", c.reason)).unwrap_or_default()));
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(format!("read: {e}")),
-                        None => return Err("connection closed".into()),
-                    };
-                    match s.receive(&text).await? {
-                        Some(Request::Register) if s.registered => {
-                            // Registered: post Ready right away (after a reconnect the node may
-                            // be Unknown) and start the lease from a query.
-                            next_register = None;
-                            next_status = Some(Instant::now());
-                            next_lease = Some(Instant::now());
-                            if !stable {
-                                stable = true;
-                                backoff.reset();
-                            }
-                        }
-                        Some(Request::LeaseQuery | Request::LeaseInsert) if !matches!(s.lease, Lease::Held(_)) => {
-                            next_lease = Some(Instant::now());
-                        }
-                        Some(Request::LeaseUpdate) if matches!(s.lease, Lease::Unknown) => {
-                            next_lease = Some(Instant::now());
-                        }
-                        Some(Request::Register) => {
-                            next_register = Some(Instant::now() + s.register_retry.next());
-                        }
-                        _ => {}
-                    }
-                }
+            }
+            frame = s.ws.next() => {
+                let Some(text) = frame_text(frame)? else {
+                    continue;
+                };
+                let reply = s.receive(&text).await?;
+                timers.after_reply(reply, s, backoff);
             }
         }
     }
-    .await;
-    state.send_modify(|st| st.registered = false);
-    result.unwrap_or_else(Outcome::Dropped)
+}
+
+/// The text of a data frame; `None` for the control frames (ping, pong) the library answers.
+fn frame_text(frame: Option<Result<Frame, WsError>>) -> Result<Option<String>, String> {
+    match frame {
+        Some(Ok(Frame::Text(t))) => Ok(Some(t.to_string())),
+        Some(Ok(Frame::Binary(b))) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Some(Ok(Frame::Close(c))) => Err(format!(
+            "cloudcore closed the connection{}",
+            c.map(|c| format!(": {}", c.reason)).unwrap_or_default()
+        )),
+        Some(Ok(_)) => Ok(None),
+        Some(Err(e)) => Err(format!("read: {e}")),
+        None => Err("connection closed".into()),
+    }
+}
+
+/// When each periodic message of one connection is next due. Registration starts after
+/// `register_delay`; status and lease only once cloudcore confirmed the registration, so those
+/// are `None` until then.
+struct Timers {
+    keepalive: Instant,
+    register: Option<Instant>,
+    status: Option<Instant>,
+    lease: Option<Instant>,
+    /// Registered once on this connection, so the reconnect backoff was reset: a link that
+    /// registers is healthy even if it drops later.
+    stable: bool,
+}
+
+impl Timers {
+    fn new(settings: &KubeEdgeSettings) -> Self {
+        let now = Instant::now();
+        Timers {
+            keepalive: now,
+            register: Some(now + settings.register_delay),
+            status: None,
+            lease: None,
+            stable: false,
+        }
+    }
+
+    /// The next timer, or the reply deadline of the oldest request if that comes first.
+    fn wake(&self, reply_deadline: Option<Instant>) -> Instant {
+        [
+            Some(self.keepalive),
+            self.register,
+            self.status,
+            self.lease,
+            reply_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.keepalive)
+    }
+
+    /// Schedules what a reply to `reply` makes due.
+    fn after_reply(&mut self, reply: Option<Request>, s: &mut Session<'_>, backoff: &mut Backoff) {
+        match reply {
+            Some(Request::Register) if s.registered => {
+                // Registered: post Ready right away (after a reconnect the node may
+                // be Unknown) and start the lease from a query.
+                self.register = None;
+                self.status = Some(Instant::now());
+                self.lease = Some(Instant::now());
+                if !self.stable {
+                    self.stable = true;
+                    backoff.reset();
+                }
+            }
+            Some(Request::LeaseQuery | Request::LeaseInsert)
+                if !matches!(s.lease, Lease::Held(_)) =>
+            {
+                self.lease = Some(Instant::now());
+            }
+            Some(Request::LeaseUpdate) if matches!(s.lease, Lease::Unknown) => {
+                self.lease = Some(Instant::now());
+            }
+            Some(Request::Register) => {
+                self.register = Some(Instant::now() + s.register_retry.next());
+            }
+            _ => {}
+        }
+    }
 }
 
 fn node_resource(settings: &KubeEdgeSettings, kind: &str) -> String {
@@ -389,6 +425,43 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Sends whichever of keepalive, registration, status patch and lease renewal is due.
+    async fn send_due(
+        &mut self,
+        timers: &mut Timers,
+        conditions: &Conditions,
+        now: Instant,
+    ) -> Result<(), String> {
+        let settings = self.settings;
+        if now >= timers.keepalive {
+            self.send(Message::keepalive()).await?;
+            timers.keepalive = now + settings.keepalive;
+        }
+        if timers.register.is_some_and(|t| now >= t) {
+            timers.register = None;
+            let object = node::node_object(
+                &settings.node_name,
+                &settings.node_labels,
+                &self.host,
+                self.local_ip,
+                conditions,
+                SystemTime::now(),
+            );
+            let resource = node_resource(settings, "node");
+            self.request(Request::Register, "insert", &resource, object)
+                .await?;
+        }
+        if timers.status.is_some_and(|t| now >= t) {
+            timers.status = Some(now + settings.status_period);
+            self.patch_status(conditions).await?;
+        }
+        if timers.lease.is_some_and(|t| now >= t) {
+            timers.lease = Some(now + settings.lease);
+            self.renew_lease().await?;
+        }
+        Ok(())
+    }
+
     /// A close frame, at most [`SEND_TIMEOUT`]: a peer that stopped reading must not hold up a
     /// shutdown or a rotation.
     async fn close(&mut self) {

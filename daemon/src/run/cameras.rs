@@ -6,13 +6,12 @@
 //! carries on instead of ending and starting again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use helmet_pipelines::ingest::Camera;
+use helmet_pipelines::ingest::{Camera, FrameHook};
 use tokio::sync::mpsc;
 
-use super::camera_settings;
-use super::finalize::{self, FinalizeShared, Inferred};
+use super::finalize::{Finalize, Inferred};
+use super::settings::camera_settings;
 use crate::config::{CameraConfig, Config};
 use crate::worker::Dispatcher;
 
@@ -56,24 +55,25 @@ pub struct CameraSet {
     cameras: Vec<Camera>,
     keys: Vec<StreamKey>,
     queues: HashMap<String, mpsc::Sender<Inferred>>,
-    runtime: tokio::runtime::Handle,
-    shared: Arc<FinalizeShared>,
+    finalize: Finalize,
+    /// Given to every camera: wakes the control loop when a frame is waiting.
+    on_frame: Option<FrameHook>,
 }
 
 impl CameraSet {
     /// Starts every enabled camera; any that cannot start fails the start-up.
     pub fn start(
         cfg: &Config,
-        runtime: &tokio::runtime::Handle,
-        shared: Arc<FinalizeShared>,
+        finalize: Finalize,
+        on_frame: Option<FrameHook>,
         dispatcher: &mut Dispatcher,
     ) -> anyhow::Result<Self> {
         let mut set = Self {
             cameras: Vec::new(),
             keys: Vec::new(),
             queues: HashMap::new(),
-            runtime: runtime.clone(),
-            shared,
+            finalize,
+            on_frame,
         };
         for cam in cfg.cameras.iter().filter(|c| c.enabled) {
             set.start_one(cfg, cam, dispatcher)
@@ -145,10 +145,10 @@ impl CameraSet {
         cam: &CameraConfig,
         dispatcher: &mut Dispatcher,
     ) -> anyhow::Result<()> {
-        let camera = Camera::start(camera_settings(cfg, cam)?)?;
-        self.queues.entry(cam.name.clone()).or_insert_with(|| {
-            finalize::spawn_camera(&self.runtime, &cam.name, self.shared.clone())
-        });
+        let camera = Camera::start(camera_settings(cfg, cam, self.on_frame.clone())?)?;
+        self.queues
+            .entry(cam.name.clone())
+            .or_insert_with(|| self.finalize.spawn_camera(&cam.name));
         dispatcher.add_camera(cam.name.as_str());
         self.cameras.push(camera);
         self.keys.push(StreamKey::of(cfg, cam));
@@ -177,11 +177,17 @@ impl CameraSet {
         &self.queues
     }
 
-    /// Stops every stream; the finalize queues stay until the set is dropped, so results still
-    /// on the workers can be finalized.
+    /// Stops every stream; the finalize queues stay open, so results still on the workers can
+    /// be finalized.
     pub fn stop_streams(&self) {
         for camera in &self.cameras {
             camera.stop();
         }
+    }
+
+    /// Closes the finalize queues (no result comes any more) and hands the tasks over, to be
+    /// joined.
+    pub fn close(self) -> Finalize {
+        self.finalize
     }
 }

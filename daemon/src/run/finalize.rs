@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -19,6 +18,8 @@ use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
 use crate::cloud::client::{CloudAnswer, CloudClient};
@@ -26,6 +27,7 @@ use crate::cloud::protocol::HardExampleMeta;
 use crate::config::SpoolKind;
 use crate::config::{CloudProtocol, Config};
 use crate::sedna::http_client::{SednaHttpClient, SednaHttpSettings, UrlError};
+use crate::telemetry::Counters;
 use crate::uplink::{MessageProperties, UplinkHandle};
 
 /// A model result on its way to the final decision.
@@ -39,31 +41,6 @@ pub struct Inferred {
 
 /// Called with every alert event, e.g. to print it (the demo).
 pub type AlertWatcher = Arc<dyn Fn(&AlertEvent) + Send + Sync>;
-
-/// Totals over all cameras, for the stats line, `/metrics` and the demo's summary.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub frames: AtomicU64,
-    pub hard: AtomicU64,
-    pub cloud_answered: AtomicU64,
-    pub cloud_late: AtomicU64,
-    pub cloud_failed: AtomicU64,
-    pub cloud_skipped: AtomicU64,
-    pub alerts: AtomicU64,
-    /// Results dropped because a camera's finalize queue was full.
-    pub finalize_dropped: AtomicU64,
-    pub output_errors: AtomicU64,
-}
-
-impl Counters {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// What every camera task shares.
 pub struct FinalizeShared {
@@ -109,6 +86,19 @@ impl CloudLink {
         })
     }
 
+    /// The breaker's state, named as `/metrics` and `/status` show it.
+    pub fn breaker_name(&self) -> &'static str {
+        let state = match self {
+            Self::Mqtt(client) => client.breaker_state(),
+            Self::SednaHttp(client) => client.breaker_state(),
+        };
+        match state {
+            crate::cloud::BreakerState::Closed => "closed",
+            crate::cloud::BreakerState::Open { .. } => "open",
+            crate::cloud::BreakerState::HalfOpen => "half-open",
+        }
+    }
+
     /// Asks about the frame's letterbox content (a JPEG over MQTT, raw pixels to Sedna).
     async fn ask(&self, r: &Inferred, jpeg_quality: u8) -> Result<CloudAnswer, OutputError> {
         let image = content_image(&r.frame);
@@ -124,16 +114,47 @@ impl CloudLink {
 /// rather than memory; each loss is counted.
 const QUEUE: usize = 16;
 
-/// Starts the task of one camera on the current tokio runtime.
-pub fn spawn_camera(
-    runtime: &tokio::runtime::Handle,
-    camera: &str,
+/// The per-camera finalize tasks: started with their camera, joined at shutdown.
+pub struct Finalize {
+    runtime: tokio::runtime::Handle,
     shared: Arc<FinalizeShared>,
-) -> mpsc::Sender<Inferred> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let tracker = EpisodeTracker::new(camera, shared.alert_settings.clone());
-    runtime.spawn(camera_task(rx, tracker, shared));
-    tx
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+}
+
+impl Finalize {
+    pub fn new(runtime: &tokio::runtime::Handle, shared: Arc<FinalizeShared>) -> Self {
+        Self {
+            runtime: runtime.clone(),
+            shared,
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// Starts the task of one camera; it ends once its queue is closed and its work is done.
+    pub fn spawn_camera(&self, camera: &str) -> mpsc::Sender<Inferred> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let tracker = EpisodeTracker::new(camera, self.shared.alert_settings.clone());
+        let task = camera_task(rx, tracker, self.shared.clone(), self.stopping.clone());
+        self.tasks.spawn_on(task, &self.runtime);
+        tx
+    }
+
+    /// For shutdown, once every queue is closed: each task concludes what it holds (a cloud
+    /// question waits at most its own timeout), ends its open episode and stops. Returns how
+    /// many tasks were still running at `timeout`.
+    pub async fn finish(&self, timeout: Duration) -> usize {
+        self.stopping.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            return self.tasks.len();
+        }
+        0
+    }
 }
 
 /// Hands a result to its camera's task without waiting.
@@ -159,6 +180,7 @@ async fn camera_task(
     mut rx: mpsc::Receiver<Inferred>,
     mut tracker: EpisodeTracker,
     shared: Arc<FinalizeShared>,
+    stopping: CancellationToken,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     // Frames whose final result is being decided (the cloud asked), concluded in capture order.
@@ -169,6 +191,13 @@ async fn camera_task(
     // A removed camera's task outlives its queue until its open episode has ended, so the
     // episode gets its `end` instead of staying open for whoever watches the topic.
     while receiving || !deciding.is_empty() || !tracker.is_idle() {
+        if !receiving && deciding.is_empty() && stopping.is_cancelled() {
+            // The daemon stops: the episode ends now, with the last frame that showed it.
+            if let Some(event) = tracker.close() {
+                emit(&shared, &event, None).await;
+            }
+            break;
+        }
         tokio::select! {
             result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
                 Some(result) => {
@@ -186,6 +215,7 @@ async fn camera_task(
                     emit(&shared, &event, None).await;
                 }
             }
+            _ = stopping.cancelled(), if !receiving && deciding.is_empty() => {}
         }
     }
 }
@@ -390,7 +420,8 @@ mod tests {
             counters: Arc::default(),
             telemetry: None,
         });
-        let queue = spawn_camera(&tokio::runtime::Handle::current(), "gate", shared);
+        let finalize = Finalize::new(&tokio::runtime::Handle::current(), shared);
+        let queue = finalize.spawn_camera("gate");
         let mut detections = Detections::new();
         let violation = Detection {
             x1: 1.0,

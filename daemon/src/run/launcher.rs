@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use super::control::Launcher;
 use crate::supervisor::{PoolName, SpawnParts, WorkerChannel, WorkerLauncher};
 use crate::worker::{InheritedFds, WorkerArgs, WorkerConn, worker_argv};
 
@@ -85,9 +86,11 @@ impl DaemonLauncher {
             new_workers: Arc::default(),
         }
     }
+}
 
+impl Launcher for DaemonLauncher {
     /// Connections prepared since the last call, for the dispatcher.
-    pub fn take_new(&self) -> Vec<NewWorker> {
+    fn take_new(&self) -> Vec<NewWorker> {
         std::mem::take(
             &mut *self
                 .new_workers
@@ -96,7 +99,7 @@ impl DaemonLauncher {
         )
     }
 
-    pub fn set_template(&mut self, template: WorkerArgs) {
+    fn set_template(&mut self, template: WorkerArgs) {
         self.template = template;
     }
 }

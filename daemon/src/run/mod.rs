@@ -1,67 +1,81 @@
-//! `helmetd run`: the daemon. Cameras → dispatch → supervised worker processes → finalize.
+//! `helmetd run`: the daemon. Cameras → dispatch → supervised worker processes → finalize →
+//! joint inference → alerts → uplink.
 //!
-//! One thread runs the control loop (cameras' latest frames into the dispatcher, worker events
-//! out, supervisor reconcile, signals); a small tokio runtime runs the per-camera finalize tasks
-//! and, with MQTT, the uplink. Shutdown is a flag set by SIGTERM/SIGINT: the loop stops the
-//! cameras, the supervisor drains and kills the workers and removes their cgroups.
+//! [`Daemon`] is the one owner of the daemon's life, for `helmetd run`, `helmetd demo` and the
+//! benchmarks alike: [`Daemon::start`] builds every subsystem from a [`Config`] in dependency
+//! order; [`Daemon::run`] runs the control loop ([`control`]) on the calling thread until
+//! [`Control`] says stop (SIGTERM, SIGINT) and then shuts down in one fixed order:
+//!
+//! 1. cameras stop; workers finish the frames they hold (their results still reach finalize),
+//!    then are reaped and their cgroups removed;
+//! 2. the finalize tasks conclude every result they hold (a cloud question waits at most its
+//!    timeout), end open violation episodes, and are joined (bounded);
+//! 3. the uplink flushes: what the broker did not acknowledge stays in the spool;
+//! 4. the snapshot readers, HTTP, Sedna's LC reporter and the KubeEdge agent stop.
+//!
+//! Every reader of the daemon's state (stats topic, `/metrics`, KubeEdge node conditions, LC
+//! reports, systemd STATUS) reads the one [`Snapshot`] the loop publishes on a `watch` each
+//! second.
 
 mod cameras;
+mod control;
 mod finalize;
 mod launcher;
 mod lock;
+mod settings;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use helmet_pipelines::ingest::{Camera, CameraSettings, Transport};
 use helmet_pipelines::output_dir::CappedOutputs;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use cameras::CameraChanges;
-use cameras::CameraSet;
-pub use finalize::{AlertWatcher, Counters, FinalizeShared, Inferred};
-use launcher::{DaemonLauncher, Link};
+pub use control::{ControlLoop, Launcher, Probes};
+pub use finalize::{AlertWatcher, FinalizeShared, Inferred};
+pub use settings::EDGE_POOL;
 
 use crate::alerts::AlertSettings;
-use crate::autoscaler::{Autoscaler, FsReader, status_line};
 use crate::config::{self, Config, ConfigError, ConfigSource};
-use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, LinkPhase, NodeHealth};
-use crate::supervisor::{
-    CgroupRoot, Layout, PoolName, PoolSpec, RealHost, RealHostConfig, Supervisor, SupervisorConfig,
-    WorkerState,
-};
-use crate::systemd::{Notifier, StartTimeout};
-use crate::worker::{DispatchEvent, Dispatcher, InputSize, WorkerArgs, WorkerKey};
+use crate::http::{ConnectionLimits, HEALTH_TIMEOUT, HttpServer, Telemetry};
+use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, NodeHealth};
+use crate::sedna::lc::{LcReporter, LcSettings, Totals};
+use crate::supervisor::{RealHost, RealHostConfig, Supervisor};
+use crate::telemetry::{Counters, KubeEdgeSnapshot, Snapshot, SnapshotReceiver};
+use crate::uplink::{Uplink, UplinkHandle, UplinkSettings};
+use crate::worker::Waker;
+use finalize::{CloudLink, Finalize};
+use launcher::DaemonLauncher;
 
-/// The only worker pool so far: the edge model.
-pub const EDGE_POOL: &str = "edge";
+/// How long shutdown waits for the finalize tasks beyond the cloud's own timeout.
+const FINALIZE_GRACE: Duration = Duration::from_secs(3);
 
-const LOOP_TICK: Duration = Duration::from_millis(20);
-const RECONCILE_EVERY: Duration = Duration::from_millis(200);
-
-/// Set by signal handlers, read by the control loop.
+/// Stop and reload requests, from signal handlers or a benchmark; each wakes the control loop.
 #[derive(Debug, Default)]
-pub struct Signals {
-    pub shutdown: AtomicBool,
-    pub reload: AtomicBool,
+pub struct Control {
+    shutdown: CancellationToken,
+    reload: AtomicBool,
+    waker: Mutex<Option<Waker>>,
 }
 
-impl Signals {
+impl Control {
     /// The async runtime that `helmetd run`, the demo and the benchmarks run on, with a task
-    /// that turns SIGTERM and SIGINT into `shutdown` and SIGHUP into `reload`.
-    pub fn with_runtime() -> anyhow::Result<(tokio::runtime::Runtime, Arc<Signals>)> {
+    /// that turns SIGTERM and SIGINT into a shutdown and SIGHUP into a reload.
+    pub fn with_runtime() -> anyhow::Result<(tokio::runtime::Runtime, Arc<Control>)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("helmetd-rt")
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        let signals = Arc::new(Signals::default());
-        let flags = signals.clone();
+        let control = Arc::new(Control::default());
+        let on_signal = control.clone();
         runtime.spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -74,17 +88,51 @@ impl Signals {
             };
             loop {
                 tokio::select! {
-                    _ = term.recv() => flags.shutdown.store(true, Ordering::Release),
-                    _ = int.recv() => flags.shutdown.store(true, Ordering::Release),
-                    _ = hup.recv() => flags.reload.store(true, Ordering::Release),
+                    _ = term.recv() => on_signal.shutdown(),
+                    _ = int.recv() => on_signal.shutdown(),
+                    _ = hup.recv() => on_signal.reload(),
                 }
             }
         });
-        Ok((runtime, signals))
+        Ok((runtime, control))
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.wake();
+    }
+
+    pub fn reload(&self) {
+        self.reload.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Resolves once a shutdown was asked for.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::AcqRel)
+    }
+
+    fn attach(&self, waker: Waker) {
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &*self.waker.lock().unwrap_or_else(PoisonError::into_inner) {
+            waker.wake();
+        }
     }
 }
 
 /// Where the config came from, so SIGHUP can read it again with the same overrides.
+#[derive(Debug, Clone)]
 pub struct ConfigOrigin {
     pub source: ConfigSource,
     pub overrides: Vec<String>,
@@ -106,182 +154,315 @@ pub struct RunSummary {
     pub workers_max: usize,
 }
 
-fn worker_template(cfg: &Config) -> WorkerArgs {
-    let m = &cfg.edge.model;
-    WorkerArgs {
-        pool: String::new(),
-        id: 0,
-        model: config::resolve_path(&m.path),
-        input: InputSize {
-            height: m.input[0],
-            width: m.input[1],
-        },
-        classes: m.classes.len() as u16,
-        score_threshold: m.score_threshold,
-        nms_iou: m.nms_iou,
-        intra_threads: m.intra_threads,
-        onnxruntime: (!cfg.inference.onnxruntime.as_os_str().is_empty())
-            .then(|| cfg.inference.onnxruntime.clone()),
-        socket_fd: 3,
-        shm_fd: 4,
-        heartbeat_ms: 500,
-        fake_infer_ms: None,
-    }
-}
-
-/// The worker pools the config asks for. The generation changes when a running worker could
-/// not pick a change up (model, thresholds): the supervisor then replaces workers one by one.
-fn desired_pools(
-    cfg: &Config,
-    replicas: Option<u32>,
-) -> anyhow::Result<BTreeMap<PoolName, PoolSpec>> {
-    let m = &cfg.edge.model;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (
-        m.path.as_os_str(),
-        m.input,
-        &m.classes,
-        m.score_threshold.to_bits(),
-        m.nms_iou.to_bits(),
-        m.intra_threads,
-    )
-        .hash(&mut hasher);
-    let replicas = replicas.unwrap_or_else(|| initial_replicas(cfg));
-    let limits = &cfg.edge.worker.resources.limits;
-    let spec = PoolSpec {
-        replicas,
-        cpu_limit_millis: limits.cpu.as_ref().map(|q| q.milli_value().max(1) as u64),
-        memory_limit_bytes: limits.memory.as_ref().map(|q| q.as_f64() as u64),
-        generation: hasher.finish(),
-    };
-    Ok(BTreeMap::from([(PoolName::new(EDGE_POOL)?, spec)]))
-}
-
-/// Fixed replicas without `[edge.hpa]`; its minimum with it, until the first decision.
-fn initial_replicas(cfg: &Config) -> u32 {
-    cfg.edge
-        .hpa
-        .as_ref()
-        .map_or(cfg.edge.worker.replicas, |h| h.min_replicas.max(1) as u32)
-}
-
-type EdgeAutoscaler = Autoscaler<FsReader>;
-
-fn new_autoscaler(
-    cfg: &Config,
-    root: &Path,
-    replicas: u32,
-    now: Instant,
-) -> anyhow::Result<Option<EdgeAutoscaler>> {
-    let Some(spec) = cfg.edge.hpa.clone() else {
-        return Ok(None);
-    };
-    let pool = PoolName::new(EDGE_POOL)?;
-    Ok(Some(Autoscaler::new(
-        spec,
-        pool,
-        root.to_path_buf(),
-        FsReader::new("/"),
-        replicas,
-        now,
-    )?))
-}
-
-/// Samples every second; the autoscaler itself decides at its sync period.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-
-fn supervisor_config(cfg: &Config) -> SupervisorConfig {
-    SupervisorConfig {
-        backoff_initial: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_initial_s),
-        backoff_max: Duration::from_secs_f64(cfg.edge.worker.restart_backoff_max_s),
-        ready_timeout: Duration::from_secs_f64(cfg.edge.worker.ready_timeout_s),
-        ..SupervisorConfig::default()
-    }
-}
-
-/// The cgroup the workers go under: configured, or chosen from the host's layout.
-fn cgroup_root(cfg: &Config) -> anyhow::Result<CgroupRoot> {
-    if !cfg.edge.worker.cgroup_root.as_os_str().is_empty() {
-        return Ok(CgroupRoot::Path(cfg.edge.worker.cgroup_root.clone()));
-    }
-    let layout = Layout::detect(Path::new("/sys/fs/cgroup"))?;
-    Ok(match layout {
-        Layout::Unified { .. } => CgroupRoot::Delegated {
-            daemon_leaf: "daemon".into(),
-        },
-        Layout::Hybrid { unified, .. } => CgroupRoot::Path(unified.join("helmetd")),
-    })
-}
-
-fn camera_settings(cfg: &Config, cam: &config::CameraConfig) -> anyhow::Result<CameraSettings> {
-    let [h, w] = cfg.edge.model.input;
-    let url = if cam.url.contains("://") {
-        cam.url.clone()
-    } else {
-        let path = config::resolve_path(Path::new(&cam.url)).canonicalize()?;
-        url::Url::from_file_path(&path)
-            .map_err(|()| anyhow::anyhow!("{}: not a usable path", path.display()))?
-            .to_string()
-    };
-    let mut s = CameraSettings::new(&cam.name, &url, w, h);
-    s.detect_fps = cam.detect_fps;
-    s.stall_timeout = Duration::from_secs_f64(cam.stall_timeout_s);
-    s.transport = match cam.transport {
-        config::Transport::Tcp => Transport::Tcp,
-        config::Transport::Udp => Transport::Udp,
-        config::Transport::Auto => Transport::Auto,
-    };
-    // A file camera plays like a camera: in real time, over and over.
-    s.loop_file = url.starts_with("file://");
-    if !cam.credentials_file.as_os_str().is_empty() {
-        let path = config::resolve_path(&cam.credentials_file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let (user, password) = text
-            .trim_end_matches(['\n', '\r'])
-            .split_once(':')
-            .with_context(|| format!("{}: expected user:password", path.display()))?;
-        s.credentials = Some((user.to_string(), password.to_string()));
-    }
-    Ok(s)
-}
-
-/// What the caller plugs in: the MQTT session (built on the runtime), an alert watcher, and
-/// counters it wants to read while the daemon runs.
-#[derive(Default)]
-pub struct Links {
-    pub uplink: Option<crate::uplink::UplinkHandle>,
-    pub watcher: Option<AlertWatcher>,
-    pub counters: Arc<Counters>,
-    /// `[http] listen`: the loop ticks its health and publishes a snapshot every second.
-    pub telemetry: Option<Arc<crate::http::Telemetry>>,
-    /// Sees every model result as it leaves the workers, before finalize (benchmarks).
-    pub result_observer: Option<ResultObserver>,
-}
-
 /// Called from the control loop with each model result; must return quickly.
 pub type ResultObserver = Arc<dyn Fn(&Inferred) + Send + Sync>;
 
-/// Runs until `signals.shutdown` is set (or, with `until`, until that instant).
-pub fn run(
-    origin: &ConfigOrigin,
-    cfg: Config,
-    runtime: &tokio::runtime::Handle,
-    links: Links,
-    signals: &Signals,
-    until: Option<Instant>,
-) -> anyhow::Result<RunSummary> {
-    if !cfg.cameras.iter().any(|c| c.enabled) {
-        // A freshly flashed gateway has no cameras yet: it still registers and serves its
-        // endpoints, and a camera added later with SIGHUP starts without a restart.
-        tracing::warn!(
-            "no enabled [[camera]] in the config: waiting for one (add it and send SIGHUP)"
-        );
+/// What a caller adds to the daemon the config describes.
+#[derive(Default)]
+pub struct DaemonOptions {
+    /// Sees every alert event (the demo prints them).
+    pub watcher: Option<AlertWatcher>,
+    /// Sees every model result as it leaves the workers, before finalize (`bench surge`).
+    pub result_observer: Option<ResultObserver>,
+}
+
+/// The services around the control loop, in the order they stop.
+struct Services {
+    uplink: Option<UplinkHandle>,
+    http: Option<HttpServer>,
+    lc: Option<LcReporter>,
+    kubeedge: Option<KubeEdgeHandle>,
+    /// The tasks that read the snapshot channel (stats topic, `/metrics`, KubeEdge health).
+    readers: TaskTracker,
+    readers_stop: CancellationToken,
+}
+
+pub struct Daemon {
+    runtime: tokio::runtime::Handle,
+    control_loop: ControlLoop<RealHost, DaemonLauncher>,
+    services: Services,
+    snapshots: SnapshotReceiver,
+    counters: Arc<Counters>,
+    finalize_timeout: Duration,
+    /// Held for the daemon's life: one daemon per cgroup root.
+    _one_daemon: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Daemon {
+    /// Starts everything the config asks for; any part that cannot start fails the start-up
+    /// (a taken HTTP port, an unusable cgroup root, a camera that cannot be built).
+    pub fn start(
+        origin: ConfigOrigin,
+        cfg: Config,
+        runtime: &tokio::runtime::Handle,
+        control: &Control,
+        options: DaemonOptions,
+    ) -> anyhow::Result<Self> {
+        if !cfg.cameras.iter().any(|c| c.enabled) {
+            // A freshly flashed gateway has no cameras yet: it still registers and serves its
+            // endpoints, and a camera added later with SIGHUP starts without a restart.
+            tracing::warn!(
+                "no enabled [[camera]] in the config: waiting for one (add it and send SIGHUP)"
+            );
+        }
+        let uplink = match cfg.mqtt.url.is_empty() {
+            true => None,
+            false => Some(Uplink::spawn(UplinkSettings::from_config(&cfg)?, runtime)?),
+        };
+        // Bound before the loop starts, so a taken port fails the start-up.
+        let telemetry =
+            (!cfg.http.listen.is_empty()).then(|| Arc::new(Telemetry::new(HEALTH_TIMEOUT)));
+        let http = match &telemetry {
+            Some(t) => Some(HttpServer::start(
+                &cfg.http.listen,
+                ConnectionLimits::from_http(&cfg.http),
+                t.clone(),
+                runtime,
+            )?),
+            None => None,
+        };
+        let lc_settings = LcSettings::from_config(&cfg)?;
+
+        // Workers first: a sweep of what an earlier run left behind must precede any new worker.
+        let root = settings::cgroup_root(&cfg)?;
+        let one_daemon = lock::lock_cgroup_root(&root)?;
+        let supervisor = real_supervisor(&cfg, root)?;
+
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(finalize_shared(
+            &cfg,
+            &uplink,
+            &telemetry,
+            &counters,
+            options.watcher,
+        )?);
+        let kubeedge = cfg
+            .kubeedge
+            .enabled
+            .then(|| KubeEdge::spawn(runtime, KubeEdgeSettings::from_config(&cfg)));
+        let (published, snapshots) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+        let lc = lc_settings.map(|settings| {
+            let latest = snapshots.clone();
+            LcReporter::spawn(runtime, settings, move || {
+                Totals::from(&latest.borrow().counters)
+            })
+        });
+        let probes = Probes {
+            uplink: uplink.clone(),
+            cloud_breaker: shared.cloud.is_some().then(|| {
+                let shared = shared.clone();
+                Box::new(move || {
+                    shared
+                        .cloud
+                        .as_ref()
+                        .map_or("closed", CloudLink::breaker_name)
+                }) as Box<dyn Fn() -> &'static str + Send>
+            }),
+            kubeedge: kubeedge.as_ref().map(|k| {
+                let link = k.subscribe();
+                Box::new(move || kubeedge_snapshot(&link.borrow()))
+                    as Box<dyn Fn() -> KubeEdgeSnapshot + Send>
+            }),
+            health: telemetry.clone(),
+            result_observer: options.result_observer,
+        };
+        let finalize_timeout = Duration::from_millis(cfg.cloud.timeout_ms) + FINALIZE_GRACE;
+        let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
+        let finalize = Finalize::new(runtime, shared);
+        let cgroup_root = supervisor.host().root().to_path_buf();
+        let control_loop = ControlLoop::new(
+            origin,
+            cfg,
+            supervisor,
+            cgroup_root,
+            finalize,
+            counters.clone(),
+            published,
+            probes,
+        )?;
+        control.attach(control_loop.waker());
+        let mut services = Services {
+            uplink,
+            http,
+            lc,
+            kubeedge,
+            readers: TaskTracker::new(),
+            readers_stop: CancellationToken::new(),
+        };
+        services.spawn_readers(runtime, &snapshots, telemetry, stats_every);
+        Ok(Self {
+            runtime: runtime.clone(),
+            control_loop,
+            services,
+            snapshots,
+            counters,
+            finalize_timeout,
+            _one_daemon: one_daemon,
+        })
     }
 
-    // Workers first: a sweep of what an earlier run left behind must precede any new worker.
-    let root = cgroup_root(&cfg)?;
-    let _one_daemon = lock::lock_cgroup_root(&root)?;
+    /// The snapshot channel: the latest state, once a second.
+    pub fn snapshots(&self) -> SnapshotReceiver {
+        self.snapshots.clone()
+    }
+
+    /// Runs until `control` asks for shutdown or `until` passes, then shuts down (see the
+    /// module documentation for the order). A failing loop still shuts down in that order.
+    pub fn run(mut self, control: &Control, until: Option<Instant>) -> anyhow::Result<RunSummary> {
+        let ran = self.control_loop.run(control, until);
+        if let Err(e) = &ran {
+            tracing::error!(error = %format!("{e:#}"), "control loop failed; shutting down");
+        }
+        let summary = self.shutdown();
+        ran.and(summary)
+    }
+
+    fn shutdown(self) -> anyhow::Result<RunSummary> {
+        let Self {
+            runtime,
+            control_loop,
+            services,
+            counters,
+            finalize_timeout,
+            ..
+        } = self;
+        let stopped = control_loop.stop();
+        let workers_max = match &stopped {
+            Ok((finalize, workers_max)) => {
+                let unfinished = runtime.block_on(finalize.finish(finalize_timeout));
+                if unfinished > 0 {
+                    tracing::warn!(
+                        cameras = unfinished,
+                        "finalize did not finish in {finalize_timeout:?}; their last results are lost"
+                    );
+                }
+                *workers_max
+            }
+            Err(_) => 0,
+        };
+        runtime.block_on(services.stop());
+        stopped?;
+        let get = Counters::get;
+        Ok(RunSummary {
+            frames: get(&counters.frames),
+            hard: get(&counters.hard),
+            cloud_answered: get(&counters.cloud_answered),
+            alerts: get(&counters.alerts),
+            workers_max,
+        })
+    }
+}
+
+impl Services {
+    /// The tasks that turn each snapshot into what a reader needs.
+    fn spawn_readers(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        snapshots: &SnapshotReceiver,
+        telemetry: Option<Arc<Telemetry>>,
+        stats_every: Duration,
+    ) {
+        let stop = self.readers_stop.clone();
+        self.readers.spawn_on(
+            publish_stats(
+                snapshots.clone(),
+                self.uplink.clone(),
+                stats_every,
+                stop.clone(),
+            ),
+            runtime,
+        );
+        if let Some(t) = telemetry {
+            self.readers.spawn_on(
+                each_snapshot(snapshots.clone(), stop.clone(), move |s| {
+                    t.metrics.update(s)
+                }),
+                runtime,
+            );
+        }
+        if let Some(k) = &self.kubeedge {
+            let reporter = k.health_reporter();
+            self.readers.spawn_on(
+                each_snapshot(snapshots.clone(), stop, move |s| {
+                    reporter.report(node_health(s))
+                }),
+                runtime,
+            );
+        }
+    }
+
+    /// Steps 3 and 4 of the shutdown order.
+    async fn stop(self) {
+        if let Some(uplink) = &self.uplink {
+            // Publishes `stopped`; what the broker has not acknowledged stays in the spool.
+            let _ = uplink.shutdown().await;
+        }
+        self.readers_stop.cancel();
+        self.readers.close();
+        self.readers.wait().await;
+        if let Some(server) = self.http
+            && let Err(e) = server.stop().await
+        {
+            tracing::warn!(error = %e, "HTTP endpoint");
+        }
+        if let Some(lc) = self.lc {
+            // The last period's counts, at most 5 s.
+            lc.shutdown().await;
+        }
+        if let Some(k) = self.kubeedge {
+            k.shutdown().await;
+        }
+    }
+}
+
+/// Calls `each` with every new snapshot until `stop`.
+async fn each_snapshot(
+    mut latest: SnapshotReceiver,
+    stop: CancellationToken,
+    mut each: impl FnMut(&Snapshot),
+) {
+    loop {
+        tokio::select! {
+            changed = latest.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = latest.borrow_and_update().clone();
+                each(&snapshot);
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The stats log line and topic, every `stats_interval_s`, from the latest snapshot.
+async fn publish_stats(
+    latest: SnapshotReceiver,
+    uplink: Option<UplinkHandle>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let stats = latest.borrow().stats_json();
+        tracing::info!("stats {stats}");
+        if let Some(u) = &uplink
+            && let Err(e) = u.publish_volatile(&u.topics().stats_topic(), stats.to_string(), false)
+        {
+            tracing::debug!(error = %e, "stats not published");
+        }
+    }
+}
+
+fn real_supervisor(
+    cfg: &Config,
+    root: crate::supervisor::CgroupRoot,
+) -> anyhow::Result<Supervisor<RealHost, DaemonLauncher>> {
     let host = RealHost::new(RealHostConfig {
         mount: PathBuf::from("/sys/fs/cgroup"),
         root,
@@ -289,8 +470,8 @@ pub fn run(
     .context("setting up worker cgroups (root, or a delegated cgroup, is needed)")?;
     tracing::info!(root = %host.root().display(), layout = ?host.layout(), "worker cgroups");
     let exe = std::env::current_exe().context("locating the helmetd executable for workers")?;
-    let launcher = DaemonLauncher::new(exe, worker_template(&cfg));
-    let mut supervisor = Supervisor::new(host, launcher, supervisor_config(&cfg));
+    let launcher = DaemonLauncher::new(exe, settings::worker_template(cfg));
+    let mut supervisor = Supervisor::new(host, launcher, settings::supervisor_config(cfg));
     let swept = supervisor.startup_sweep()?;
     if !swept.processes.is_empty() || !swept.cgroups.is_empty() {
         tracing::warn!(
@@ -299,487 +480,57 @@ pub fn run(
             "removed leftovers of an earlier run"
         );
     }
-    supervisor.set_desired(desired_pools(&cfg, None)?);
-    let mut autoscaler = new_autoscaler(
-        &cfg,
-        supervisor.host().root(),
-        initial_replicas(&cfg),
-        Instant::now(),
-    )?;
-    let mut cfg = cfg;
+    Ok(supervisor)
+}
 
-    let counters = links.counters.clone();
-    let telemetry = links.telemetry.clone();
-    let uplink = links.uplink.clone();
-    let result_observer = links.result_observer.clone();
-    let shared = Arc::new(FinalizeShared {
+fn finalize_shared(
+    cfg: &Config,
+    uplink: &Option<UplinkHandle>,
+    telemetry: &Option<Arc<Telemetry>>,
+    counters: &Arc<Counters>,
+    watcher: Option<AlertWatcher>,
+) -> anyhow::Result<FinalizeShared> {
+    let classes = &cfg.edge.model.classes;
+    let outputs = match cfg.output.dir.as_os_str().is_empty() {
+        true => None,
+        false => Some(CappedOutputs::create(
+            &cfg.output.dir,
+            cfg.output.jpeg_quality,
+            classes.clone(),
+            cfg.output.max_mb.saturating_mul(1 << 20),
+        )?),
+    };
+    Ok(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
-        num_classes: cfg.edge.model.classes.len(),
-        class_names: cfg.edge.model.classes.clone(),
-        alert_settings: AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?,
-        outputs: match cfg.output.dir.as_os_str().is_empty() {
-            true => None,
-            false => Some(CappedOutputs::create(
-                &cfg.output.dir,
-                cfg.output.jpeg_quality,
-                cfg.edge.model.classes.clone(),
-                cfg.output.max_mb.saturating_mul(1 << 20),
-            )?),
-        },
-        cloud: finalize::CloudLink::from_config(&cfg, links.uplink.as_ref())?,
-        uplink: links.uplink.clone(),
-        watcher: links.watcher,
+        num_classes: classes.len(),
+        class_names: classes.clone(),
+        alert_settings: AlertSettings::from_config(&cfg.alerts, classes)?,
+        outputs,
+        cloud: CloudLink::from_config(cfg, uplink.as_ref())?,
+        uplink: uplink.clone(),
+        watcher,
         hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
         counters: counters.clone(),
         telemetry: telemetry.clone(),
-    });
-
-    let mut dispatcher = Dispatcher::new(std::iter::empty::<String>());
-    let mut cameras = CameraSet::start(&cfg, runtime, shared, &mut dispatcher)?;
-    let mut links_by_worker: HashMap<WorkerKey, Arc<Link>> = HashMap::new();
-    let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
-    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
-    let mut last_stats = Instant::now();
-    let mut last_sample = Instant::now();
-    let mut summary = RunSummary::default();
-    let mut snapshots = match telemetry {
-        Some(_) => Some(crate::http::SnapshotBuilder::new(
-            cfg.node_name(),
-            PoolName::new(EDGE_POOL)?,
-            supervisor.host().root().to_path_buf(),
-        )),
-        None => None,
-    };
-    let mut last_decision: Option<crate::autoscaler::Decision> = None;
-    let mut last_snapshot = Instant::now() - SAMPLE_EVERY;
-    tracing::info!(cameras = cameras.cameras().len(), "helmetd running");
-    let kubeedge = cfg
-        .kubeedge
-        .enabled
-        .then(|| KubeEdge::spawn(runtime, KubeEdgeSettings::from_config(&cfg)));
-    let mut last_health = Instant::now() - SAMPLE_EVERY;
-    let mut systemd = Notifier::from_env();
-    // systemd counts the service as started once a worker serves: the cameras' threads run by
-    // now, but a camera that is down must not fail the start (it reconnects on its own).
-    let mut announced_ready = false;
-    let mut start_timeout = StartTimeout::new(
-        Instant::now(),
-        Duration::from_secs_f64(cfg.edge.worker.ready_timeout_s),
-    );
-    // STATUS= follows the state it shows at once, not only with the stats line.
-    let mut last_status_facts = None;
-
-    while !signals.shutdown.load(Ordering::Acquire) && until.is_none_or(|t| Instant::now() < t) {
-        let now = Instant::now();
-        if let Some(t) = &telemetry {
-            t.health.tick();
-        }
-        systemd.watchdog_tick(now);
-        let reload_asked = signals.reload.swap(false, Ordering::AcqRel);
-        if reload_asked {
-            systemd.reloading();
-        }
-        if reload_asked && let Some(new_cfg) = reload(origin, &mut supervisor) {
-            // The HPA state restarts with the new spec, from the replicas running now.
-            let current = autoscaler
-                .as_ref()
-                .map_or(initial_replicas(&new_cfg), |a| a.current_replicas());
-            autoscaler = new_autoscaler(&new_cfg, supervisor.host().root(), current, now)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "autoscaler not restarted");
-                    None
-                });
-            if autoscaler.is_some() {
-                supervisor.set_desired(desired_pools(&new_cfg, Some(current))?);
-            }
-            log_camera_changes(&cameras.reconcile(&new_cfg, &mut dispatcher));
-            cfg = new_cfg;
-        }
-        if reload_asked && announced_ready {
-            systemd.ready();
-        }
-        for camera in cameras.cameras() {
-            if let Some(frame) = camera.take_latest()
-                && let Err(e) = dispatcher.offer(frame)
-            {
-                tracing::warn!(error = %e, "frame refused by dispatch");
-            }
-        }
-        for new in supervisor.launcher().take_new() {
-            let key = dispatcher.add_worker(new.conn);
-            tracing::debug!(pool = new.pool, id = new.id, ?key, "worker connection");
-            links_by_worker.insert(key, new.link);
-        }
-        for (key, link) in &links_by_worker {
-            if link.take_drain_request()
-                && let Err(e) = dispatcher.drain_worker(*key)
-            {
-                tracing::warn!(error = %e, "drain failed");
-            }
-        }
-        for event in dispatcher.poll(LOOP_TICK)? {
-            match event {
-                DispatchEvent::Done {
-                    frame,
-                    detections,
-                    infer,
-                    latency,
-                    ..
-                } => {
-                    let result = Inferred {
-                        frame,
-                        detections,
-                        infer,
-                        latency,
-                    };
-                    if let Some(observe) = &result_observer {
-                        observe(&result);
-                    }
-                    finalize::hand_over(cameras.queues(), result, &counters);
-                }
-                DispatchEvent::WorkerReady { worker, .. } => {
-                    if let Some(link) = links_by_worker.get(&worker) {
-                        link.mark_ready(Instant::now());
-                    }
-                }
-                DispatchEvent::Heartbeat { worker, .. } => {
-                    if let Some(link) = links_by_worker.get(&worker) {
-                        link.beat(Instant::now());
-                    }
-                }
-                DispatchEvent::WorkerClosed { worker, reason } => {
-                    tracing::debug!(?worker, %reason, "worker connection closed");
-                    links_by_worker.remove(&worker);
-                }
-                DispatchEvent::WorkerFailed { reason, .. } => {
-                    tracing::warn!(%reason, "worker failed")
-                }
-                DispatchEvent::Failed { reason, .. } => {
-                    tracing::warn!(%reason, "inference failed on a frame")
-                }
-                DispatchEvent::Rejected { error, .. } => tracing::warn!(%error, "frame rejected"),
-                DispatchEvent::Lost { .. } => {}
-            }
-        }
-        if now.duration_since(last_reconcile) >= RECONCILE_EVERY {
-            for e in supervisor.reconcile(now) {
-                tracing::warn!(error = %e, "supervisor");
-            }
-            last_reconcile = now;
-            let workers = supervisor.status(now);
-            let ready = workers
-                .iter()
-                .filter(|w| w.state == WorkerState::Ready)
-                .count();
-            summary.workers_max = summary.workers_max.max(ready);
-            if ready > 0 && !announced_ready {
-                systemd.ready();
-                announced_ready = true;
-            } else if !announced_ready {
-                let loading = workers.iter().any(|w| w.state == WorkerState::Starting);
-                start_timeout.tick(&systemd, now, loading);
-            }
-            // The stats JSON is built only when the line's facts changed, not every reconcile.
-            let facts = Some(status_facts(cameras.cameras(), ready, workers.len()));
-            if facts != last_status_facts {
-                let stats = stats_json(cameras.cameras(), &dispatcher, &workers, &counters);
-                systemd.status(&status_line_of(&stats));
-                last_status_facts = facts;
-            }
-        }
-        if now.duration_since(last_sample) >= SAMPLE_EVERY
-            && let Some(a) = autoscaler.as_mut()
-        {
-            last_sample = now;
-            a.observe_drops(
-                dispatcher
-                    .camera_stats()
-                    .map(|(_, s)| s.dropped_oldest)
-                    .sum(),
-            );
-            let request = cfg.edge.worker.resources.requests.cpu.as_f64();
-            let before = a.current_replicas();
-            if let Some(decision) = a.step(now, &supervisor.status(now), request) {
-                if decision.desired_replicas != before {
-                    tracing::info!("autoscaler: {}", status_line(&decision));
-                    supervisor.set_desired(desired_pools(&cfg, Some(decision.desired_replicas))?);
-                } else {
-                    tracing::debug!("autoscaler: {}", status_line(&decision));
-                }
-                last_decision = Some(decision);
-            }
-        }
-        if let Some(k) = &kubeedge
-            && now.duration_since(last_health) >= SAMPLE_EVERY
-        {
-            last_health = now;
-            k.report(node_health(
-                cameras.cameras(),
-                &supervisor.status(now),
-                autoscaler
-                    .as_ref()
-                    .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
-            ));
-        }
-        if let (Some(t), Some(builder)) = (&telemetry, snapshots.as_mut())
-            && now.duration_since(last_snapshot) >= SAMPLE_EVERY
-        {
-            last_snapshot = now;
-            let workers = supervisor.status(now);
-            let snapshot = builder.build(
-                now,
-                &crate::http::Sources {
-                    cameras: cameras.cameras(),
-                    dispatcher: &dispatcher,
-                    workers: &workers,
-                    decision: last_decision.as_ref(),
-                    desired_replicas: autoscaler
-                        .as_ref()
-                        .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
-                    counters: &counters,
-                    uplink: uplink.as_ref(),
-                    kubeedge_connected: kubeedge.as_ref().is_some_and(kubeedge_connected),
-                },
-            );
-            t.metrics.update(&snapshot);
-        }
-        if now.duration_since(last_stats) >= stats_every {
-            let mut stats = stats_json(
-                cameras.cameras(),
-                &dispatcher,
-                &supervisor.status(now),
-                &counters,
-            );
-            if let Some(u) = &uplink {
-                let us = u.stats();
-                stats["mqtt"] = serde_json::json!({
-                    "connected": us.connected, "reconnects": us.reconnects,
-                    "spool_depth": us.spool.entries, "spool_bytes": us.spool.bytes,
-                    "spool_dropped": us.spool.dropped_full + us.spool.dropped_expired,
-                    "once_dropped": us.once_dropped, "volatile_dropped": us.volatile_dropped,
-                    "spool_bypassed": us.spool_bypassed, "spool_lost": us.spool_lost,
-                });
-            }
-            if let Some(k) = &kubeedge {
-                let link = k.link_state();
-                stats["kubeedge"] = serde_json::json!({
-                    "phase": link.phase.as_str(), "registered": link.registered,
-                    "reconnects": link.reconnects, "last_error": link.last_error,
-                });
-            }
-            if let Some(u) = &uplink
-                && let Err(e) =
-                    u.publish_volatile(&u.topics().stats_topic(), stats.to_string(), false)
-            {
-                tracing::debug!(error = %e, "stats not published");
-            }
-            tracing::info!("stats {stats}");
-            systemd.status(&status_line_of(&stats));
-            last_stats = now;
-        }
-    }
-
-    tracing::info!("shutting down");
-    systemd.stopping();
-    cameras.stop_streams();
-    // Workers finish the frame they hold and exit; the supervisor then only reaps them.
-    drain_all(&mut dispatcher, cameras.queues(), &counters);
-    let report = supervisor.shutdown()?;
-    tracing::info!(
-        drained = report.drained,
-        killed = report.killed,
-        "workers stopped, cgroups removed"
-    );
-    drop(cameras);
-    if let Some(k) = kubeedge {
-        runtime.block_on(k.shutdown());
-    }
-    summary.frames = Counters::get(&counters.frames);
-    summary.hard = Counters::get(&counters.hard);
-    summary.cloud_answered = Counters::get(&counters.cloud_answered);
-    summary.alerts = Counters::get(&counters.alerts);
-    Ok(summary)
+    })
 }
 
-/// How long shutdown waits for workers to finish their current frame.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn drain_all(
-    dispatcher: &mut Dispatcher,
-    finalize_queues: &HashMap<String, tokio::sync::mpsc::Sender<Inferred>>,
-    counters: &Counters,
-) {
-    let keys: Vec<WorkerKey> = dispatcher.worker_keys().collect();
-    for key in &keys {
-        if let Err(e) = dispatcher.drain_worker(*key) {
-            tracing::debug!(error = %e, "drain at shutdown");
-        }
+fn kubeedge_snapshot(link: &crate::kubeedge::LinkState) -> KubeEdgeSnapshot {
+    KubeEdgeSnapshot {
+        phase: link.phase.as_str().to_string(),
+        registered: link.registered,
+        reconnects: link.reconnects,
+        last_error: link.last_error.clone(),
     }
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while dispatcher.worker_keys().next().is_some() && Instant::now() < deadline {
-        match dispatcher.poll(LOOP_TICK) {
-            Ok(events) => {
-                for event in events {
-                    if let DispatchEvent::Done {
-                        frame,
-                        detections,
-                        infer,
-                        latency,
-                        ..
-                    } = event
-                    {
-                        finalize::hand_over(
-                            finalize_queues,
-                            Inferred {
-                                frame,
-                                detections,
-                                infer,
-                                latency,
-                            },
-                            counters,
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "waiting for workers to drain");
-                break;
-            }
-        }
-    }
-}
-
-/// SIGHUP: a bad file is refused and the running state kept; worker count and limits apply
-/// at once, a changed model replaces workers one at a time. The caller reconciles the cameras.
-fn reload(
-    origin: &ConfigOrigin,
-    supervisor: &mut Supervisor<RealHost, DaemonLauncher>,
-) -> Option<Config> {
-    let cfg = match origin.load() {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            tracing::error!("reload refused, keeping the running config:\n{e}");
-            return None;
-        }
-    };
-    match desired_pools(&cfg, None) {
-        Ok(pools) => {
-            supervisor
-                .launcher_mut()
-                .set_template(worker_template(&cfg));
-            supervisor.set_desired(pools);
-            tracing::info!("config reloaded");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused");
-            return None;
-        }
-    }
-    Some(cfg)
-}
-
-fn log_camera_changes(changes: &CameraChanges) {
-    if changes.is_empty() {
-        tracing::info!("cameras unchanged");
-        return;
-    }
-    for (name, why) in &changes.failed {
-        tracing::error!(camera = %name, "camera not started after reload: {why}");
-    }
-    tracing::info!(
-        started = ?changes.started,
-        stopped = ?changes.stopped,
-        restarted = ?changes.restarted,
-        "cameras reconciled"
-    );
-}
-
-fn kubeedge_connected(k: &KubeEdgeHandle) -> bool {
-    let link = k.link_state();
-    link.phase == LinkPhase::Connected && link.registered
 }
 
 /// What the KubeEdge node conditions are made of.
-fn node_health(
-    cameras: &[Camera],
-    workers: &[crate::supervisor::WorkerStatus],
-    desired: u32,
-) -> NodeHealth {
+fn node_health(snapshot: &Snapshot) -> NodeHealth {
     NodeHealth {
-        cameras_streaming: streaming(cameras),
-        cameras_total: cameras.len(),
-        workers_ready: workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count(),
-        workers_desired: desired as usize,
+        cameras_streaming: snapshot.cameras_streaming(),
+        cameras_total: snapshot.cameras.len(),
+        workers_ready: snapshot.workers_ready(),
+        workers_desired: snapshot.replicas.desired as usize,
     }
-}
-
-/// What the STATUS line says besides counters: cameras streaming, workers ready, workers.
-fn status_facts(cameras: &[Camera], workers_ready: usize, workers: usize) -> (usize, usize, usize) {
-    (streaming(cameras), workers_ready, workers)
-}
-
-fn streaming(cameras: &[Camera]) -> usize {
-    cameras
-        .iter()
-        .filter(|c| c.stats().state == helmet_pipelines::ingest::CameraState::Streaming)
-        .count()
-}
-
-/// The `systemctl status` line: what an operator checks first.
-fn status_line_of(stats: &serde_json::Value) -> String {
-    let cameras = stats["cameras"].as_array().map_or(&[][..], Vec::as_slice);
-    let streaming = cameras
-        .iter()
-        .filter(|c| c["state"].as_str() == Some("Streaming"))
-        .count();
-    format!(
-        "cameras {streaming}/{} streaming, workers {}/{} ready, frames {}, hard {}, alerts {}",
-        cameras.len(),
-        stats["workers_ready"],
-        stats["workers"],
-        stats["frames"],
-        stats["hard"],
-        stats["alerts"],
-    )
-}
-
-/// The loop's figures as JSON, for the stats log line and the stats topic.
-fn stats_json(
-    cameras: &[Camera],
-    dispatcher: &Dispatcher,
-    workers: &[crate::supervisor::WorkerStatus],
-    counters: &Counters,
-) -> serde_json::Value {
-    let per_camera: Vec<serde_json::Value> = cameras
-        .iter()
-        .map(|c| {
-            let s = c.stats();
-            serde_json::json!({
-                "camera": c.name(), "state": format!("{:?}", s.state), "frames_in": s.frames_in,
-                "frames_out": s.frames_out, "dropped": s.dropped, "reconnects": s.reconnects,
-            })
-        })
-        .collect();
-    let dropped: u64 = dispatcher
-        .camera_stats()
-        .map(|(_, s)| s.dropped_oldest)
-        .sum();
-    let ready = workers
-        .iter()
-        .filter(|w| w.state == WorkerState::Ready)
-        .count();
-    let get = Counters::get;
-    let stats = serde_json::json!({
-        "frames": get(&counters.frames), "hard": get(&counters.hard),
-        "upload_ratio": get(&counters.hard) as f64 / get(&counters.frames).max(1) as f64,
-        "cloud_answered": get(&counters.cloud_answered), "cloud_late": get(&counters.cloud_late),
-        "cloud_failed": get(&counters.cloud_failed), "cloud_skipped": get(&counters.cloud_skipped),
-        "alerts": get(&counters.alerts), "dispatch_dropped": dropped,
-        "workers_ready": ready, "workers": workers.len(), "cameras": per_camera,
-    });
-    stats
 }

@@ -24,7 +24,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::post::{PostError, post_json};
 use crate::config::Config;
-use crate::run::Counters;
+use crate::telemetry::snapshot::CounterSnapshot;
 
 /// The LC answers on the node itself in milliseconds; one that does not within this is down.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,11 +36,11 @@ pub struct Totals {
     pub hard: u64,
 }
 
-impl From<&Counters> for Totals {
-    fn from(c: &Counters) -> Self {
+impl From<&CounterSnapshot> for Totals {
+    fn from(c: &CounterSnapshot) -> Self {
         Self {
-            frames: Counters::get(&c.frames),
-            hard: Counters::get(&c.hard),
+            frames: c.frames,
+            hard: c.hard,
         }
     }
 }

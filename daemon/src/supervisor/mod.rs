@@ -36,7 +36,7 @@ mod real;
 mod spec;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

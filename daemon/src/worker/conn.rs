@@ -152,8 +152,6 @@ pub struct ReadyInfo {
     pub num_classes: u16,
     /// From process start to Ready, ONNX Runtime initialisation included.
     pub load: Duration,
-    /// Started with `--fake-infer-ms`: answers zero boxes. Never for production pools.
-    pub fake_inference: bool,
 }
 
 /// Something a worker said or did, in the order it happened.
@@ -498,7 +496,6 @@ impl WorkerConn {
                     input_h: r.input_h,
                     num_classes: r.num_classes,
                     load: Duration::from_millis(u64::from(r.load_ms)),
-                    fake_inference: r.fake_inference,
                 };
                 self.ready = Some(info.clone());
                 self.backlog.push_back(Event::Ready(info));
@@ -624,7 +621,6 @@ mod tests {
                 input_h: H,
                 num_classes: 2,
                 load_ms: 5,
-                fake_inference: false,
             }));
         }
 
@@ -647,7 +643,6 @@ mod tests {
         ));
         let info = conn.wait_ready(Duration::from_secs(10)).unwrap();
         assert_eq!((info.input_w, info.input_h, info.num_classes), (W, H, 2));
-        assert!(info.fake_inference);
 
         let a = conn.try_submit(&frame(0, 1)).unwrap().unwrap();
         let b = conn.try_submit(&frame(1, 2)).unwrap().unwrap();

@@ -11,6 +11,9 @@
 //! were in flight on a worker that died or was removed are reported as lost and counted.
 
 use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,6 +175,20 @@ pub struct Dispatcher {
     submissions: u64,
     /// Produced between polls (by `offer`, `remove_worker`), returned by the next poll.
     events: Vec<DispatchEvent>,
+    /// The handle given out, and the end `poll` watches: readable once the handle was woken.
+    wake: Option<(Waker, UnixDatagram)>,
+}
+
+/// Ends a [`Dispatcher::poll`] early from another thread: a camera's new frame, a signal.
+/// Cheap and never blocking: while a wake is pending, more wakes add nothing.
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<UnixDatagram>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // A full socket buffer means a wake is already pending.
+        let _ = self.0.send(&[1]);
+    }
 }
 
 impl Dispatcher {
@@ -189,6 +206,7 @@ impl Dispatcher {
             next_key: 1,
             submissions: 0,
             events: Vec::new(),
+            wake: None,
         };
         for name in cameras {
             d.add_camera(name);
@@ -263,19 +281,36 @@ impl Dispatcher {
         Ok(offer)
     }
 
-    /// Waits up to `timeout` for any worker to answer, then returns what happened since the
-    /// last call and refills the freed slots.
+    /// A handle that ends the current or next `poll` early. Every call returns a handle to the
+    /// same wake-up channel.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if let Some((waker, _)) = &self.wake {
+            return Ok(waker.clone());
+        }
+        let (tx, rx) = UnixDatagram::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        let waker = Waker(Arc::new(tx));
+        self.wake = Some((waker.clone(), rx));
+        Ok(waker)
+    }
+
+    /// Waits up to `timeout` for any worker to answer or a [`Waker`], then returns what
+    /// happened since the last call and refills the freed slots.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<DispatchEvent>, DispatchError> {
         let queued = !self.events.is_empty() || self.workers.iter().any(|w| w.conn.has_backlog());
         let timeout = if queued { Duration::ZERO } else { timeout };
         let readable: Vec<bool> = {
-            let mut fds = Vec::with_capacity(self.workers.len());
+            let mut fds = Vec::with_capacity(self.workers.len() + 1);
             let mut owner = Vec::with_capacity(self.workers.len());
             for (i, w) in self.workers.iter().enumerate() {
                 if let Some(fd) = w.conn.poll_fd() {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     owner.push(i);
                 }
+            }
+            if let Some((_, wake)) = &self.wake {
+                fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
             }
             match poll(&mut fds, poll_timeout(timeout)) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -287,6 +322,10 @@ impl Dispatcher {
             }
             readable
         };
+        if let Some((_, wake)) = &self.wake {
+            let mut wakes = [0u8; 64];
+            while wake.recv(&mut wakes).is_ok() {}
+        }
         for (i, readable) in readable.into_iter().enumerate() {
             if readable || self.workers[i].conn.has_backlog() {
                 let events = self.workers[i].conn.poll_results(Duration::ZERO);
@@ -559,7 +598,6 @@ mod tests {
             input_h: H,
             num_classes: 2,
             load_ms: 0,
-            fake_inference: true,
         })
         .encode(&mut buf);
         socket.send(&buf, false).unwrap();

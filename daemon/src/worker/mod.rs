@@ -18,5 +18,7 @@ pub use conn::{
     CloseReason, Event, InheritedFds, JobId, ReadyInfo, WorkerConn, WorkerError, prepare,
     spawn_worker, worker_argv,
 };
-pub use dispatch::{CameraStats, DispatchError, DispatchEvent, Dispatcher, Offer, WorkerKey};
+pub use dispatch::{
+    CameraStats, DispatchError, DispatchEvent, Dispatcher, Offer, Waker, WorkerKey,
+};
 pub use process::{InputSize, WorkerArgs, worker_main};

@@ -95,8 +95,8 @@ pub struct WorkerArgs {
     /// Heartbeat period; the daemon replaces a worker that misses several.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
-    /// For the dispatch benchmark and supervisor tests ONLY: skip ONNX Runtime and the model,
-    /// sleep this long per frame and answer zero boxes. Announced in Ready.
+    /// For the dispatch benchmark and tests ONLY: skip ONNX Runtime and the model, sleep this
+    /// long per frame and answer zero boxes. The daemon never passes it to a pool's workers.
     #[arg(long)]
     pub fake_infer_ms: Option<u64>,
 }
@@ -189,13 +189,12 @@ pub fn worker_main(args: WorkerArgs) -> anyhow::Result<()> {
         input_h: args.input.height,
         num_classes: args.classes,
         load_ms: millis(started.elapsed()),
-        fake_inference: args.fake_infer_ms.is_some(),
     };
     tracing::info!(
         worker = %name,
         pid = ready.pid,
         load_ms = ready.load_ms,
-        fake_inference = ready.fake_inference,
+        fake_infer_ms = args.fake_infer_ms,
         model = %args.model.display(),
         "worker ready"
     );
@@ -484,7 +483,6 @@ pub(crate) fn thread_worker(
             input_h,
             num_classes: 2,
             load_ms: 0,
-            fake_inference: true,
         };
         let socket = Arc::new(SeqPacket::from(fds.socket));
         let progress = Arc::new(Progress::new());

@@ -12,18 +12,21 @@
 //! |---|---|---|---|
 //! | 0x01 Infer | daemon → worker | job u64, slot u8, seq u64, letterbox: orig_w u32, orig_h u32, input_w u32, input_h u32, scale f64, content_w u32, content_h u32, pad_left u32, pad_top u32 | 59 |
 //! | 0x02 Drain | daemon → worker | — | 2 |
-//! | 0x81 Ready | worker → daemon | pid u32, input_w u32, input_h u32, num_classes u16, load_ms u32, flags u8 (bit 0: fake inference) | 21 |
+//! | 0x81 Ready | worker → daemon | pid u32, input_w u32, input_h u32, num_classes u16, load_ms u32 | 20 |
 //! | 0x82 Result | worker → daemon | job u64, infer_us u32, count u16, count × (x1 f32, y1 f32, x2 f32, y2 f32, score f32, class u16) | 16 + 22·count ≤ 6616 |
 //! | 0x83 Failed | worker → daemon | has_job u8 (0/1), job u64, len u16, reason UTF-8 (≤ 1024 bytes) | 13 + len |
 //! | 0x84 Heartbeat | worker → daemon | jobs_done u64, busy_ms u32 | 14 |
+//!
+//! Only what the daemon acts on travels here. How a worker answers (a model, or the benchmark's
+//! `--fake-infer-ms` stand-in) is its own command line's business, which the daemon chose.
 //!
 //! Decoding is exact: a short message, trailing bytes, an unknown kind, more than
 //! [`MAX_DETECTIONS`] boxes or an implausible letterbox are typed [`DecodeError`]s.
 
 use helmet_pipelines::{Detection, Detections, Letterbox, MAX_DETECTIONS};
 
-/// Bumped on any change to the layouts above.
-pub const VERSION: u8 = 1;
+/// Bumped on any change to the layouts above. 2: Ready lost its flags byte.
+pub const VERSION: u8 = 2;
 
 const KIND_INFER: u8 = 0x01;
 const KIND_DRAIN: u8 = 0x02;
@@ -39,8 +42,6 @@ const RESULT_FIXED_LEN: usize = HEADER_LEN + 8 + 4 + 2;
 pub const MAX_REASON: usize = 1024;
 /// The largest message either side sends: a Result with [`MAX_DETECTIONS`] boxes.
 pub const MAX_MESSAGE: usize = RESULT_FIXED_LEN + MAX_DETECTIONS * BOX_LEN;
-
-const READY_FLAG_FAKE: u8 = 1;
 
 /// Daemon → worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,9 +95,6 @@ pub struct Ready {
     pub input_h: u32,
     pub num_classes: u16,
     pub load_ms: u32,
-    /// `--fake-infer-ms`: no model, zero detections. Announced so a daemon can refuse such a
-    /// worker outside tests and benchmarks.
-    pub fake_inference: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +235,6 @@ impl ToDaemon {
                 }
                 out.extend_from_slice(&m.num_classes.to_le_bytes());
                 put_u32(out, m.load_ms);
-                out.push(if m.fake_inference { READY_FLAG_FAKE } else { 0 });
             }
             ToDaemon::Result(m) => {
                 header(out, KIND_RESULT);
@@ -278,20 +275,12 @@ impl ToDaemon {
                 let (pid, input_w, input_h) = (r.u32()?, r.u32()?, r.u32()?);
                 let num_classes = r.u16()?;
                 let load_ms = r.u32()?;
-                let flags = r.u8()?;
-                if flags & !READY_FLAG_FAKE != 0 {
-                    return Err(DecodeError::Invalid {
-                        kind: "Ready",
-                        field: "flags",
-                    });
-                }
                 ToDaemon::Ready(Ready {
                     pid,
                     input_w,
                     input_h,
                     num_classes,
                     load_ms,
-                    fake_inference: flags & READY_FLAG_FAKE != 0,
                 })
             }
             KIND_RESULT => {
@@ -524,7 +513,6 @@ mod tests {
                 input_h: 384,
                 num_classes: 2,
                 load_ms: 1500,
-                fake_inference: true,
             }),
             result(0),
             result(3),

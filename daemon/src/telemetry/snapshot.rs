@@ -1,8 +1,9 @@
-//! What the control loop publishes once a second for `/metrics`, `/readyz` and `/status`.
+//! The one view of the daemon's state, built once a second by the control loop.
 //!
-//! The loop owns cameras, dispatcher, supervisor and autoscaler and must never wait on an HTTP
-//! client; so it copies the figures into a plain [`Snapshot`] and hands that over. The HTTP side
-//! only ever reads copies, and a slow scrape cannot hold up a frame.
+//! The loop owns cameras, dispatcher, supervisor and autoscaler and must never wait on a reader;
+//! so it copies the figures into a plain [`Snapshot`] and publishes that on a `watch` channel.
+//! `/metrics`, `/status`, the stats topic, systemd's STATUS line, the KubeEdge node conditions
+//! and Sedna's LC reports all read the same copy, and a slow reader cannot hold up a frame.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +12,8 @@ use std::time::Instant;
 use helmet_pipelines::ingest::{self, Camera};
 use serde::{Deserialize, Serialize};
 
+use super::Counters;
 use crate::autoscaler::{Decision, FsReader, Sampler, status_line};
-use crate::cloud::BreakerState;
-use crate::run::Counters;
 use crate::supervisor::{self, PoolName, WorkerStatus};
 use crate::uplink::UplinkHandle;
 use crate::worker::{Dispatcher, dispatch};
@@ -36,6 +36,93 @@ pub struct Snapshot {
     pub uplink: Option<UplinkSnapshot>,
     /// The KubeEdge node link is up and the node registered; false when `[kubeedge]` is off.
     pub kubeedge_connected: bool,
+    /// `None` when `[kubeedge]` is off.
+    #[serde(default)]
+    pub kubeedge: Option<KubeEdgeSnapshot>,
+    /// Frames replaced in dispatch before a worker was free, over all cameras.
+    #[serde(default)]
+    pub dispatch_dropped: u64,
+}
+
+/// The KubeEdge node link, named as in the logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KubeEdgeSnapshot {
+    /// `disconnected`, `bootstrapping`, `connecting`, `connected` or `stopped`.
+    pub phase: String,
+    pub registered: bool,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+}
+
+impl Snapshot {
+    pub fn workers_ready(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count()
+    }
+
+    pub fn cameras_streaming(&self) -> usize {
+        self.cameras
+            .iter()
+            .filter(|c| c.state == CameraState::Streaming)
+            .count()
+    }
+
+    /// The `systemctl status` line: what an operator checks first.
+    pub fn status_line(&self) -> String {
+        format!(
+            "cameras {}/{} streaming, workers {}/{} ready, frames {}, hard {}, alerts {}",
+            self.cameras_streaming(),
+            self.cameras.len(),
+            self.workers_ready(),
+            self.workers.len(),
+            self.counters.frames,
+            self.counters.hard,
+            self.counters.alerts,
+        )
+    }
+
+    /// The stats topic's and the stats log line's JSON (docs/operations.md lists its fields).
+    pub fn stats_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let cameras: Vec<serde_json::Value> = self
+            .cameras
+            .iter()
+            .map(|cam| {
+                serde_json::json!({
+                    "camera": cam.name, "state": cam.state.as_str(), "frames_in": cam.frames_in,
+                    "frames_out": cam.frames_processed, "dropped": cam.frames_dropped,
+                    "reconnects": cam.reconnects,
+                })
+            })
+            .collect();
+        let mut stats = serde_json::json!({
+            "frames": c.frames, "hard": c.hard,
+            "upload_ratio": c.hard as f64 / c.frames.max(1) as f64,
+            "cloud_answered": c.cloud_answered, "cloud_late": c.cloud_late,
+            "cloud_failed": c.cloud_failed, "cloud_skipped": c.cloud_skipped,
+            "alerts": c.alerts, "dispatch_dropped": self.dispatch_dropped,
+            "workers_ready": self.workers_ready(), "workers": self.workers.len(),
+            "cameras": cameras,
+        });
+        if let Some(u) = &self.uplink {
+            stats["mqtt"] = serde_json::json!({
+                "connected": u.mqtt_connected, "reconnects": u.reconnects,
+                "spool_depth": u.spool_depth, "spool_bytes": u.spool_bytes,
+                "spool_dropped": u.spool_dropped, "once_dropped": u.once_dropped,
+                "volatile_dropped": u.volatile_dropped, "spool_bypassed": u.spool_bypassed,
+                "spool_lost": u.spool_lost,
+            });
+        }
+        if let Some(k) = &self.kubeedge {
+            stats["kubeedge"] = serde_json::json!({
+                "phase": k.phase, "registered": k.registered,
+                "reconnects": k.reconnects, "last_error": k.last_error,
+            });
+        }
+        stats
+    }
 }
 
 /// A camera's pipeline state, named as in the logs.
@@ -226,12 +313,19 @@ pub struct UplinkSnapshot {
     /// Messages the spool could not store while the broker was not connected: lost.
     #[serde(default)]
     pub spool_lost: u64,
+    /// Messages of kinds not spooled, dropped because the session was down or its queue full.
+    #[serde(default)]
+    pub once_dropped: u64,
+    /// Volatile messages (stats) dropped because the session was down or its queue full.
+    #[serde(default)]
+    pub volatile_dropped: u64,
     /// The cloud client's circuit breaker (`closed`, `open`, `half-open`); `None` without a cloud.
     pub cloud_breaker: Option<String>,
 }
 
 impl UplinkSnapshot {
-    pub fn read(uplink: &UplinkHandle) -> Self {
+    /// `cloud_breaker` is the joint-inference breaker's state name, when a cloud is configured.
+    pub fn read(uplink: &UplinkHandle, cloud_breaker: Option<&str>) -> Self {
         let stats = uplink.stats();
         Self {
             mqtt_connected: stats.connected,
@@ -243,14 +337,9 @@ impl UplinkSnapshot {
             spool_dropped: stats.spool.dropped_full + stats.spool.dropped_expired,
             spool_bypassed: stats.spool_bypassed,
             spool_lost: stats.spool_lost,
-            cloud_breaker: uplink.cloud().map(|c| {
-                match c.breaker_state() {
-                    BreakerState::Closed => "closed",
-                    BreakerState::Open { .. } => "open",
-                    BreakerState::HalfOpen => "half-open",
-                }
-                .to_string()
-            }),
+            once_dropped: stats.once_dropped,
+            volatile_dropped: stats.volatile_dropped,
+            cloud_breaker: cloud_breaker.map(str::to_string),
         }
     }
 }
@@ -266,7 +355,9 @@ pub struct Sources<'a> {
     pub desired_replicas: u32,
     pub counters: &'a Counters,
     pub uplink: Option<&'a UplinkHandle>,
-    pub kubeedge_connected: bool,
+    /// The joint-inference breaker (`closed`, `open`, `half-open`), when a cloud is configured.
+    pub cloud_breaker: Option<&'static str>,
+    pub kubeedge: Option<KubeEdgeSnapshot>,
 }
 
 /// Loop-side state needed between snapshots: the previous frame totals for fps, and a CPU
@@ -353,8 +444,15 @@ impl SnapshotBuilder {
             workers,
             pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
             counters: CounterSnapshot::read(sources.counters),
-            uplink: sources.uplink.map(UplinkSnapshot::read),
-            kubeedge_connected: sources.kubeedge_connected,
+            uplink: sources
+                .uplink
+                .map(|u| UplinkSnapshot::read(u, sources.cloud_breaker)),
+            kubeedge_connected: sources
+                .kubeedge
+                .as_ref()
+                .is_some_and(|k| k.phase == "connected" && k.registered),
+            kubeedge: sources.kubeedge.clone(),
+            dispatch_dropped: sources.dispatcher.dropped_oldest_total(),
         }
     }
 }

@@ -1,0 +1,460 @@
+//! The control loop: one thread that owns cameras' hand-off, dispatch, the supervisor and the
+//! autoscaler, and publishes the daemon's state once a second.
+//!
+//! It sleeps in [`Dispatcher::poll`] until something happens: a worker message (a result, a
+//! heartbeat, a closed connection), a camera's new frame or a signal (both through the
+//! dispatcher's [`Waker`]), or the next timer — the supervisor's reconcile every 200 ms and the
+//! snapshot (with the autoscaler's sample) every second. Nothing here waits on the network.
+//!
+//! Generic over the supervisor's [`Host`] and the worker [`Launcher`], so reload, scaling,
+//! drain, hung-worker and crash-loop behaviour run in unit tests on the fake host without root.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::autoscaler::{Decision, status_line};
+use crate::config::Config;
+use crate::http::Telemetry;
+use crate::supervisor::{Host, PoolName, Supervisor, WorkerLauncher, WorkerState};
+use crate::systemd::{Notifier, StartTimeout};
+use crate::telemetry::{Counters, KubeEdgeSnapshot, SnapshotBuilder, SnapshotSender, Sources};
+use crate::uplink::UplinkHandle;
+use crate::worker::{DispatchEvent, Dispatcher, Waker, WorkerArgs, WorkerKey};
+
+use super::cameras::{CameraChanges, CameraSet};
+use super::finalize::{self, Finalize, Inferred};
+use super::launcher::{Link, NewWorker};
+use super::settings::{EDGE_POOL, EdgeAutoscaler, desired_pools, initial_replicas, new_autoscaler};
+use super::{ConfigOrigin, Control, ResultObserver};
+
+const RECONCILE_EVERY: Duration = Duration::from_millis(200);
+/// The snapshot, the autoscaler's sample and the KubeEdge/LC/HTTP views follow this period.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for workers to finish their current frame.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// What the control loop needs of a worker launcher besides starting processes: the
+/// connections of the workers it started, and new worker arguments on reload.
+pub trait Launcher: WorkerLauncher {
+    fn take_new(&self) -> Vec<NewWorker>;
+    fn set_template(&mut self, template: WorkerArgs);
+}
+
+/// What the loop reads of the other subsystems when it builds a snapshot; all optional.
+#[derive(Default)]
+pub struct Probes {
+    pub uplink: Option<UplinkHandle>,
+    /// The joint-inference breaker's state name.
+    pub cloud_breaker: Option<Box<dyn Fn() -> &'static str + Send>>,
+    pub kubeedge: Option<Box<dyn Fn() -> KubeEdgeSnapshot + Send>>,
+    /// `[http] listen`: the loop proves it is alive to `/healthz` every time it wakes.
+    pub health: Option<Arc<Telemetry>>,
+    /// Sees every model result as it leaves the workers, before finalize.
+    pub result_observer: Option<ResultObserver>,
+}
+
+/// When the periodic work is next due.
+struct Due {
+    reconcile: Instant,
+    snapshot: Instant,
+}
+
+impl Due {
+    fn next(&self) -> Instant {
+        self.reconcile.min(self.snapshot)
+    }
+}
+
+/// systemd is told READY=1 once a worker serves; until then the start timeout is extended
+/// while a worker is still loading its model.
+struct Readiness {
+    announced: bool,
+    start_timeout: StartTimeout,
+}
+
+pub struct ControlLoop<H: Host, L: Launcher> {
+    origin: ConfigOrigin,
+    cfg: Config,
+    supervisor: Supervisor<H, L>,
+    /// Where the supervisor's cgroups are in the file system, for CPU and pressure readings.
+    cgroup_root: PathBuf,
+    autoscaler: Option<EdgeAutoscaler>,
+    last_decision: Option<Decision>,
+    dispatcher: Dispatcher,
+    waker: Waker,
+    cameras: CameraSet,
+    links: HashMap<WorkerKey, Arc<Link>>,
+    counters: Arc<Counters>,
+    snapshots: SnapshotBuilder,
+    published: SnapshotSender,
+    probes: Probes,
+    systemd: Notifier,
+    readiness: Readiness,
+    status_line: String,
+    due: Due,
+    workers_max: usize,
+}
+
+impl<H: Host, L: Launcher> ControlLoop<H, L> {
+    /// Starts the cameras and asks the supervisor for the configured workers; the supervisor's
+    /// start-up sweep must have run. `cgroup_root` is where the supervisor's cgroups are.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: ConfigOrigin,
+        cfg: Config,
+        mut supervisor: Supervisor<H, L>,
+        cgroup_root: PathBuf,
+        finalize: Finalize,
+        counters: Arc<Counters>,
+        published: SnapshotSender,
+        probes: Probes,
+    ) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        supervisor.set_desired(desired_pools(&cfg, None)?);
+        let autoscaler = new_autoscaler(&cfg, &cgroup_root, initial_replicas(&cfg), now)?;
+        let mut dispatcher = Dispatcher::new(std::iter::empty::<String>());
+        let waker = dispatcher.waker()?;
+        let on_frame = {
+            let waker = waker.clone();
+            Arc::new(move || waker.wake())
+        };
+        let cameras = CameraSet::start(&cfg, finalize, Some(on_frame), &mut dispatcher)?;
+        let snapshots = SnapshotBuilder::new(
+            cfg.node_name(),
+            PoolName::new(EDGE_POOL)?,
+            cgroup_root.clone(),
+        );
+        let systemd = Notifier::from_env();
+        let readiness = Readiness {
+            announced: false,
+            start_timeout: StartTimeout::new(
+                now,
+                Duration::from_secs_f64(cfg.edge.worker.ready_timeout_s),
+            ),
+        };
+        tracing::info!(cameras = cameras.cameras().len(), "helmetd running");
+        Ok(Self {
+            origin,
+            cfg,
+            supervisor,
+            cgroup_root,
+            autoscaler,
+            last_decision: None,
+            dispatcher,
+            waker,
+            cameras,
+            links: HashMap::new(),
+            counters,
+            snapshots,
+            published,
+            probes,
+            systemd,
+            readiness,
+            status_line: String::new(),
+            due: Due {
+                reconcile: now,
+                snapshot: now,
+            },
+            workers_max: 0,
+        })
+    }
+
+    /// Wakes the loop from another thread (signals).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// Runs until `control` asks for shutdown or `until` passes.
+    pub fn run(&mut self, control: &Control, until: Option<Instant>) -> anyhow::Result<()> {
+        while !control.is_shutting_down() && until.is_none_or(|t| Instant::now() < t) {
+            self.turn(control.take_reload(), until)?;
+        }
+        Ok(())
+    }
+
+    /// One wake-up: applies a reload, hands frames and new workers over, sleeps until the next
+    /// event or timer, handles the events, then the timers that are due.
+    pub fn turn(&mut self, reload: bool, until: Option<Instant>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if let Some(t) = &self.probes.health {
+            t.health.tick();
+        }
+        self.systemd.watchdog_tick(now);
+        if reload {
+            self.reload()?;
+        }
+        self.hand_over_frames();
+        self.take_new_workers();
+        let wake_at = until.map_or(self.due.next(), |u| u.min(self.due.next()));
+        for event in self
+            .dispatcher
+            .poll(wake_at.saturating_duration_since(now))?
+        {
+            self.on_event(event);
+        }
+        let now = Instant::now();
+        if now >= self.due.reconcile {
+            self.reconcile(now);
+            self.due.reconcile = now + RECONCILE_EVERY;
+        }
+        if now >= self.due.snapshot {
+            self.scale(now)?;
+            self.publish_snapshot(now);
+            self.due.snapshot = now + SNAPSHOT_EVERY;
+        }
+        Ok(())
+    }
+
+    fn hand_over_frames(&mut self) {
+        for camera in self.cameras.cameras() {
+            if let Some(frame) = camera.take_latest()
+                && let Err(e) = self.dispatcher.offer(frame)
+            {
+                tracing::warn!(error = %e, "frame refused by dispatch");
+            }
+        }
+    }
+
+    fn take_new_workers(&mut self) {
+        for new in self.supervisor.launcher().take_new() {
+            let key = self.dispatcher.add_worker(new.conn);
+            tracing::debug!(pool = new.pool, id = new.id, ?key, "worker connection");
+            self.links.insert(key, new.link);
+        }
+        for (key, link) in &self.links {
+            if link.take_drain_request()
+                && let Err(e) = self.dispatcher.drain_worker(*key)
+            {
+                tracing::warn!(error = %e, "drain failed");
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: DispatchEvent) {
+        match event {
+            DispatchEvent::Done {
+                frame,
+                detections,
+                infer,
+                latency,
+                ..
+            } => {
+                let result = Inferred {
+                    frame,
+                    detections,
+                    infer,
+                    latency,
+                };
+                if let Some(observe) = &self.probes.result_observer {
+                    observe(&result);
+                }
+                finalize::hand_over(self.cameras.queues(), result, &self.counters);
+            }
+            DispatchEvent::WorkerReady { worker, .. } => {
+                if let Some(link) = self.links.get(&worker) {
+                    link.mark_ready(Instant::now());
+                }
+            }
+            DispatchEvent::Heartbeat { worker, .. } => {
+                if let Some(link) = self.links.get(&worker) {
+                    link.beat(Instant::now());
+                }
+            }
+            DispatchEvent::WorkerClosed { worker, reason } => {
+                tracing::debug!(?worker, %reason, "worker connection closed");
+                self.links.remove(&worker);
+            }
+            DispatchEvent::WorkerFailed { reason, .. } => tracing::warn!(%reason, "worker failed"),
+            DispatchEvent::Failed { reason, .. } => {
+                tracing::warn!(%reason, "inference failed on a frame")
+            }
+            DispatchEvent::Rejected { error, .. } => tracing::warn!(%error, "frame rejected"),
+            DispatchEvent::Lost { .. } => {}
+        }
+    }
+
+    /// The supervisor's reconcile, and READY=1 once a worker serves.
+    fn reconcile(&mut self, now: Instant) {
+        for e in self.supervisor.reconcile(now) {
+            tracing::warn!(error = %e, "supervisor");
+        }
+        let workers = self.supervisor.status(now);
+        let ready = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        self.workers_max = self.workers_max.max(ready);
+        if ready > 0 && !self.readiness.announced {
+            self.systemd.ready();
+            self.readiness.announced = true;
+        } else if !self.readiness.announced {
+            let loading = workers.iter().any(|w| w.state == WorkerState::Starting);
+            self.readiness
+                .start_timeout
+                .tick(&self.systemd, now, loading);
+        }
+    }
+
+    /// The autoscaler samples every second and decides at its own sync period.
+    fn scale(&mut self, now: Instant) -> anyhow::Result<()> {
+        let Some(a) = self.autoscaler.as_mut() else {
+            return Ok(());
+        };
+        a.observe_drops(self.dispatcher.dropped_oldest_total());
+        let request = self.cfg.edge.worker.resources.requests.cpu.as_f64();
+        let before = a.current_replicas();
+        if let Some(decision) = a.step(now, &self.supervisor.status(now), request) {
+            if decision.desired_replicas != before {
+                tracing::info!("autoscaler: {}", status_line(&decision));
+                self.supervisor
+                    .set_desired(desired_pools(&self.cfg, Some(decision.desired_replicas))?);
+            } else {
+                tracing::debug!("autoscaler: {}", status_line(&decision));
+            }
+            self.last_decision = Some(decision);
+        }
+        Ok(())
+    }
+
+    fn desired_replicas(&self) -> u32 {
+        self.autoscaler
+            .as_ref()
+            .map_or_else(|| initial_replicas(&self.cfg), |a| a.current_replicas())
+    }
+
+    /// One snapshot for every reader; systemd's STATUS line follows it when it changed.
+    fn publish_snapshot(&mut self, now: Instant) {
+        let workers = self.supervisor.status(now);
+        let snapshot = self.snapshots.build(
+            now,
+            &Sources {
+                cameras: self.cameras.cameras(),
+                dispatcher: &self.dispatcher,
+                workers: &workers,
+                decision: self.last_decision.as_ref(),
+                desired_replicas: self.desired_replicas(),
+                counters: &self.counters,
+                uplink: self.probes.uplink.as_ref(),
+                cloud_breaker: self.probes.cloud_breaker.as_ref().map(|state| state()),
+                kubeedge: self.probes.kubeedge.as_ref().map(|state| state()),
+            },
+        );
+        let line = snapshot.status_line();
+        if line != self.status_line {
+            self.systemd.status(&line);
+            self.status_line = line;
+        }
+        self.published.send_replace(Arc::new(snapshot));
+    }
+
+    /// SIGHUP: a bad file is refused and the running state kept; worker count and limits apply
+    /// at once, a changed model replaces workers one at a time, cameras are reconciled.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        self.systemd.reloading();
+        let applied = self.apply_reload();
+        if self.readiness.announced {
+            self.systemd.ready();
+        }
+        applied
+    }
+
+    fn apply_reload(&mut self) -> anyhow::Result<()> {
+        let cfg = match self.origin.load() {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running config:\n{e}");
+                return Ok(());
+            }
+        };
+        // The HPA state restarts with the new spec, from the replicas running now.
+        let current = self
+            .autoscaler
+            .as_ref()
+            .map_or(initial_replicas(&cfg), |a| a.current_replicas());
+        let pools = match desired_pools(&cfg, None) {
+            Ok(pools) => pools,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused");
+                return Ok(());
+            }
+        };
+        self.supervisor
+            .launcher_mut()
+            .set_template(super::settings::worker_template(&cfg));
+        self.supervisor.set_desired(pools);
+        tracing::info!("config reloaded");
+        self.autoscaler = new_autoscaler(&cfg, &self.cgroup_root, current, Instant::now())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "autoscaler not restarted after reload");
+                None
+            });
+        if self.autoscaler.is_some() {
+            self.supervisor
+                .set_desired(desired_pools(&cfg, Some(current))?);
+        }
+        log_camera_changes(&self.cameras.reconcile(&cfg, &mut self.dispatcher));
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// Stops the cameras, lets the workers finish the frames they hold (their results still go
+    /// to finalize), then stops and reaps the workers and removes their cgroups. Returns the
+    /// finalize tasks, whose queues are now closed, to be joined.
+    pub fn stop(mut self) -> anyhow::Result<(Finalize, usize)> {
+        tracing::info!("shutting down");
+        self.systemd.stopping();
+        self.cameras.stop_streams();
+        self.drain_workers();
+        let report = self.supervisor.shutdown()?;
+        tracing::info!(
+            drained = report.drained,
+            killed = report.killed,
+            "workers stopped, cgroups removed"
+        );
+        Ok((self.cameras.close(), self.workers_max))
+    }
+
+    fn drain_workers(&mut self) {
+        let keys: Vec<WorkerKey> = self.dispatcher.worker_keys().collect();
+        for key in keys {
+            if let Err(e) = self.dispatcher.drain_worker(key) {
+                tracing::debug!(error = %e, "drain at shutdown");
+            }
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.dispatcher.worker_keys().next().is_some() && Instant::now() < deadline {
+            match self.dispatcher.poll(DRAIN_POLL) {
+                Ok(events) => {
+                    for event in events {
+                        if let DispatchEvent::Done { .. } = event {
+                            self.on_event(event);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for workers to drain");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn log_camera_changes(changes: &CameraChanges) {
+    if changes.is_empty() {
+        tracing::info!("cameras unchanged");
+        return;
+    }
+    for (name, why) in &changes.failed {
+        tracing::error!(camera = %name, "camera not started after reload: {why}");
+    }
+    tracing::info!(
+        started = ?changes.started,
+        stopped = ?changes.stopped,
+        restarted = ?changes.restarted,
+        "cameras reconciled"
+    );
+}
