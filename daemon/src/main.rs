@@ -314,7 +314,7 @@ fn run_daemon(
     let (runtime, signals) = Signals::with_runtime()?;
     let mut links = Links::default();
     if !cfg.mqtt.url.is_empty() {
-        let settings = helmetd::uplink::UplinkSettings::from_config(&cfg)?;
+        let settings = helmetd::joint::uplink_settings(&cfg)?;
         let handle = helmetd::uplink::Uplink::spawn(settings, runtime.handle())?;
         links.uplink = Some(handle);
     }
@@ -389,7 +389,7 @@ fn check_config(
         if cfg.cloud.protocol == config::CloudProtocol::Mqtt
             && !cfg.cloud.model.as_os_str().is_empty()
         {
-            let cloud = detect::cloud_model_spec(cfg);
+            let cloud = helmetd::cloud::cloud_model_spec(cfg);
             if let Err(e) = helmet_pipelines::detect::Detector::load(&cloud) {
                 problems.push((config::KeyPath::parse("cloud.model_input"), e.to_string()));
             }

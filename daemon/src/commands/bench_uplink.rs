@@ -44,9 +44,9 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 use super::nearest_rank;
 use crate::alerts::{AlertEvent, EventKind};
-use crate::cloud::CloudClientSettings;
-use crate::cloud::protocol::{self, HardExampleMeta};
 use crate::config::{self, Config, ConfigSource};
+use crate::joint::mqtt::MqttSettings;
+use crate::joint::protocol::{self, HardExampleMeta};
 use crate::run::{ConfigOrigin, Counters, Links, Signals};
 
 /// The bundled video shows each photo this long.
@@ -284,7 +284,7 @@ fn measure_bytes(
     edge: &[Frame],
     full: &[Frame],
 ) -> anyhow::Result<Vec<FrameBytes>> {
-    let cloud = CloudClientSettings::from_config(cfg);
+    let cloud = MqttSettings::from_config(cfg);
     let request_topic = protocol::request_topic(&cloud.topic_prefix);
     let response_topic = protocol::response_topic(&cloud.topic_prefix, &cloud.node);
     edge.iter()
@@ -522,7 +522,7 @@ fn live_in(
             }
         }));
     }
-    let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
+    let settings = crate::joint::uplink_settings(&cfg)?;
     let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
     links.uplink = Some(handle.clone());
 

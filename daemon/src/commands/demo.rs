@@ -198,7 +198,7 @@ pub fn run(
             event.source
         );
     }));
-    let settings = crate::uplink::UplinkSettings::from_config(&cfg)?;
+    let settings = crate::joint::uplink_settings(&cfg)?;
     let handle = crate::uplink::Uplink::spawn(settings, runtime.handle())?;
     links.uplink = Some(handle.clone());
 

@@ -12,7 +12,7 @@ use helmet_pipelines::ingest::{self, Camera};
 use serde::{Deserialize, Serialize};
 
 use crate::autoscaler::{Decision, FsReader, Sampler, status_line};
-use crate::cloud::BreakerState;
+use crate::joint::{BreakerState, JointClient};
 use crate::run::Counters;
 use crate::supervisor::{self, PoolName, WorkerStatus};
 use crate::uplink::UplinkHandle;
@@ -231,7 +231,7 @@ pub struct UplinkSnapshot {
 }
 
 impl UplinkSnapshot {
-    pub fn read(uplink: &UplinkHandle) -> Self {
+    pub fn read(uplink: &UplinkHandle, cloud: Option<&JointClient>) -> Self {
         let stats = uplink.stats();
         Self {
             mqtt_connected: stats.connected,
@@ -243,7 +243,7 @@ impl UplinkSnapshot {
             spool_dropped: stats.spool.dropped_full + stats.spool.dropped_expired,
             spool_bypassed: stats.spool_bypassed,
             spool_lost: stats.spool_lost,
-            cloud_breaker: uplink.cloud().map(|c| {
+            cloud_breaker: cloud.map(|c| {
                 match c.breaker_state() {
                     BreakerState::Closed => "closed",
                     BreakerState::Open { .. } => "open",
@@ -266,6 +266,8 @@ pub struct Sources<'a> {
     pub desired_replicas: u32,
     pub counters: &'a Counters,
     pub uplink: Option<&'a UplinkHandle>,
+    /// The way to the big model, for its breaker; `None` without a cloud.
+    pub cloud: Option<&'a JointClient>,
     pub kubeedge_connected: bool,
 }
 
@@ -353,7 +355,9 @@ impl SnapshotBuilder {
             workers,
             pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
             counters: CounterSnapshot::read(sources.counters),
-            uplink: sources.uplink.map(UplinkSnapshot::read),
+            uplink: sources
+                .uplink
+                .map(|u| UplinkSnapshot::read(u, sources.cloud)),
             kubeedge_connected: sources.kubeedge_connected,
         }
     }

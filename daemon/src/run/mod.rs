@@ -312,6 +312,8 @@ pub fn run(
     let telemetry = links.telemetry.clone();
     let uplink = links.uplink.clone();
     let result_observer = links.result_observer.clone();
+    // Shared with the status snapshots, which show its breaker.
+    let cloud = crate::joint::JointClient::from_config(&cfg, links.uplink.as_ref())?.map(Arc::new);
     let shared = Arc::new(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
         num_classes: cfg.edge.model.classes.len(),
@@ -326,10 +328,9 @@ pub fn run(
                 cfg.output.max_mb.saturating_mul(1 << 20),
             )?),
         },
-        cloud: finalize::CloudLink::from_config(&cfg, links.uplink.as_ref())?,
+        cloud: cloud.clone(),
         uplink: links.uplink.clone(),
         watcher: links.watcher,
-        hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
         counters: counters.clone(),
         telemetry: telemetry.clone(),
@@ -539,6 +540,7 @@ pub fn run(
                         .map_or_else(|| initial_replicas(&cfg), |a| a.current_replicas()),
                     counters: &counters,
                     uplink: uplink.as_ref(),
+                    cloud: cloud.as_deref(),
                     kubeedge_connected: kubeedge.as_ref().is_some_and(kubeedge_connected),
                 },
             );
