@@ -6,7 +6,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use super::message::{self, MessageError, MessageProperties, SPOOL_ID_PROPERTY};
 use super::options::{OptionsError, mqtt_options};
 use super::window::{Origin, Window};
-use super::{Delivery, Topics, Uplink, UplinkHandle, UplinkSettings};
+use super::{Delivery, IncomingError, Subscription, Topics, Uplink, UplinkHandle, UplinkSettings};
 use crate::config::{Config, MqttConfig, SpoolKind};
 use crate::spool::FsyncPolicy;
 
@@ -337,4 +337,35 @@ async fn only_the_listed_kinds_are_spooled_and_the_rest_are_dropped_while_offlin
         ),
         (2, 1, 0)
     );
+}
+
+/// One handler, for the subscribed topic only: a sharer that asks for another topic (a session
+/// opened without its subscription) learns it at once instead of waiting for nothing.
+#[tokio::test]
+async fn the_subscription_takes_one_handler_for_its_own_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_uplink, handle) = offline_uplink(dir.path(), Vec::new());
+    assert!(matches!(
+        handle.on_incoming("a/b", Box::new(|_| {})),
+        Err(IncomingError::NoSubscription)
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = mqtt_config("mqtt://127.0.0.1:1");
+    cfg.spool_dir = dir.path().to_path_buf();
+    let mut settings = UplinkSettings::from_mqtt(&cfg, "edge-a").unwrap();
+    settings.subscription = Some(Subscription {
+        topic: "a/b".into(),
+        max_payload: 1024,
+    });
+    let (_uplink, handle) = Uplink::open(settings).unwrap();
+    assert!(matches!(
+        handle.on_incoming("a/c", Box::new(|_| {})),
+        Err(IncomingError::OtherTopic { .. })
+    ));
+    handle.on_incoming("a/b", Box::new(|_| {})).unwrap();
+    assert!(matches!(
+        handle.on_incoming("a/b", Box::new(|_| {})),
+        Err(IncomingError::Taken)
+    ));
 }
