@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod joint;
 pub mod kubeedge;
 pub mod logging;
 pub mod run;

@@ -356,7 +356,7 @@ fn check_config(
         if cfg.cloud.protocol == config::CloudProtocol::Mqtt
             && !cfg.cloud.model.as_os_str().is_empty()
         {
-            let cloud = detect::cloud_model_spec(cfg);
+            let cloud = helmetd::cloud::cloud_model_spec(cfg);
             if let Err(e) = helmet_pipelines::detect::Detector::load(&cloud) {
                 problems.push((config::KeyPath::parse("cloud.model_input"), e.to_string()));
             }

@@ -1,5 +1,5 @@
 //! Joint inference end to end: a real mosquitto, the real big model in `helmetd cloud` child
-//! processes, and the edge's `CloudClient`.
+//! processes, and the edge's MQTT client (`joint::mqtt`).
 //!
 //! These tests live in the daemon crate rather than tests/ because only here does cargo build
 //! the `helmetd` binary first and say where it is (`CARGO_BIN_EXE_helmetd`); `cargo test
@@ -17,8 +17,9 @@ use helmet_pipelines::detect::Detector;
 use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, Frame, still};
-use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
-use helmetd::cloud::{BreakerSettings, BreakerState, CloudAnswer, CloudClientSettings};
+use helmetd::joint::mqtt::MqttSettings;
+use helmetd::joint::protocol::{self, CloudResponse, HardExampleMeta};
+use helmetd::joint::{BreakerSettings, BreakerState, CloudAnswer, JointSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::NetworkOptions;
 use rumqttc::v5::MqttOptions;
@@ -81,7 +82,7 @@ fn street2() -> PathBuf {
 fn reference_boxes(path: &Path) -> Vec<Detection> {
     helmet_pipelines::runtime::init_onnxruntime(None)
         .expect("ORT_DYLIB_PATH is set for cargo test");
-    let spec = helmetd::commands::detect::cloud_model_spec(&default_config());
+    let spec = helmetd::cloud::cloud_model_spec(&default_config());
     let mut detector = Detector::load(&spec).unwrap();
     let (w, h) = detector.input_size();
     let (frame, _) = still::load_still(path, "reference", w, h).unwrap();
@@ -303,9 +304,13 @@ fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns() {
 async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns_body() {
     let broker = Mosquitto::start().unwrap();
     let timeout = Duration::from_millis(2000);
-    let settings = CloudClientSettings {
+    let settings = MqttSettings {
         node: "edge-c".into(),
         topic_prefix: PREFIX.into(),
+        timeout,
+        jpeg_quality: 90,
+    };
+    let guard = JointSettings {
         timeout,
         breaker: BreakerSettings {
             failure_threshold: 3,
@@ -314,15 +319,16 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
         },
     };
     let (cloud_client, driver) =
-        common::subscribed_cloud_client(options("edge-c", &broker), settings).await;
-    let (frame, jpeg, _) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+        common::subscribed_cloud_client(options("edge-c", &broker), settings, guard).await;
+    let (frame, _, _) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    let image = content_image(&frame);
     let meta = HardExampleMeta::for_frame(&frame, &[]);
 
     // (e) Nobody serves the topic: each ask waits out the timeout (how much longer depends on the
     // machine's load: bench uplink measures it), then the breaker opens.
     for _ in 0..3 {
         let t0 = Instant::now();
-        let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+        let answer = cloud_client.ask(&image, &meta).await;
         let took = t0.elapsed();
         assert!(matches!(answer, CloudAnswer::Late), "{answer:?}");
         assert!(
@@ -344,7 +350,7 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
     let mut slowest = Duration::ZERO;
     for _ in 0..100 {
         let t0 = Instant::now();
-        let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+        let answer = cloud_client.ask(&image, &meta).await;
         slowest = slowest.max(t0.elapsed());
         assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
     }
@@ -368,7 +374,7 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
             "breaker never closed:\n{}",
             cloud.raw_log()
         );
-        match cloud_client.ask(jpeg.clone(), &meta).await {
+        match cloud_client.ask(&image, &meta).await {
             CloudAnswer::Answered(_, rtt) => break rtt,
             CloudAnswer::BreakerOpen => tokio::time::sleep(Duration::from_millis(50)).await,
             other => println!("probe did not succeed yet: {other:?}"),
@@ -376,7 +382,7 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
     };
     assert_eq!(cloud_client.breaker_state(), BreakerState::Closed);
     println!("probe answered in {:.0} ms", rtt.as_secs_f64() * 1e3);
-    let answer = cloud_client.ask(jpeg.clone(), &meta).await;
+    let answer = cloud_client.ask(&image, &meta).await;
     assert!(matches!(answer, CloudAnswer::Answered(..)), "{answer:?}");
     let stats = cloud_client.stats();
     println!("client stats: {stats:?}");

@@ -81,7 +81,7 @@ fn seed(target: &str, name: &str) -> Vec<u8> {
 /// the first check and rarely reaches the code behind it: rerun `make_corpus` when this fails.
 #[test]
 fn real_seeds_are_accepted() {
-    use helmetd::cloud::protocol;
+    use helmetd::joint::protocol;
     use rumqttc::v5::mqttbytes::v5::Packet;
 
     let publish = |bytes: Vec<u8>| match Packet::read(&mut bytes::BytesMut::from(&bytes[..]), None)

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use helmet_pipelines::output::{annotate, content_image, encode_jpeg};
 use helmet_pipelines::{Detection, MAX_DETECTIONS, still};
-use helmetd::cloud::protocol::{self, CloudResponse, HardExampleMeta};
-use helmetd::cloud::{BreakerSettings, CloudAnswer, CloudClient, CloudClientSettings};
-use helmetd::sedna::http_client::{SednaHttpClient, SednaHttpSettings};
+use helmetd::joint::mqtt::MqttSettings;
+use helmetd::joint::protocol::{self, CloudResponse, HardExampleMeta};
+use helmetd::joint::sedna_http::{SednaHttpClient, SednaHttpSettings};
+use helmetd::joint::{BreakerSettings, CloudAnswer, JointClient, JointSettings};
 use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
@@ -70,10 +71,18 @@ async fn raw_edge(broker: &Mosquitto, node: &str) -> RawEdge {
 
 /// A real photo as the edge sends it: letterbox content as JPEG, with its metadata.
 fn hard_example() -> (Vec<u8>, HardExampleMeta) {
+    let (image, meta) = content_example();
+    (encode_jpeg(&image, 90).unwrap(), meta)
+}
+
+/// What the edge hands its cloud client: the letterbox content of a frame.
+fn content_example() -> (image::RgbImage, HardExampleMeta) {
     let path = helmetd_e2e::workspace_root().join("media/overeasy_construction.jpg");
     let (frame, _) = still::load_still(&path, "cam", 640, 384).unwrap();
-    let jpeg = encode_jpeg(&content_image(&frame), 90).unwrap();
-    (jpeg, HardExampleMeta::for_frame(&frame, &[]))
+    (
+        content_image(&frame),
+        HardExampleMeta::for_frame(&frame, &[]),
+    )
 }
 
 /// A real, decodable 8192×8192 grey JPEG: uniform blocks compress to a few bits each, so it is
@@ -250,11 +259,15 @@ async fn rogue_cloud(broker: &Mosquitto, bodies: Vec<Vec<u8>>) -> tokio::task::J
     })
 }
 
-/// A `CloudClient` on its own session, as the uplink drives it.
-async fn edge_client(broker: &Mosquitto, node: &str, timeout: Duration) -> Arc<CloudClient> {
-    let settings = CloudClientSettings {
+/// An MQTT cloud client on its own session, as the uplink drives it.
+async fn edge_client(broker: &Mosquitto, node: &str, timeout: Duration) -> JointClient {
+    let settings = MqttSettings {
         node: node.into(),
         topic_prefix: PREFIX.into(),
+        timeout,
+        jpeg_quality: 90,
+    };
+    let guard = JointSettings {
         timeout,
         // Never open: every request must go out, so every answer is seen.
         breaker: BreakerSettings {
@@ -264,7 +277,7 @@ async fn edge_client(broker: &Mosquitto, node: &str, timeout: Duration) -> Arc<C
     };
     let mut options = MqttOptions::new(node, "127.0.0.1", broker.port());
     options.set_max_packet_size(Some(u32::try_from(protocol::MAX_RESPONSE_BYTES).unwrap()));
-    let (client, _driver) = common::subscribed_cloud_client(options, settings).await;
+    let (client, _driver) = common::subscribed_cloud_client(options, settings, guard).await;
     client
 }
 
@@ -286,7 +299,7 @@ fn inside(boxes: &[Detection], w: u32, h: u32) -> bool {
 fn absurd_answers_are_clipped_capped_counted_or_refused() {
     runtime().block_on(async {
         let broker = Mosquitto::start().unwrap();
-        let (jpeg, meta) = hard_example();
+        let (image, meta) = content_example();
         let (w, h) = (meta.orig_w, meta.orig_h);
         let compact = |n: usize| {
             let one = "[1,1,9,9,1,0]";
@@ -321,7 +334,7 @@ fn absurd_answers_are_clipped_capped_counted_or_refused() {
         let client = edge_client(&broker, "edge-a", Duration::from_secs(2)).await;
         let mut answers = Vec::new();
         for _ in 0..5 {
-            answers.push(client.ask(jpeg.clone(), &meta).await);
+            answers.push(client.ask(&image, &meta).await);
         }
         let _rogue = rogue.await.unwrap();
 
@@ -370,16 +383,13 @@ fn absurd_answers_are_clipped_capped_counted_or_refused() {
 fn answers_under_predicted_ids_are_not_used() {
     runtime().block_on(async {
         let broker = Mosquitto::start().unwrap();
-        let (jpeg, meta) = hard_example();
+        let (image, meta) = content_example();
         // A peer that reads the request topic (or any one answer) learns an id.
         let mut spy = peer(&broker, "spy", protocol::request_topic(PREFIX)).await;
         let client = edge_client(&broker, "edge-p", Duration::from_secs(1)).await;
 
         // Nobody answers the first request; the spy sees its id.
-        assert!(matches!(
-            client.ask(jpeg.clone(), &meta).await,
-            CloudAnswer::Late
-        ));
+        assert!(matches!(client.ask(&image, &meta).await, CloudAnswer::Late));
         let seen = spy.next().await;
         let props = seen.properties.unwrap();
         let topic = props.response_topic.unwrap();
@@ -436,7 +446,7 @@ fn answers_under_predicted_ids_are_not_used() {
             })
         };
         let started = Instant::now();
-        let answer = client.ask(jpeg, &meta).await;
+        let answer = client.ask(&image, &meta).await;
         stop.store(true, Ordering::Relaxed);
         let sprayed = sprayer.await.unwrap();
         println!(
@@ -502,13 +512,18 @@ fn a_rogue_sedna_service_cannot_flood_or_stretch_the_boxes() {
         }
         body.push_str("]}");
         let (url, server) = rogue_sedna(body.into_bytes()).await;
-        let client = SednaHttpClient::new(&SednaHttpSettings {
+        let sedna = SednaHttpClient::new(&SednaHttpSettings {
             base_url: url,
             job: "sedna".into(),
-            timeout: Duration::from_secs(10),
-            breaker: BreakerSettings::default(),
         })
         .unwrap();
+        let client = JointClient::new(
+            Arc::new(sedna),
+            JointSettings {
+                timeout: Duration::from_secs(10),
+                breaker: BreakerSettings::default(),
+            },
+        );
         let path = helmetd_e2e::workspace_root().join("media/overeasy_construction.jpg");
         let (frame, _) = still::load_still(&path, "cam", 640, 384).unwrap();
         let meta = HardExampleMeta::for_frame(&frame, &[]);
@@ -528,7 +543,10 @@ fn a_rogue_sedna_service_cannot_flood_or_stretch_the_boxes() {
             (0.0, meta.orig_w as f32),
             "the stretched box is cut to the frame"
         );
-        let fixes = client.box_fixes();
-        assert_eq!((fixes.clipped, fixes.over_cap), (1, 10_001 - 300));
+        let stats = client.stats();
+        assert_eq!(
+            (stats.boxes_clipped, stats.boxes_over_cap),
+            (1, 10_001 - 300)
+        );
     });
 }

@@ -24,10 +24,12 @@ use common::{HelmetdProcess, default_config, message};
 use helmet_pipelines::detect::Detector;
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, still};
-use helmetd::cloud::protocol::HardExampleMeta;
-use helmetd::cloud::{AskError, BreakerSettings, BreakerState, CloudAnswer};
-use helmetd::sedna::http_client::{SednaHttpClient, SednaHttpError, SednaHttpSettings};
-use helmetd::sedna::http_server::parse_predict;
+use helmetd::cloud::sedna_http::parse_predict;
+use helmetd::joint::protocol::HardExampleMeta;
+use helmetd::joint::sedna_http::{SednaHttpClient, SednaHttpError, SednaHttpSettings};
+use helmetd::joint::{
+    AskError, BreakerSettings, BreakerState, CloudAnswer, JointClient, JointSettings,
+};
 use image::RgbImage;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,18 +132,24 @@ async fn start_stand(mode: Mode) -> (SocketAddr, Arc<Stand>) {
     (addr, stand)
 }
 
-fn client(addr: SocketAddr, open_initial: Duration) -> SednaHttpClient {
-    SednaHttpClient::new(&SednaHttpSettings {
+/// The Sedna client behind the joint guard, as the daemon uses it.
+fn client(addr: SocketAddr, open_initial: Duration) -> JointClient {
+    let sedna = SednaHttpClient::new(&SednaHttpSettings {
         base_url: format!("http://{addr}"),
         job: "sedna".into(),
-        timeout: TIMEOUT,
-        breaker: BreakerSettings {
-            failure_threshold: 3,
-            open_initial,
-            open_max: open_initial * 4,
-        },
     })
-    .unwrap()
+    .unwrap();
+    JointClient::new(
+        std::sync::Arc::new(sedna),
+        JointSettings {
+            timeout: TIMEOUT,
+            breaker: BreakerSettings {
+                failure_threshold: 3,
+                open_initial,
+                open_max: open_initial * 4,
+            },
+        },
+    )
 }
 
 /// A 64×36 content image of a 1280×720 camera frame (letterbox scale 0.05).
@@ -365,7 +373,7 @@ fn helmetd_cloud_answers_sednas_edge_worker() {
     // The big model run in this process on the same pixels, for comparison.
     helmet_pipelines::runtime::init_onnxruntime(None)
         .expect("ORT_DYLIB_PATH is set for cargo test");
-    let spec = helmetd::commands::detect::cloud_model_spec(&default_config());
+    let spec = helmetd::cloud::cloud_model_spec(&default_config());
     let mut detector = Detector::load(&spec).unwrap();
     let (w, h) = detector.input_size();
     let mut reference = |image: &RgbImage| {
@@ -509,7 +517,7 @@ fn measure_body_sizes_and_parse_time_for_720p() {
     let image = street_720p();
     let sedna = sedna_body(&image);
     let started = Instant::now();
-    let ours = helmetd::sedna::http_client::predict_body(&image);
+    let ours = helmetd::joint::sedna_http::predict_body(&image);
     let serialise = started.elapsed();
     let jpeg = encode_jpeg(&image, default_config().cloud.jpeg_quality).unwrap();
 

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use helmet_pipelines::{Detection, Detections, Letterbox};
-use helmetd::cloud::protocol::{self, HardExampleMeta};
+use helmetd::joint::protocol::{self, HardExampleMeta};
 use helmetd::kubeedge::message::Message;
-use helmetd::sedna::http_client::predict_body;
+use helmetd::joint::sedna_http::predict_body;
 use helmetd::spool::{Entry, FsyncPolicy, Spool, SpoolLimits};
 use helmetd::worker::protocol::{Infer, InferResult, Ready, ToDaemon, ToWorker};
 use rumqttc::v5::mqttbytes::QoS;

@@ -11,15 +11,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use helmetd::cloud::breaker::BreakerSettings;
-use helmetd::cloud::protocol::{self, HardExampleMeta};
+use helmetd::cloud::sedna_http as sedna_server;
 use helmetd::cloud::service;
 use helmetd::config::{self, ConfigSource};
+use helmetd::joint::protocol::{self, HardExampleMeta};
+use helmetd::joint::sedna_http::{self as sedna_client, SednaHttpClient, SednaHttpSettings};
+use helmetd::joint::{BreakerSettings, JointClient, JointSettings};
 use helmetd::kubeedge::certs;
 use helmetd::kubeedge::message::{Message, ObjectResp};
 use helmetd::sedna::env::{self as sedna_env, SednaEnvMode};
-use helmetd::sedna::http_client::{self, SednaHttpClient, SednaHttpSettings};
-use helmetd::sedna::http_server;
 use helmetd::sedna::import;
 use helmetd::sedna::lc::{LcReporter, LcSettings, Totals};
 use helmetd::spool::{Entry, FsyncPolicy, Spool, SpoolLimits};
@@ -87,12 +87,12 @@ fn publish(data: &[u8]) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
 
 /// The body of a `POST /<job>/predict` to `helmetd cloud --sedna-http`.
 pub fn sedna_body(data: &[u8]) {
-    let _ = http_server::parse_predict(data);
+    let _ = sedna_server::parse_predict(data);
 }
 
 /// The body of a Sedna big model's answer, as the edge reads it for a 640×384 content image.
 pub fn sedna_answer(data: &[u8]) {
-    let _ = http_client::parse_result(data, 640, 384);
+    let _ = sedna_client::parse_result(data, 640, 384);
 }
 
 /// A whole HTTP/1.1 response from a real loopback server, to the edge's two HTTP clients: the
@@ -110,10 +110,13 @@ pub fn http_answer(data: &[u8]) {
             let settings = SednaHttpSettings {
                 base_url: format!("http://{}", server.addr),
                 job: "helmet".into(),
+            };
+            let sedna = SednaHttpClient::new(&settings).expect("a loopback URL is valid");
+            let guard = JointSettings {
                 timeout: HTTP_TIMEOUT,
                 breaker: BreakerSettings::default(),
             };
-            let client = SednaHttpClient::new(&settings).expect("a loopback URL is valid");
+            let client = JointClient::new(std::sync::Arc::new(sedna), guard);
             let image = image::RgbImage::new(2, 2);
             let meta = HardExampleMeta {
                 camera: "fuzz".into(),

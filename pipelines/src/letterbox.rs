@@ -4,6 +4,8 @@
 //! (models/PROVENANCE.md): `r = min(H/h, W/w)`, content `round(w·r) × round(h·r)`, padding centred
 //! with `left = round(dw − 0.1)`, `top = round(dh − 0.1)`, pad value 114.
 
+use crate::Detection;
+
 /// Grey used for the letterbox bars, as in training.
 pub const PAD_VALUE: u8 = 114;
 
@@ -58,6 +60,31 @@ impl Letterbox {
         )
     }
 
+    /// Maps boxes found in the letterbox *content* (the frame scaled by `scale`, without the
+    /// padding) back to pixels of the `orig_w × orig_h` frame, clipped to it. The content is the
+    /// image an edge sends the cloud, so both the cloud service and the edge's Sedna client map
+    /// the big model's boxes back with this; only the scale and the frame size travel with it.
+    pub fn content_to_original(
+        boxes: &[Detection],
+        scale: f64,
+        orig_w: u32,
+        orig_h: u32,
+    ) -> Vec<Detection> {
+        let (w, h) = (f64::from(orig_w), f64::from(orig_h));
+        let x = |v: f32| (f64::from(v) / scale).clamp(0.0, w) as f32;
+        let y = |v: f32| (f64::from(v) / scale).clamp(0.0, h) as f32;
+        boxes
+            .iter()
+            .map(|d| Detection {
+                x1: x(d.x1),
+                y1: y(d.y1),
+                x2: x(d.x2),
+                y2: y(d.y2),
+                ..*d
+            })
+            .collect()
+    }
+
     /// Paints everything outside the content rectangle of an RGB `input_w × input_h` buffer
     /// with [`PAD_VALUE`]. GStreamer's videoscale letterboxes with black; the model wants 114.
     pub fn paint_padding(&self, rgb: &mut [u8]) {
@@ -88,6 +115,29 @@ mod tests {
         assert_eq!((lb.pad_left, lb.pad_top), (0, 12));
         assert_eq!(lb.to_original(320.0, 12.0), (640.0, 0.0));
         assert_eq!(lb.to_original(640.0, 372.0), (1280.0, 720.0));
+    }
+
+    #[test]
+    fn content_boxes_are_mapped_to_original_pixels_and_clipped() {
+        let boxes = [Detection {
+            x1: 10.0,
+            y1: 20.0,
+            x2: 700.0,
+            y2: 359.0,
+            score: 0.9,
+            class: 1,
+        }];
+        assert_eq!(
+            Letterbox::content_to_original(&boxes, 0.5, 1280, 720),
+            [Detection {
+                x1: 20.0,
+                y1: 40.0,
+                x2: 1280.0,
+                y2: 718.0,
+                score: 0.9,
+                class: 1
+            }]
+        );
     }
 
     #[test]

@@ -1,14 +1,8 @@
-//! Joint inference with the cloud over MQTT 5: the hard-example protocol, the edge's client
-//! with its timeout and circuit breaker, and the `helmetd cloud` service that runs the big model.
+//! `helmetd cloud`: the service that runs the big model for the edges' hard examples, over
+//! MQTT 5 (the wire format is the edge↔cloud contract in [`crate::joint::protocol`]) and, with
+//! `--sedna-http`, behind Sedna's `BigModelService` HTTP API.
 
-pub mod breaker;
-pub mod client;
-pub mod protocol;
+pub mod sedna_http;
 pub mod service;
 
-pub use breaker::{BreakerSettings, BreakerState};
-pub use client::{
-    AskError, CloudAnswer, CloudClient, CloudClientSettings, CloudStats, SubscribeError,
-};
-pub use protocol::HardExampleMeta;
-pub use service::cloud_main;
+pub use service::{cloud_main, cloud_model_spec};

@@ -29,12 +29,9 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 
-use super::protocol::{
-    self, HardExampleMeta, HardExampleRequest, RejectKind, ReplyTo, RequestError,
-};
-use crate::commands::detect::cloud_model_spec;
+use super::sedna_http::{self, SednaServerSettings};
 use crate::config::Config;
-use crate::sedna::http_server::{self, SednaServerSettings};
+use crate::joint::protocol::{self, HardExampleRequest, RejectKind, ReplyTo, RequestError};
 use crate::systemd::Notifier;
 use crate::uplink::options::{OptionsError, mqtt_options};
 
@@ -164,7 +161,7 @@ pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result
         };
         let http = match sedna_http {
             Some(addr) => {
-                let listener = http_server::bind(addr).await?;
+                let listener = sedna_http::bind(addr).await?;
                 let Some((detector, _)) = load_until(&cfg, until_stopped(stopped.clone())).await?
                 else {
                     return Ok(());
@@ -193,7 +190,7 @@ pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result
         };
         let sedna = async {
             match http {
-                Some((listener, detector)) => http_server::serve(
+                Some((listener, detector)) => sedna_http::serve(
                     listener,
                     SednaServerSettings::from_config(&cfg),
                     detector,
@@ -617,7 +614,8 @@ fn infer(mut detector: Detector, job: Job, max_side: u32) -> Done {
     let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h, max_side)
         .map_err(JobError::Image)
         .and_then(|frame| detector.detect(&frame).map_err(JobError::Inference))
-        .map(|boxes| (to_original(&boxes, &job.request.meta), started.elapsed()));
+        // The detector answers in JPEG pixels; the edge wants its camera frame's pixels.
+        .map(|boxes| (job.request.meta.to_original(&boxes), started.elapsed()));
     Done {
         detector,
         job,
@@ -625,21 +623,16 @@ fn infer(mut detector: Detector, job: Job, max_side: u32) -> Done {
     }
 }
 
-/// The detector answers in JPEG pixels; the edge wants its camera frame's pixels.
-pub(crate) fn to_original(boxes: &[Detection], meta: &HardExampleMeta) -> Vec<Detection> {
-    let (w, h) = (f64::from(meta.orig_w), f64::from(meta.orig_h));
-    let x = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, w) as f32;
-    let y = |v: f32| (f64::from(v) / meta.scale).clamp(0.0, h) as f32;
-    boxes
-        .iter()
-        .map(|d| Detection {
-            x1: x(d.x1),
-            y1: y(d.y1),
-            x2: x(d.x2),
-            y2: y(d.y2),
-            ..*d
-        })
-        .collect()
+/// The model spec of the big model from `[cloud]`: this service runs it, and `helmetd detect`
+/// and the benches load the same.
+pub fn cloud_model_spec(cfg: &Config) -> ModelSpec {
+    let [h, w] = cfg.cloud.model_input;
+    let path = crate::config::resolve_path(&cfg.cloud.model);
+    let mut spec = ModelSpec::new(path, w, h, cfg.edge.model.classes.len());
+    spec.score_threshold = cfg.edge.model.score_threshold;
+    spec.nms_iou = cfg.edge.model.nms_iou;
+    spec.intra_threads = cfg.cloud.intra_threads;
+    spec
 }
 
 /// Decodes and letterboxes a JPEG held in memory, exactly as the edge letterboxes a file. The
@@ -749,39 +742,7 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::protocol::{DEFAULT_MAX_IMAGE_SIDE, MAX_IMAGE_SIDE};
-
-    #[test]
-    fn boxes_are_mapped_to_original_pixels_and_clipped() {
-        let meta = HardExampleMeta {
-            camera: "c".into(),
-            seq: 0,
-            capture_time: SystemTime::UNIX_EPOCH,
-            edge_result: Vec::new(),
-            orig_w: 1280,
-            orig_h: 720,
-            scale: 0.5,
-        };
-        let boxes = [Detection {
-            x1: 10.0,
-            y1: 20.0,
-            x2: 700.0,
-            y2: 359.0,
-            score: 0.9,
-            class: 1,
-        }];
-        assert_eq!(
-            to_original(&boxes, &meta),
-            [Detection {
-                x1: 20.0,
-                y1: 40.0,
-                x2: 1280.0,
-                y2: 718.0,
-                score: 0.9,
-                class: 1
-            }]
-        );
-    }
+    use crate::joint::protocol::{DEFAULT_MAX_IMAGE_SIDE, HardExampleMeta, MAX_IMAGE_SIDE};
 
     #[test]
     fn in_memory_jpegs_are_letterboxed_and_garbage_is_an_error() {

@@ -22,10 +22,10 @@ use helmet_pipelines::still::load_still;
 use helmet_pipelines::{Detection, Frame};
 use rand::SeedableRng;
 
-use crate::cloud::protocol::HardExampleMeta;
-use crate::cloud::service::{letterbox_jpeg, to_original};
-use crate::commands::detect::{cloud_model_spec, edge_model_spec, is_image};
+use crate::cloud::service::{cloud_model_spec, letterbox_jpeg};
+use crate::commands::detect::{edge_model_spec, is_image};
 use crate::config::Config;
+use crate::joint::protocol::HardExampleMeta;
 
 /// Boxes of different frames never match; within a frame, greedy by score, same class.
 const MATCH_IOU: f32 = 0.5;
@@ -215,7 +215,7 @@ fn score_frame(
     let big_boxes: Vec<Detection> = big.detect(&cloud_frame)?.into_iter().collect();
     Ok(Scored {
         little: little_boxes,
-        big: to_original(&big_boxes, &HardExampleMeta::for_frame(frame, &[])),
+        big: HardExampleMeta::for_frame(frame, &[]).to_original(&big_boxes),
     })
 }
 

@@ -43,9 +43,9 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 use super::nearest_rank;
 use crate::alerts::{AlertEvent, EventKind};
-use crate::cloud::CloudClientSettings;
-use crate::cloud::protocol::{self, HardExampleMeta};
 use crate::config::{self, Config, ConfigSource};
+use crate::joint::mqtt::MqttSettings;
+use crate::joint::protocol::{self, HardExampleMeta};
 use crate::run::{ConfigOrigin, Control, Daemon, DaemonOptions};
 
 /// The bundled video shows each photo this long.
@@ -307,7 +307,7 @@ fn measure_bytes(
     edge: &[Frame],
     full: &[Frame],
 ) -> anyhow::Result<Vec<FrameBytes>> {
-    let cloud = CloudClientSettings::from_config(cfg);
+    let cloud = MqttSettings::from_config(cfg);
     let request_topic = protocol::request_topic(&cloud.topic_prefix);
     let response_topic = protocol::response_topic(&cloud.topic_prefix, &cloud.node);
     edge.iter()

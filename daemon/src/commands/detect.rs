@@ -294,14 +294,3 @@ pub fn edge_model_spec(
     spec.intra_threads = m.intra_threads;
     spec
 }
-
-/// A model spec for the cloud's big model from `[cloud]`.
-pub fn cloud_model_spec(cfg: &crate::config::Config) -> ModelSpec {
-    let [h, w] = cfg.cloud.model_input;
-    let path = crate::config::resolve_path(&cfg.cloud.model);
-    let mut spec = ModelSpec::new(path, w, h, cfg.edge.model.classes.len());
-    spec.score_threshold = cfg.edge.model.score_threshold;
-    spec.nms_iou = cfg.edge.model.nms_iou;
-    spec.intra_threads = cfg.cloud.intra_threads;
-    spec
-}

@@ -234,7 +234,7 @@ pub struct SednaConfig {
     pub worker_name: String,
     /// The largest request body `helmetd cloud --sedna-http` accepts, in MiB.
     pub max_body_mb: u64,
-    /// `helmetd cloud --sedna-http`'s connection cap and deadlines (`crate::http::guard`).
+    /// `helmetd cloud --sedna-http`'s connection cap and deadlines (the HTTP connection guard's limits).
     pub max_connections: usize,
     pub header_timeout_s: u64,
     pub body_timeout_s: u64,
@@ -253,10 +253,87 @@ pub struct OutputConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
-    /// The endpoint's connection cap and deadlines (`crate::http::guard`).
+    /// The endpoint's connection cap and deadlines (the HTTP connection guard's limits).
     pub max_connections: usize,
     pub header_timeout_s: u64,
     pub body_timeout_s: u64,
+}
+
+/// The ceiling of `cloud.max_image_side` and of any image side a peer of the cloud may declare:
+/// JPEG itself allows 65535, and 8192² RGB is already 192 MiB. Here, not in the cloud protocol,
+/// because checking the config must not need the modules that use it.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Where `[sedna]` sends the Local Controller's worker reports: the one reading of
+/// `lc_server` and the worker name, shared by check-config and the reporter so both refuse the
+/// same values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LcEndpoint {
+    /// `host:port` of the LC.
+    pub authority: String,
+    /// `/sedna/workers/<worker>/info`, under `lc_server`'s own path.
+    pub path: String,
+    pub worker_name: String,
+    /// The service name, else the job name.
+    pub owner_name: String,
+}
+
+/// `[sedna]` cannot be used for reports.
+#[derive(Debug, thiserror::Error)]
+#[error("sedna.{key} {value:?}: {reason}")]
+pub struct LcConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl SednaConfig {
+    /// `None` when `lc_server` is empty: no reports. The worker name defaults to the job name
+    /// (Sedna's default) and the owner to the service name, else the job name.
+    pub fn lc_endpoint(&self) -> Result<Option<LcEndpoint>, LcConfigError> {
+        if self.lc_server.is_empty() {
+            return Ok(None);
+        }
+        let error = |key, value: &str, reason: &str| LcConfigError {
+            key,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(&self.lc_server)
+            .map_err(|e| error("lc_server", &self.lc_server, &e.to_string()))?;
+        let host = match url.host_str() {
+            Some(host) if url.scheme() == "http" => host,
+            _ => return Err(error("lc_server", &self.lc_server, "not an http:// URL")),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let or_job = |name: &str| {
+            if name.is_empty() {
+                self.job_name.clone()
+            } else {
+                name.to_string()
+            }
+        };
+        let worker_name = or_job(&self.worker_name);
+        if worker_name.is_empty() || worker_name.contains(['/', '?', '#', ' ']) {
+            return Err(error(
+                "worker_name",
+                &worker_name,
+                "must be one non-empty URL path segment",
+            ));
+        }
+        if self.lc_period_s == 0 {
+            return Err(error("lc_period_s", "0", "must be at least 1"));
+        }
+        Ok(Some(LcEndpoint {
+            authority: format!("{host}:{port}"),
+            path: format!(
+                "{}/sedna/workers/{worker_name}/info",
+                url.path().trim_end_matches('/')
+            ),
+            owner_name: or_job(&self.service_name),
+            worker_name,
+        }))
+    }
 }
 
 /// Where relative paths in the config are looked up, after the current directory.

@@ -101,7 +101,7 @@ impl Config {
         self.validate_cloud(&mut p);
         // The LC reporter's own reading of [sedna], so check-config refuses what it would
         // (once: a period out of range is already reported).
-        if let Err(e) = crate::sedna::lc::LcSettings::from_config(self) {
+        if let Err(e) = self.sedna.lc_endpoint() {
             let path = KeyPath::default().key("sedna").key(e.key);
             if !p.iter().any(|(k, _)| *k == path) {
                 p.push((path, format!("{:?}: {}", e.value, e.reason)));
@@ -226,7 +226,7 @@ impl Config {
             number(
                 key("cloud.max_image_side"),
                 self.cloud.max_image_side,
-                64.0..=f64::from(crate::cloud::protocol::MAX_IMAGE_SIDE),
+                64.0..=f64::from(super::MAX_IMAGE_SIDE),
             ),
             number(
                 key("kubeedge.cert_port"),

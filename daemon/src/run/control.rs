@@ -94,6 +94,9 @@ pub struct ControlLoop<H: Host, L: Launcher> {
     systemd: Notifier,
     readiness: Readiness,
     status_line: String,
+    /// Workers ready and known at the last reconcile: a change publishes a snapshot at once,
+    /// so STATUS and the probes follow a worker's start or loss without waiting a second.
+    workers_seen: (usize, usize),
     due: Due,
     workers_max: usize,
 }
@@ -154,6 +157,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             systemd,
             readiness,
             status_line: String::new(),
+            workers_seen: (0, 0),
             due: Due {
                 reconcile: now,
                 snapshot: now,
@@ -287,6 +291,10 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             .filter(|w| w.state == WorkerState::Ready)
             .count();
         self.workers_max = self.workers_max.max(ready);
+        if (ready, workers.len()) != self.workers_seen {
+            self.workers_seen = (ready, workers.len());
+            self.due.snapshot = now;
+        }
         if ready > 0 && !self.readiness.announced {
             self.systemd.ready();
             self.readiness.announced = true;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::HardExampleMining;
-use helmet_pipelines::output::{Outcome, OutputError, annotate, content_image, encode_jpeg};
+use helmet_pipelines::output::{Outcome, annotate, content_image, encode_jpeg};
 use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
 use rand::SeedableRng;
@@ -22,11 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
-use crate::cloud::client::{CloudAnswer, CloudClient};
-use crate::cloud::protocol::HardExampleMeta;
 use crate::config::SpoolKind;
-use crate::config::{CloudProtocol, Config};
-use crate::sedna::http_client::{SednaHttpClient, SednaHttpSettings, UrlError};
+use crate::joint::{AskError, CloudAnswer, HardExampleMeta, JointClient};
 use crate::telemetry::Counters;
 use crate::uplink::{MessageProperties, UplinkHandle};
 
@@ -49,65 +46,15 @@ pub struct FinalizeShared {
     pub class_names: Vec<String>,
     pub alert_settings: AlertSettings,
     pub outputs: Option<CappedOutputs>,
-    pub cloud: Option<CloudLink>,
+    /// Where hard examples go, `[cloud] protocol`'s way; answers in camera-frame pixels.
+    pub cloud: Option<Arc<JointClient>>,
     /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
-    pub hard_example_jpeg_quality: u8,
     pub snapshot_jpeg_quality: u8,
     pub counters: Arc<Counters>,
     /// Cloud round trips for `/metrics`; `None` without `[http] listen`.
     pub telemetry: Option<Arc<crate::http::Telemetry>>,
-}
-
-/// Where hard examples go. Both answer in camera-frame pixels, through the same breaker logic.
-pub enum CloudLink {
-    /// `helmetd cloud` over the uplink's MQTT session.
-    Mqtt(Arc<CloudClient>),
-    /// An unmodified Sedna `BigModelService`.
-    SednaHttp(SednaHttpClient),
-}
-
-impl CloudLink {
-    /// The link `[cloud] protocol` asks for; the MQTT one comes with the uplink.
-    pub fn from_config(
-        cfg: &Config,
-        uplink: Option<&UplinkHandle>,
-    ) -> Result<Option<Self>, UrlError> {
-        Ok(match cfg.cloud.protocol {
-            CloudProtocol::SednaHttp => {
-                let client = SednaHttpClient::new(&SednaHttpSettings::from_config(cfg))?;
-                tracing::info!(url = %helmet_pipelines::redact::redact(&client.predict_url()), "hard examples go to a Sedna cloud");
-                Some(Self::SednaHttp(client))
-            }
-            CloudProtocol::Mqtt | CloudProtocol::None => {
-                uplink.and_then(|u| u.cloud().cloned()).map(Self::Mqtt)
-            }
-        })
-    }
-
-    /// The breaker's state, named as `/metrics` and `/status` show it.
-    pub fn breaker_name(&self) -> &'static str {
-        let state = match self {
-            Self::Mqtt(client) => client.breaker_state(),
-            Self::SednaHttp(client) => client.breaker_state(),
-        };
-        match state {
-            crate::cloud::BreakerState::Closed => "closed",
-            crate::cloud::BreakerState::Open { .. } => "open",
-            crate::cloud::BreakerState::HalfOpen => "half-open",
-        }
-    }
-
-    /// Asks about the frame's letterbox content (a JPEG over MQTT, raw pixels to Sedna).
-    async fn ask(&self, r: &Inferred, jpeg_quality: u8) -> Result<CloudAnswer, OutputError> {
-        let image = content_image(&r.frame);
-        let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
-        Ok(match self {
-            Self::Mqtt(client) => client.ask(encode_jpeg(&image, jpeg_quality)?, &meta).await,
-            Self::SednaHttp(client) => client.ask(&image, &meta).await,
-        })
-    }
 }
 
 /// Bounded: a camera whose results pile up (cloud slow, disk slow) loses the newest results
@@ -279,21 +226,16 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
     }
 }
 
+/// Asks about the frame's letterbox content; each protocol encodes it its own way.
 async fn ask_cloud(
     shared: &FinalizeShared,
-    cloud: &CloudLink,
+    cloud: &JointClient,
     r: &Inferred,
 ) -> Option<Vec<Detection>> {
     let counters = &shared.counters;
-    let answer = match cloud.ask(r, shared.hard_example_jpeg_quality).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode a hard example");
-            Counters::add(&counters.cloud_failed);
-            return None;
-        }
-    };
-    match answer {
+    let image = content_image(&r.frame);
+    let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
+    match cloud.ask(&image, &meta).await {
         CloudAnswer::Answered(boxes, rtt) => {
             Counters::add(&counters.cloud_answered);
             if let Some(t) = &shared.telemetry {
@@ -305,7 +247,10 @@ async fn ask_cloud(
             Counters::add(&counters.cloud_late);
             None
         }
-        CloudAnswer::Failed(_) => {
+        CloudAnswer::Failed(e) => {
+            if let AskError::Encode(e) = e {
+                tracing::warn!(error = %e, "cannot encode a hard example");
+            }
             Counters::add(&counters.cloud_failed);
             None
         }
@@ -415,7 +360,6 @@ mod tests {
             watcher: Some(Arc::new(move |e: &AlertEvent| {
                 seen.lock().unwrap().push(e.kind)
             })),
-            hard_example_jpeg_quality: 90,
             snapshot_jpeg_quality: 85,
             counters: Arc::default(),
             telemetry: None,

@@ -44,13 +44,14 @@ pub use settings::EDGE_POOL;
 use crate::alerts::AlertSettings;
 use crate::config::{self, Config, ConfigError, ConfigSource};
 use crate::http::{ConnectionLimits, HEALTH_TIMEOUT, HttpServer, Telemetry};
+use crate::joint::{BreakerState, JointClient};
 use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, NodeHealth};
 use crate::sedna::lc::{LcReporter, LcSettings, Totals};
 use crate::supervisor::{RealHost, RealHostConfig, Supervisor};
 use crate::telemetry::{Counters, KubeEdgeSnapshot, Snapshot, SnapshotReceiver};
-use crate::uplink::{Uplink, UplinkHandle, UplinkSettings};
+use crate::uplink::{Uplink, UplinkHandle};
 use crate::worker::Waker;
-use finalize::{CloudLink, Finalize};
+use finalize::Finalize;
 use launcher::DaemonLauncher;
 
 /// How long shutdown waits for the finalize tasks beyond the cloud's own timeout.
@@ -207,7 +208,10 @@ impl Daemon {
         }
         let uplink = match cfg.mqtt.url.is_empty() {
             true => None,
-            false => Some(Uplink::spawn(UplinkSettings::from_config(&cfg)?, runtime)?),
+            false => Some(Uplink::spawn(
+                crate::joint::uplink_settings(&cfg)?,
+                runtime,
+            )?),
         };
         // Bound before the loop starts, so a taken port fails the start-up.
         let telemetry =
@@ -249,14 +253,9 @@ impl Daemon {
         });
         let probes = Probes {
             uplink: uplink.clone(),
-            cloud_breaker: shared.cloud.is_some().then(|| {
-                let shared = shared.clone();
-                Box::new(move || {
-                    shared
-                        .cloud
-                        .as_ref()
-                        .map_or("closed", CloudLink::breaker_name)
-                }) as Box<dyn Fn() -> &'static str + Send>
+            cloud_breaker: shared.cloud.clone().map(|cloud| {
+                Box::new(move || breaker_name(cloud.breaker_state()))
+                    as Box<dyn Fn() -> &'static str + Send>
             }),
             kubeedge: kubeedge.as_ref().map(|k| {
                 let link = k.subscribe();
@@ -506,14 +505,22 @@ fn finalize_shared(
         class_names: classes.clone(),
         alert_settings: AlertSettings::from_config(&cfg.alerts, classes)?,
         outputs,
-        cloud: CloudLink::from_config(cfg, uplink.as_ref())?,
+        cloud: JointClient::from_config(cfg, uplink.as_ref())?.map(Arc::new),
         uplink: uplink.clone(),
         watcher,
-        hard_example_jpeg_quality: cfg.cloud.jpeg_quality,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
         counters: counters.clone(),
         telemetry: telemetry.clone(),
     })
+}
+
+/// The breaker's state, named as `/metrics` and `/status` show it.
+fn breaker_name(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen => "half-open",
+    }
 }
 
 fn kubeedge_snapshot(link: &crate::kubeedge::LinkState) -> KubeEdgeSnapshot {

@@ -58,62 +58,20 @@ pub struct LcSettings {
     pub timeout: Duration,
 }
 
-/// `[sedna]` cannot be used for reports.
-#[derive(Debug, thiserror::Error)]
-#[error("sedna.{key} {value:?}: {reason}")]
-pub struct LcSettingsError {
-    pub key: &'static str,
-    pub value: String,
-    pub reason: String,
-}
+/// `[sedna]` cannot be used for reports (read by the config, which checks the same).
+pub use crate::config::LcConfigError as LcSettingsError;
 
 impl LcSettings {
     /// `None` when `sedna.lc_server` is empty: no reports. The worker name defaults to the job
     /// name (Sedna's default) and the owner to the service name, else the job name.
     pub fn from_config(cfg: &Config) -> Result<Option<Self>, LcSettingsError> {
         let s = &cfg.sedna;
-        if s.lc_server.is_empty() {
-            return Ok(None);
-        }
-        let error = |key, value: &str, reason: &str| LcSettingsError {
-            key,
-            value: value.to_string(),
-            reason: reason.to_string(),
-        };
-        let url = url::Url::parse(&s.lc_server)
-            .map_err(|e| error("lc_server", &s.lc_server, &e.to_string()))?;
-        let host = match url.host_str() {
-            Some(host) if url.scheme() == "http" => host,
-            _ => return Err(error("lc_server", &s.lc_server, "not an http:// URL")),
-        };
-        let port = url.port_or_known_default().unwrap_or(80);
-        let or_job = |name: &str| {
-            if name.is_empty() {
-                s.job_name.clone()
-            } else {
-                name.to_string()
-            }
-        };
-        let worker_name = or_job(&s.worker_name);
-        if worker_name.is_empty() || worker_name.contains(['/', '?', '#', ' ']) {
-            return Err(error(
-                "worker_name",
-                &worker_name,
-                "must be one non-empty URL path segment",
-            ));
-        }
-        if s.lc_period_s == 0 {
-            return Err(error("lc_period_s", "0", "must be at least 1"));
-        }
-        Ok(Some(Self {
-            authority: format!("{host}:{port}"),
-            path: format!(
-                "{}/sedna/workers/{worker_name}/info",
-                url.path().trim_end_matches('/')
-            ),
-            owner_name: or_job(&s.service_name),
-            worker_name,
+        Ok(s.lc_endpoint()?.map(|lc| Self {
+            authority: lc.authority,
+            path: lc.path,
+            worker_name: lc.worker_name,
             namespace: s.namespace.clone(),
+            owner_name: lc.owner_name,
             period: Duration::from_secs(s.lc_period_s),
             timeout: REPORT_TIMEOUT.min(Duration::from_secs(s.lc_period_s)),
         }))

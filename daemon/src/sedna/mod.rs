@@ -1,10 +1,8 @@
-//! Drop-in compatibility with KubeEdge-Sedna joint inference (docs/sedna.md): its HTTP
-//! protocol between edge and cloud on both sides.
+//! Platform glue for KubeEdge-Sedna (docs/sedna.md): its environment contract, LC reports, and
+//! import-sedna. Its HTTP protocol lives with the joint-inference clients (`joint::sedna_http`)
+//! and the `helmetd cloud` service (`cloud::sedna_http`).
 
-pub mod http_client;
-pub mod http_server;
-// Sedna's environment contract, LC reports, and import-sedna.
 pub mod env;
 pub mod import;
 pub mod lc;
-mod post;
+pub(crate) mod post;

@@ -1,14 +1,16 @@
-//! The daemon's one MQTT 5 session: alerts, snapshots, status and stats out, cloud answers in.
+//! The daemon's one MQTT 5 session: alerts, snapshots, status and stats out, one subscription in.
 //!
 //! [`Uplink::open`] returns the session's event loop ([`Uplink::run`], one tokio task) and a
-//! cloneable [`UplinkHandle`] for everything else. The [`CloudClient`], if configured, is built on
-//! this session: the event loop hands it the incoming publishes and re-subscribes it on every
-//! connect.
+//! cloneable [`UplinkHandle`] for everything else. The uplink is transport only: it knows
+//! nothing of what it carries. One other part of the daemon (joint inference, for the cloud's
+//! answers) may share the session: it names its [`Subscription`] in the settings, which the event
+//! loop subscribes to on every connect, registers a handler for that topic's publishes with
+//! [`UplinkHandle::on_incoming`], and sends its own messages through an [`Outbox`].
 //!
 //! # Session
 //!
-//! Clean start off with a one-hour session expiry, so the broker keeps the session (the cloud
-//! client's subscription, messages queued for it) across short outages; a retained last will
+//! Clean start off with a one-hour session expiry, so the broker keeps the session (the
+//! subscription, messages queued for it) across short outages; a retained last will
 //! `offline` on `<prefix>/<node>/status`, retained `online` after every CONNACK, retained
 //! `stopped` on a clean shutdown. Connection failures are retried after 0.5 s, doubling to 30 s,
 //! reset by a successful connect.
@@ -18,7 +20,7 @@
 //! [`UplinkHandle::publish`] takes the message's [`SpoolKind`]: kinds listed in
 //! `mqtt.spool_kinds` go through the spool ([`UplinkHandle::publish_reliable`]), the others are
 //! sent once as QoS 1 while the session is up and dropped, counted in
-//! [`UplinkStats::once_dropped`], while it is not. The cloud client routes hard examples the
+//! [`UplinkStats::once_dropped`], while it is not. A sharer's messages (hard examples) go the
 //! same way, through an [`Outbox`]. Every message leaving the spool carries its spool id as the
 //! user property [`SPOOL_ID_PROPERTY`], by which subscribers recognise re-sends. MQTT 5 fields
 //! other than user properties (content type, response topic, correlation data, message expiry)
@@ -34,8 +36,8 @@
 //! PUBACK arrived with every message before it acked as well: the spool's position never passes
 //! a message the broker has not confirmed.
 //!
-//! rumqttc reports only packet ids (`Outgoing::Publish(pkid)`, `Incoming::PubAck`), and the
-//! cloud client's requests draw ids from the same session, so which id is ours cannot be read
+//! rumqttc reports only packet ids (`Outgoing::Publish(pkid)`, `Incoming::PubAck`), and a
+//! sharer's messages sent once draw ids from the same session, so which id is ours cannot be read
 //! off the events. Instead our messages bypass rumqttc's request channel: the event loop puts
 //! them, one at a time, into the `EventLoop::pending` queue, which rumqttc drains before the
 //! channel, and only when that queue is empty. The next event after rumqttc took it from there is
@@ -46,8 +48,8 @@
 //! Pending requests skip rumqttc's in-flight limit, so ours are only queued while fewer than the
 //! broker's Receive Maximum are in flight. And rumqttc reads its channel only while `pending` is
 //! empty, so after every few of ours the event loop leaves it empty for one round: a backlog
-//! drained after an outage must not starve the cloud client's requests, which wait a second at
-//! most.
+//! drained after an outage must not starve a sharer's messages sent once (the cloud requests,
+//! which wait a second at most).
 //!
 //! On a lost connection rumqttc moves its unacknowledged publishes back into `pending` in
 //! packet-id order (not send order), and drops them all if the next session is new. The event
@@ -95,7 +97,7 @@ pub use topics::{STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED, Topics};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rumqttc::Outgoing;
@@ -109,9 +111,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinError;
 use tokio::time::Instant;
 
-use crate::cloud::protocol::MAX_RESPONSE_BYTES;
-use crate::cloud::{CloudClient, CloudClientSettings};
-use crate::config::{CloudProtocol, Config, MqttConfig, SpoolKind};
+use crate::config::{Config, MqttConfig, SpoolKind};
 use crate::spool::{Entry, FsyncPolicy, Spool, SpoolError, SpoolLimits, SpoolStats};
 use options::{OptionsError, mqtt_options};
 use window::{Origin, Window};
@@ -119,9 +119,10 @@ use window::{Origin, Window};
 /// Our messages handed to rumqttc in a row before its request channel gets a turn.
 const FAIR_SHARE: u32 = 4;
 /// Our unacknowledged messages at most. Enough to keep a link with 100 ms round trips busy at
-/// alert rates, small enough to leave the broker's Receive Maximum room for cloud requests.
+/// alert rates, small enough to leave the broker's Receive Maximum room for a sharer's messages
+/// (the cloud requests).
 pub const WINDOW: usize = 16;
-/// Outgoing QoS 1 publishes in flight on the session, ours and the cloud client's. Also sizes
+/// Outgoing QoS 1 publishes in flight on the session, ours and a sharer's. Also sizes
 /// rumqttc's packet-id table, which would otherwise hold 65 536 entries.
 const INFLIGHT_LIMIT: u16 = 32;
 /// How long the broker keeps our session while we are away.
@@ -130,10 +131,11 @@ const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// How long a clean shutdown waits for the broker to confirm `stopped`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-/// rumqttc's request channel: cloud requests, subscriptions, volatile messages.
+/// rumqttc's request channel: messages sent once, subscriptions, volatile messages.
 const MQTT_QUEUE: usize = 64;
-/// Cloud answers must fit (see `CloudClient`); the rest is topic and properties.
-const MAX_INCOMING_BYTES: u32 = MAX_RESPONSE_BYTES as u32 + 4096;
+/// What an incoming packet may take besides the subscription's payload: topic and properties.
+/// Without a subscription only acks come in, which this holds too.
+const INCOMING_ENVELOPE_BYTES: u32 = 4096;
 /// How often the spool position is saved while PUBACKs stream in. Each save costs two flushes
 /// under `FsyncPolicy::EveryRecord`, which would otherwise cap a backlog's drain at a few
 /// hundred messages a second; a crash re-sends at most this much of what was confirmed.
@@ -157,20 +159,26 @@ pub struct UplinkSettings {
     pub fsync: FsyncPolicy,
     /// What [`UplinkHandle::publish`] sends through the spool; other kinds are sent once.
     pub spool_kinds: Vec<SpoolKind>,
-    /// Joint inference over this session, if the cloud is reached by MQTT.
-    pub cloud: Option<CloudClientSettings>,
+    /// The one topic this session subscribes to, for whoever shares it (see the module
+    /// documentation); `None`: nothing comes in but acks.
+    pub subscription: Option<Subscription>,
+}
+
+/// A topic the session subscribes to (QoS 1) on every connect, and the largest payload it must
+/// accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub topic: String,
+    pub max_payload: usize,
 }
 
 impl UplinkSettings {
+    /// Settings from the config's `[mqtt]` and node name, without a subscription.
     pub fn from_config(cfg: &Config) -> Result<Self, UplinkError> {
-        let mut settings = Self::from_mqtt(&cfg.mqtt, &cfg.node_name())?;
-        if cfg.cloud.protocol == CloudProtocol::Mqtt {
-            settings.cloud = Some(CloudClientSettings::from_config(cfg));
-        }
-        Ok(settings)
+        Self::from_mqtt(&cfg.mqtt, &cfg.node_name())
     }
 
-    /// Settings from `[mqtt]` alone, without the cloud client. The client id defaults to
+    /// Settings from `[mqtt]` alone, without a subscription. The client id defaults to
     /// `helmetd-<node>`.
     pub fn from_mqtt(mqtt: &MqttConfig, node: &str) -> Result<Self, UplinkError> {
         let client_id = if mqtt.client_id.is_empty() {
@@ -189,7 +197,7 @@ impl UplinkSettings {
             ),
             fsync: FsyncPolicy::EveryRecord,
             spool_kinds: mqtt.spool_kinds.clone(),
-            cloud: None,
+            subscription: None,
         })
     }
 }
@@ -203,6 +211,20 @@ pub enum UplinkError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
+
+/// Why [`UplinkHandle::on_incoming`] refused a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error("the session subscribes to nothing")]
+    NoSubscription,
+    #[error("the session subscribes to {subscribed}, not {wanted}")]
+    OtherTopic { subscribed: String, wanted: String },
+    #[error("the subscription already has its handler")]
+    Taken,
+}
+
+/// Takes the publishes on the subscription, on the event loop's task: it must not block.
+pub type IncomingHandler = Box<dyn Fn(&Publish) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -288,6 +310,8 @@ struct Shared {
     unread: AtomicBool,
     connected: AtomicBool,
     counters: Mutex<Counters>,
+    /// The subscription's handler, once registered.
+    incoming: OnceLock<IncomingHandler>,
 }
 
 impl Shared {
@@ -346,8 +370,9 @@ pub enum Delivery {
     Dropped,
 }
 
-/// What sends messages on the session: shared by the handles and the cloud client. Holds no
-/// command sender, so the cloud client inside the event loop does not keep it running.
+/// What sends messages on the session: shared by the handles and a sharer of the session. Holds
+/// no command sender, so a sharer reached from the event loop (through its incoming handler)
+/// does not keep it running.
 #[derive(Clone)]
 pub struct Outbox {
     shared: Arc<Shared>,
@@ -356,11 +381,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The session's client, for subscriptions.
-    pub fn client(&self) -> &AsyncClient {
-        &self.client
-    }
-
     /// Whether the session is up right now.
     pub fn connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
@@ -511,7 +531,7 @@ pub struct UplinkHandle {
     outbox: Outbox,
     commands: mpsc::Sender<Command>,
     topics: Topics,
-    cloud: Option<Arc<CloudClient>>,
+    subscription: Option<Subscription>,
 }
 
 impl UplinkHandle {
@@ -519,9 +539,31 @@ impl UplinkHandle {
         &self.topics
     }
 
-    /// The cloud client sharing this session, if the settings asked for one.
-    pub fn cloud(&self) -> Option<&Arc<CloudClient>> {
-        self.cloud.as_ref()
+    /// What sends messages on this session, for a sharer of it.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Hands every publish on the subscription's `topic` to `handler` from now on. One handler
+    /// per session; `topic` must be the subscription's, so a sharer notices a session opened
+    /// without it instead of waiting for publishes that never come.
+    pub fn on_incoming(&self, topic: &str, handler: IncomingHandler) -> Result<(), IncomingError> {
+        let subscribed = &self
+            .subscription
+            .as_ref()
+            .ok_or(IncomingError::NoSubscription)?
+            .topic;
+        if subscribed != topic {
+            return Err(IncomingError::OtherTopic {
+                subscribed: subscribed.clone(),
+                wanted: topic.to_string(),
+            });
+        }
+        self.outbox
+            .shared
+            .incoming
+            .set(handler)
+            .map_err(|_| IncomingError::Taken)
     }
 
     /// See [`Outbox::publish`].
@@ -579,6 +621,18 @@ impl UplinkHandle {
         self.outbox.shared.stats()
     }
 
+    /// The spooled messages not yet acked (at most `max`), as the event loop would publish
+    /// them: for tests of what a sharer of the session spools.
+    #[cfg(test)]
+    pub(crate) fn spooled(&self, max: usize) -> Vec<Publish> {
+        let peeked = self.outbox.shared.spool().as_ref().unwrap().peek(max);
+        peeked
+            .unwrap()
+            .into_iter()
+            .map(|(id, entry)| message::to_publish(id, entry).unwrap())
+            .collect()
+    }
+
     /// Publishes the retained `stopped` status, waits (at most 5 s) for the broker to confirm
     /// it, disconnects, and closes the spool; returns the final counters. Messages not yet
     /// acknowledged stay in the spool for the next start. While disconnected it stops at once.
@@ -625,7 +679,9 @@ pub struct Uplink {
     eventloop: EventLoop,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
-    cloud: Option<Arc<CloudClient>>,
+    /// The session's client, to subscribe on connect.
+    client: AsyncClient,
+    subscription: Option<Subscription>,
     status_topic: String,
     window: Window,
     link: Link,
@@ -656,7 +712,12 @@ impl Uplink {
             true,
             None,
         ));
-        options.set_max_packet_size(Some(MAX_INCOMING_BYTES));
+        let max_payload = settings.subscription.as_ref().map_or(0, |s| s.max_payload);
+        options.set_max_packet_size(Some(
+            u32::try_from(max_payload)
+                .unwrap_or(u32::MAX)
+                .saturating_add(INCOMING_ENVELOPE_BYTES),
+        ));
         options.set_outgoing_inflight_upper_limit(INFLIGHT_LIMIT);
 
         let spool = Spool::open(&settings.spool_dir, settings.spool_limits, settings.fsync)?;
@@ -682,6 +743,7 @@ impl Uplink {
             wake: Notify::new(),
             unread: AtomicBool::new(true),
             connected: AtomicBool::new(false),
+            incoming: OnceLock::new(),
         });
         let (client, eventloop) = AsyncClient::new(options, MQTT_QUEUE);
         let outbox = Outbox {
@@ -689,15 +751,13 @@ impl Uplink {
             client,
             spool_kinds: settings.spool_kinds,
         };
-        let cloud = settings
-            .cloud
-            .map(|cloud| Arc::new(CloudClient::over_uplink(outbox.clone(), cloud)));
         let (commands_tx, commands) = mpsc::channel(4);
         let uplink = Uplink {
             eventloop,
             shared: Arc::clone(&shared),
             commands,
-            cloud: cloud.clone(),
+            client: outbox.client.clone(),
+            subscription: settings.subscription.clone(),
             status_topic,
             window: Window::new(WINDOW),
             link: Link {
@@ -719,7 +779,7 @@ impl Uplink {
             outbox,
             commands: commands_tx,
             topics,
-            cloud,
+            subscription: settings.subscription,
         };
         Ok((uplink, handle))
     }
@@ -979,10 +1039,19 @@ impl Uplink {
             .push(Origin::Online, status(&self.status_topic, STATUS_ONLINE));
         // Also retries a spool read that failed while disconnected.
         self.shared.unread.store(true, Ordering::Release);
-        if let Some(cloud) = &self.cloud
-            && let Err(e) = cloud.subscribe()
+        // Never waits: a full request queue means the broker is away again, and the next
+        // CONNACK retries.
+        if let Some(subscription) = &self.subscription
+            && self
+                .client
+                .try_subscribe(subscription.topic.clone(), QoS::AtLeastOnce)
+                .is_err()
         {
-            tracing::warn!(error = %e, "cloud answers will not arrive on this connection");
+            tracing::warn!(
+                topic = subscription.topic,
+                "cannot queue the subscription: the MQTT request queue is full or closed; its \
+                 publishes will not arrive on this connection"
+            );
         }
         tracing::info!(
             session_present = ack.session_present,
@@ -1020,11 +1089,14 @@ impl Uplink {
     }
 
     fn on_publish(&self, publish: &Publish) {
-        let handled = self
-            .cloud
+        let subscribed = self
+            .subscription
             .as_ref()
-            .is_some_and(|cloud| cloud.handle_incoming(publish));
-        if !handled {
+            .is_some_and(|s| publish.topic == s.topic.as_bytes());
+        let handler = self.shared.incoming.get().filter(|_| subscribed);
+        if let Some(handler) = handler {
+            handler(publish);
+        } else {
             tracing::debug!(topic = ?publish.topic, "unexpected publish ignored");
         }
     }

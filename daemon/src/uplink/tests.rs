@@ -6,9 +6,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use super::message::{self, MessageError, MessageProperties, SPOOL_ID_PROPERTY};
 use super::options::{OptionsError, mqtt_options};
 use super::window::{Origin, Window};
-use super::{Delivery, Topics, Uplink, UplinkHandle, UplinkSettings};
-use crate::cloud::protocol::{self, HardExampleMeta};
-use crate::cloud::{AskError, BreakerSettings, CloudAnswer, CloudClientSettings};
+use super::{Delivery, IncomingError, Subscription, Topics, Uplink, UplinkHandle, UplinkSettings};
 use crate::config::{Config, MqttConfig, SpoolKind};
 use crate::spool::FsyncPolicy;
 
@@ -122,59 +120,6 @@ fn messages_round_trip_through_the_spool_entry() {
     assert_eq!(props.content_type, None);
     assert_eq!(props.user_properties.len(), 1);
     assert!(!publish.retain);
-}
-
-/// A hard example's request properties, as the cloud client makes them, come out of the spool
-/// as they went in (plus the spool id), so `helmetd cloud` can answer a replayed request.
-#[test]
-fn hard_example_properties_survive_the_spool() {
-    let meta = HardExampleMeta {
-        camera: "gate-1".into(),
-        seq: 42,
-        capture_time: std::time::SystemTime::UNIX_EPOCH,
-        edge_result: Vec::new(),
-        orig_w: 1280,
-        orig_h: 720,
-        scale: 0.5,
-    };
-    let correlation = [0u8, 1, 0xAB, 0xFF, 7, 0, 0, 0, 9, 8, 7, 6, 5, 4, 3, 2];
-    let sent = protocol::request_properties(
-        "edge-a",
-        &meta,
-        "helmetd/v1/edge-a/cloud-result",
-        &correlation,
-        std::time::Duration::from_millis(1500),
-    );
-    let jpeg = vec![0xFF, 0xD8, 0xFF];
-    let entry = message::to_entry(
-        "helmetd/v1/hard-example".into(),
-        jpeg.clone(),
-        sent.clone().into(),
-        false,
-    )
-    .unwrap();
-    let publish = message::to_publish(3, entry).unwrap();
-    assert_eq!(publish.payload, jpeg);
-    let mut got = publish.properties.unwrap();
-    assert_eq!(
-        got.user_properties.pop(),
-        Some((SPOOL_ID_PROPERTY.to_string(), "3".to_string()))
-    );
-    // User properties come back sorted by name: the spool keeps a map.
-    let mut want = sent;
-    want.user_properties.sort();
-    assert_eq!(got, want);
-    assert_eq!(got.correlation_data.as_deref(), Some(&correlation[..]));
-    assert_eq!(got.message_expiry_interval, Some(2));
-    assert_eq!(
-        protocol::reply_to(
-            &Publish::new("t", QoS::AtLeastOnce, jpeg, Some(got)),
-            "helmetd/v1"
-        )
-        .unwrap()
-        .correlation,
-        correlation
-    );
 }
 
 #[test]
@@ -355,12 +300,6 @@ fn offline_uplink(spool_dir: &std::path::Path, kinds: Vec<SpoolKind>) -> (Uplink
     cfg.spool_kinds = kinds;
     let mut settings = UplinkSettings::from_mqtt(&cfg, "edge-a").unwrap();
     settings.fsync = FsyncPolicy::Never;
-    settings.cloud = Some(CloudClientSettings {
-        node: "edge-a".into(),
-        topic_prefix: "helmetd/v1".into(),
-        timeout: std::time::Duration::from_secs(1),
-        breaker: BreakerSettings::default(),
-    });
     Uplink::open(settings).unwrap()
 }
 
@@ -398,86 +337,35 @@ async fn only_the_listed_kinds_are_spooled_and_the_rest_are_dropped_while_offlin
         ),
         (2, 1, 0)
     );
-    // Not spooled, so not sent at all while offline: the cloud is asked nothing and not waited for.
-    let cloud = handle.cloud().unwrap();
-    let t0 = std::time::Instant::now();
-    let answer = cloud.ask(vec![0xFF, 0xD8], &meta(1)).await;
-    assert!(
-        matches!(answer, CloudAnswer::Failed(AskError::Offline)),
-        "{answer:?}"
-    );
-    assert!(t0.elapsed() < std::time::Duration::from_millis(500));
-    assert_eq!(handle.stats().once_dropped, 2);
-    assert_eq!(cloud.stats().spooled_unwaited, 0);
 }
 
-fn meta(seq: u64) -> HardExampleMeta {
-    HardExampleMeta {
-        camera: "gate-1".into(),
-        seq,
-        capture_time: std::time::SystemTime::UNIX_EPOCH,
-        edge_result: Vec::new(),
-        orig_w: 1280,
-        orig_h: 720,
-        scale: 0.5,
-    }
-}
-
-/// Spooled hard examples are not waited for while the session is down or the breaker open, and
-/// the answer to a replayed one counts as late.
+/// One handler, for the subscribed topic only: a sharer that asks for another topic (a session
+/// opened without its subscription) learns it at once instead of waiting for nothing.
 #[tokio::test]
-async fn spooled_hard_examples_are_not_waited_for_offline_and_their_answers_count_as_late() {
+async fn the_subscription_takes_one_handler_for_its_own_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let (_uplink, handle) = offline_uplink(dir.path(), vec![SpoolKind::HardExamples]);
-    let cloud = handle.cloud().unwrap();
-    let t0 = std::time::Instant::now();
-    for seq in 1..=3 {
-        let answer = cloud.ask(vec![0xFF, 0xD8], &meta(seq)).await;
-        assert!(
-            matches!(answer, CloudAnswer::Failed(AskError::Offline)),
-            "{answer:?}"
-        );
-    }
-    // Three failures open the breaker: still spooled, still not waited for.
-    let answer = cloud.ask(vec![0xFF, 0xD8], &meta(4)).await;
-    assert!(matches!(answer, CloudAnswer::BreakerOpen), "{answer:?}");
-    assert!(t0.elapsed() < std::time::Duration::from_millis(500));
-    let stats = cloud.stats();
-    assert_eq!(
-        (
-            stats.failed,
-            stats.breaker_open_skips,
-            stats.spooled_unwaited
-        ),
-        (3, 1, 4)
-    );
+    let (_uplink, handle) = offline_uplink(dir.path(), Vec::new());
+    assert!(matches!(
+        handle.on_incoming("a/b", Box::new(|_| {})),
+        Err(IncomingError::NoSubscription)
+    ));
 
-    let spooled = handle
-        .outbox
-        .shared
-        .spool()
-        .as_ref()
-        .unwrap()
-        .peek(10)
-        .unwrap();
-    assert_eq!(spooled.len(), 4);
-    let mut seqs = Vec::new();
-    for (id, entry) in spooled {
-        let request = message::to_publish(id, entry).unwrap();
-        let props = request.properties.as_ref().unwrap();
-        let seq = props.user_properties.iter().find(|(k, _)| k == "seq");
-        seqs.push(seq.unwrap().1.clone());
-        let reply = protocol::reply_to(&request, "helmetd/v1").unwrap();
-        assert_eq!(reply.topic, cloud.response_topic());
-        let answer = Publish::new(
-            reply.topic,
-            QoS::AtLeastOnce,
-            protocol::result_json(&[], "m", 1.0, "r"),
-            Some(protocol::response_properties(&reply.correlation)),
-        );
-        assert!(cloud.handle_incoming(&answer));
-    }
-    assert_eq!(seqs, ["1", "2", "3", "4"]);
-    let stats = cloud.stats();
-    assert_eq!((stats.late, stats.unmatched, stats.answered), (4, 0, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = mqtt_config("mqtt://127.0.0.1:1");
+    cfg.spool_dir = dir.path().to_path_buf();
+    let mut settings = UplinkSettings::from_mqtt(&cfg, "edge-a").unwrap();
+    settings.subscription = Some(Subscription {
+        topic: "a/b".into(),
+        max_payload: 1024,
+    });
+    let (_uplink, handle) = Uplink::open(settings).unwrap();
+    assert!(matches!(
+        handle.on_incoming("a/c", Box::new(|_| {})),
+        Err(IncomingError::OtherTopic { .. })
+    ));
+    handle.on_incoming("a/b", Box::new(|_| {})).unwrap();
+    assert!(matches!(
+        handle.on_incoming("a/b", Box::new(|_| {})),
+        Err(IncomingError::Taken)
+    ));
 }

@@ -284,20 +284,19 @@ pub fn wait_ready(cloud: &mut HelmetdProcess) {
 /// cores; the tests measure, they do not race.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `CloudClient` on its own MQTT session, as the uplink drives it: the event loop runs in the
-/// returned task. Returns once the answer subscription is granted (at most 10 s).
+/// An MQTT cloud client on its own session, as the uplink drives it, behind the joint guard:
+/// the event loop runs in the returned task. Returns once the answer subscription is granted
+/// (at most 10 s).
 pub async fn subscribed_cloud_client(
     options: rumqttc::v5::MqttOptions,
-    settings: helmetd::cloud::CloudClientSettings,
-) -> (
-    std::sync::Arc<helmetd::cloud::CloudClient>,
-    tokio::task::JoinHandle<()>,
-) {
+    settings: helmetd::joint::mqtt::MqttSettings,
+    guard: helmetd::joint::JointSettings,
+) -> (helmetd::joint::JointClient, tokio::task::JoinHandle<()>) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event};
 
     let (handle, mut eventloop) = AsyncClient::new(options, 64);
-    let client = std::sync::Arc::new(helmetd::cloud::CloudClient::new(handle, settings));
+    let client = std::sync::Arc::new(helmetd::joint::mqtt::MqttClient::new(handle, settings));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1);
     let driven = client.clone();
     let driver = tokio::spawn(async move {
@@ -318,7 +317,7 @@ pub async fn subscribed_cloud_client(
     tokio::time::timeout(Duration::from_secs(10), ready.recv())
         .await
         .expect("answer subscription granted within 10 s");
-    (client, driver)
+    (helmetd::joint::JointClient::new(client, guard), driver)
 }
 
 /// An MQTT client of the test subscribed to one topic; everything it receives goes to a channel.
@@ -420,7 +419,7 @@ impl RawEdge {
         node: &str,
         expiry: Duration,
     ) -> Self {
-        use helmetd::cloud::protocol;
+        use helmetd::joint::protocol;
 
         let topic = protocol::response_topic(prefix, node);
         Self {
@@ -434,10 +433,10 @@ impl RawEdge {
     /// A request's properties with the correlation id `[correlation; 16]`.
     pub fn properties(
         &self,
-        meta: &helmetd::cloud::protocol::HardExampleMeta,
+        meta: &helmetd::joint::protocol::HardExampleMeta,
         correlation: u8,
     ) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
-        use helmetd::cloud::protocol;
+        use helmetd::joint::protocol;
 
         protocol::request_properties(
             &self.node,
@@ -453,12 +452,12 @@ impl RawEdge {
         payload: Vec<u8>,
         properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
     ) {
-        let topic = helmetd::cloud::protocol::request_topic(&self.prefix);
+        let topic = helmetd::joint::protocol::request_topic(&self.prefix);
         self.peer.publish(&topic, payload, properties).await;
     }
 
     /// The next answer: its correlation byte and body.
-    pub async fn answer(&mut self) -> (u8, helmetd::cloud::protocol::CloudResponse) {
+    pub async fn answer(&mut self) -> (u8, helmetd::joint::protocol::CloudResponse) {
         let p = self.peer.next().await;
         let props = p.properties.as_ref().expect("answer has properties");
         let correlation = props.correlation_data.as_ref().expect("correlation echoed");
@@ -466,7 +465,7 @@ impl RawEdge {
         assert!(correlation.iter().all(|&b| b == correlation[0]));
         (
             correlation[0],
-            helmetd::cloud::protocol::parse_response(&p).expect("a valid answer"),
+            helmetd::joint::protocol::parse_response(&p).expect("a valid answer"),
         )
     }
 }

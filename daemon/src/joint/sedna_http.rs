@@ -7,25 +7,20 @@
 //! frame scaled to the edge model's input), the only pixels a [`Frame`](helmet_pipelines::Frame)
 //! keeps; the boxes are mapped back to camera-frame pixels before the edge uses them.
 //!
-//! Unlike Sedna's client (no timeout, 5 attempts 3 s apart) one `ask` is one attempt bounded by
-//! `cloud.timeout_ms` from start to parsed answer, and the same circuit breaker as the MQTT
-//! client makes asking free while the cloud is known to be down.
+//! Unlike Sedna's client (no timeout, 5 attempts 3 s apart) one `ask` is one attempt; the
+//! [`JointClient`](super::JointClient) bounds it by `cloud.timeout_ms` from start to parsed
+//! answer, with the same circuit breaker as for MQTT.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-
+use futures_util::future::BoxFuture;
 use helmet_pipelines::Detection;
 use hyper::StatusCode;
 use hyper::body::Bytes;
 use image::RgbImage;
 use serde::Deserialize;
-use tokio::time::Instant;
 
-use super::post::{PostError, post_json};
-use crate::cloud::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
-use crate::cloud::client::{AskError, CloudAnswer};
-use crate::cloud::protocol::{BoxFixes, HardExampleMeta, checked_boxes, detection_from_sedna};
-use crate::cloud::service::to_original;
+use super::protocol::{BoxFixes, HardExampleMeta, checked_boxes, detection_from_sedna};
+use super::{AskError, BigModel, Reply};
+use crate::sedna::post::{PostError, post_json};
 
 /// 300 boxes of six numbers are ~20 KB; a body beyond this is not an answer to us.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -40,7 +35,8 @@ pub struct UrlError {
     pub reason: String,
 }
 
-/// Why one request failed (a timeout is not an error: it is [`CloudAnswer::Late`]).
+/// Why one request failed (a timeout is not an error: it is
+/// [`CloudAnswer::Late`](super::CloudAnswer::Late)).
 #[derive(Debug, thiserror::Error)]
 pub enum SednaHttpError {
     #[error("cannot connect to {authority}: {source}")]
@@ -73,8 +69,6 @@ pub struct SednaHttpSettings {
     pub base_url: String,
     /// `sedna.job_name`.
     pub job: String,
-    pub timeout: Duration,
-    pub breaker: BreakerSettings,
 }
 
 impl SednaHttpSettings {
@@ -82,8 +76,6 @@ impl SednaHttpSettings {
         Self {
             base_url: cfg.cloud.url.clone(),
             job: cfg.sedna.job_name.clone(),
-            timeout: Duration::from_millis(cfg.cloud.timeout_ms),
-            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -93,10 +85,6 @@ pub struct SednaHttpClient {
     authority: String,
     /// `/<job>/predict` under the base URL's path.
     path: String,
-    timeout: Duration,
-    breaker: Mutex<Breaker>,
-    /// What [`checked_boxes`] repaired in answers so far; the first repair is logged at warn.
-    fixes: Mutex<BoxFixes>,
 }
 
 impl SednaHttpClient {
@@ -122,9 +110,6 @@ impl SednaHttpClient {
                 url.path().trim_end_matches('/'),
                 settings.job
             ),
-            timeout: settings.timeout,
-            breaker: Mutex::new(Breaker::new(settings.breaker)),
-            fixes: Mutex::new(BoxFixes::default()),
         })
     }
 
@@ -133,64 +118,16 @@ impl SednaHttpClient {
         format!("http://{}{}", self.authority, self.path)
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
-        self.lock().state()
-    }
-
-    /// Boxes of answers clipped, dropped or over the cap since the client was made.
-    pub fn box_fixes(&self) -> BoxFixes {
-        *self.fixes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record_fixes(&self, fixes: BoxFixes) {
-        if fixes.is_empty() {
-            return;
-        }
-        let mut total = self.fixes.lock().unwrap_or_else(PoisonError::into_inner);
-        if total.is_empty() {
-            tracing::warn!(authority = %self.authority, ?fixes, "repaired the boxes of a Sedna answer (more are logged at debug level)");
-        } else {
-            tracing::debug!(authority = %self.authority, ?fixes, "repaired the boxes of a Sedna answer");
-        }
-        total.add(fixes);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Breaker> {
-        // Nothing under the lock panics; a poisoned breaker is still consistent.
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends `image` (the letterbox content of the frame `meta` describes) and waits at most
-    /// the timeout for the big model's boxes, returned in camera-frame pixels.
-    pub async fn ask(&self, image: &RgbImage, meta: &HardExampleMeta) -> CloudAnswer {
-        let started = Instant::now();
-        let probe = match self.lock().admit(started) {
-            Admission::Refused => return CloudAnswer::BreakerOpen,
-            Admission::Probe => true,
-            Admission::Allowed => false,
-        };
-        let attempt = Attempt {
-            client: self,
-            probe,
-            finished: false,
-        };
+    /// Sends `image` (the letterbox content of the frame `meta` describes) and returns the big
+    /// model's boxes in camera-frame pixels.
+    async fn request(&self, image: &RgbImage, meta: &HardExampleMeta) -> Result<Reply, AskError> {
         let body = predict_body(image);
-        let exchange = self.exchange(body, image.width(), image.height());
-        match tokio::time::timeout_at(started + self.timeout, exchange).await {
-            Ok(Ok((boxes, fixes))) => {
-                attempt.succeed();
-                self.record_fixes(fixes);
-                CloudAnswer::Answered(to_original(&boxes, meta), started.elapsed())
-            }
-            Ok(Err(e)) => {
-                attempt.fail();
-                CloudAnswer::Failed(AskError::SednaHttp(e))
-            }
-            Err(_) => {
-                attempt.fail();
-                CloudAnswer::Late
-            }
-        }
+        let (boxes, fixes) = self.exchange(body, image.width(), image.height()).await?;
+        Ok(Reply {
+            boxes: meta.to_original(&boxes),
+            fixes,
+            source: self.authority.clone(),
+        })
     }
 
     /// One request on a fresh connection: a hard example is rare and megabytes large, so a
@@ -236,33 +173,13 @@ impl SednaHttpClient {
     }
 }
 
-/// One admitted request. Dropped unfinished (the caller cancelled `ask`), a probe counts as
-/// failed so the breaker cannot stay half-open forever.
-struct Attempt<'a> {
-    client: &'a SednaHttpClient,
-    probe: bool,
-    finished: bool,
-}
-
-impl Attempt<'_> {
-    fn succeed(mut self) {
-        self.finished = true;
-        self.client.lock().record_success();
-    }
-
-    fn fail(mut self) {
-        self.finished = true;
-        self.client
-            .lock()
-            .record_failure(Instant::now(), self.probe);
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if !self.finished && self.probe {
-            self.client.lock().record_failure(Instant::now(), true);
-        }
+impl BigModel for SednaHttpClient {
+    fn ask<'a>(
+        &'a self,
+        image: &'a RgbImage,
+        meta: &'a HardExampleMeta,
+    ) -> BoxFuture<'a, Result<Reply, AskError>> {
+        Box::pin(self.request(image, meta))
     }
 }
 
@@ -360,8 +277,6 @@ mod tests {
         SednaHttpSettings {
             base_url: url.into(),
             job: job.into(),
-            timeout: Duration::from_secs(1),
-            breaker: BreakerSettings::default(),
         }
     }
 

@@ -419,7 +419,7 @@ impl<'de> Visitor<'de> for BodyVisitor {
 
 /// The largest side of an image in a request: the body limit already bounds the pixels, this
 /// bounds the shape (a 1×8M-pixel strip letterboxes into nothing useful).
-const MAX_SIDE: usize = crate::cloud::protocol::MAX_IMAGE_SIDE as usize;
+const MAX_SIDE: usize = crate::config::MAX_IMAGE_SIDE as usize;
 
 /// `data`: rows of pixels of three values each, all rows equally long, into one flat buffer.
 struct ImageSeed;

@@ -23,6 +23,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use helmet_pipelines::letterbox::Letterbox;
 use helmet_pipelines::{Detection, Frame, MAX_DETECTIONS};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::{Deserialize, Serialize};
@@ -32,9 +33,8 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// A 640×640 letterbox content image at quality 90 is 50–150 KB; 4 MiB leaves room for edges
 /// that send whole 4K frames and still bounds what one request can make the cloud decode.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// The ceiling of `cloud.max_image_side` and of any image side a peer may declare: JPEG itself
-/// allows 65535, and 8192² RGB is already 192 MiB.
-pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The ceiling of `cloud.max_image_side` and of any image side a peer may declare.
+pub use crate::config::MAX_IMAGE_SIDE;
 /// The default of `cloud.max_image_side`: about three times the largest letterbox content an
 /// edge sends (640) and above a whole 1080p frame (1920×1080) from a non-helmetd edge, while a
 /// decoded 2048² image stays at 12 MiB.
@@ -127,6 +127,11 @@ impl HardExampleMeta {
             orig_h: frame.letterbox.orig_h,
             scale: frame.letterbox.scale,
         }
+    }
+
+    /// Boxes found in the image sent (the letterbox content) in camera-frame pixels.
+    pub fn to_original(&self, boxes: &[Detection]) -> Vec<Detection> {
+        Letterbox::content_to_original(boxes, self.scale, self.orig_w, self.orig_h)
     }
 }
 
