@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use helmet_pipelines::detect::{DetectError, Detector, ModelSpec};
 use helmet_pipelines::letterbox::PAD_VALUE;
@@ -81,6 +81,8 @@ pub struct ServiceStats {
     pub overloaded: u64,
     /// Refused because the replica was shutting down.
     pub shed: u64,
+    /// Dropped unanswered because the edge had stopped waiting before an inference could start.
+    pub expired: u64,
     /// Inference errors (answered with an error).
     pub failed: u64,
     /// Edge boxes in accepted requests that were clipped, dropped or over the cap.
@@ -105,6 +107,7 @@ impl ServiceStats {
             answered = self.answered,
             overloaded = self.overloaded,
             shed = self.shed,
+            expired = self.expired,
             failed = self.failed,
             edge_boxes_fixed = self.edge_boxes_fixed,
             publish_failed = self.publish_failed,
@@ -224,7 +227,7 @@ async fn ping_watchdog(systemd: Arc<Mutex<Notifier>>) {
     let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
     loop {
         tick.tick().await;
-        lock(&systemd).watchdog_tick(std::time::Instant::now());
+        lock(&systemd).watchdog_tick(Instant::now());
     }
 }
 
@@ -319,6 +322,8 @@ fn load_big_model(spec: &ModelSpec) -> Result<(Detector, String), DetectError> {
 struct Job {
     reply: ReplyTo,
     request: HardExampleRequest,
+    /// After this the edge no longer waits for the answer (`HardExampleRequest::usable_for`).
+    deadline: Option<Instant>,
 }
 
 /// What the inference thread hands back: the detector for the next job, and the outcome.
@@ -428,7 +433,12 @@ impl Service {
             }
             Err(e) => return self.reject(&e, Some(&reply)),
         };
-        if let Some(refused) = self.waiting.push(Job { reply, request }) {
+        let deadline = request.usable_for.map(|d| Instant::now() + d);
+        if let Some(refused) = self.waiting.push(Job {
+            reply,
+            request,
+            deadline,
+        }) {
             self.stats.overloaded += 1;
             tracing::debug!(node = %refused.reply.node, "overloaded: refusing the oldest request of the busiest node");
             self.answer_error(&refused.reply, "overloaded");
@@ -442,7 +452,13 @@ impl Service {
         let Some(detector) = self.idle.take() else {
             return;
         };
-        let Some(job) = self.waiting.pop() else {
+        let (job, expired) = self.waiting.pop_usable(Instant::now());
+        if expired > 0 {
+            // No answer: the edge already counted these as late, and a message would be waste.
+            self.stats.expired += expired;
+            tracing::debug!(expired, "dropped requests the edge no longer waits for");
+        }
+        let Some(job) = job else {
             self.idle = Some(detector);
             return;
         };
@@ -454,7 +470,7 @@ impl Service {
 
     fn finish(&mut self, done: Done) {
         self.idle = Some(done.detector);
-        let Job { reply, request } = done.job;
+        let Job { reply, request, .. } = done.job;
         match done.outcome {
             Ok((detections, took)) => {
                 let ms = took.as_secs_f64() * 1e3;
@@ -586,6 +602,20 @@ impl FairQueue {
         job
     }
 
+    /// The next request whose answer can still be used at `now`, and how many were dropped on
+    /// the way because their deadline had passed.
+    fn pop_usable(&mut self, now: Instant) -> (Option<Job>, u64) {
+        let mut expired = 0;
+        while let Some(job) = self.pop() {
+            if job.deadline.is_some_and(|d| d <= now) {
+                expired += 1;
+                continue;
+            }
+            return (Some(job), expired);
+        }
+        (None, expired)
+    }
+
     /// The oldest request of `node`, forgetting the node when it has no more.
     fn take_from(&mut self, node: &str) -> Option<Job> {
         let queue = self.by_node.get_mut(node)?;
@@ -609,7 +639,7 @@ async fn join(running: &mut Option<JoinHandle<Done>>) -> Result<Done, JoinError>
 
 /// The blocking part of a job: decode, letterbox, run the model, map boxes to the original.
 fn infer(mut detector: Detector, job: Job, max_side: u32) -> Done {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (input_w, input_h) = detector.input_size();
     let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h, max_side)
         .map_err(JobError::Image)
@@ -785,8 +815,38 @@ mod tests {
                 scale: 1.0,
             },
             jpeg: Vec::new(),
+            usable_for: None,
         };
-        Job { reply, request }
+        Job {
+            reply,
+            request,
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn requests_past_their_deadline_are_dropped_before_inference() {
+        let now = Instant::now();
+        let mut queue = FairQueue::default();
+        let mut late = job("a", 0);
+        late.deadline = Some(now - Duration::from_millis(1));
+        let mut due_now = job("b", 1);
+        due_now.deadline = Some(now);
+        let mut usable = job("a", 2);
+        usable.deadline = Some(now + Duration::from_millis(500));
+        for j in [late, due_now, usable, job("b", 3)] {
+            assert!(queue.push(j).is_none());
+        }
+        let (next, expired) = queue.pop_usable(now);
+        assert_eq!((next.as_ref().map(id), expired), (Some(("a".into(), 2)), 2));
+        let (next, expired) = queue.pop_usable(now + Duration::from_secs(60));
+        assert_eq!(
+            (next.as_ref().map(id), expired),
+            (Some(("b".into(), 3)), 0),
+            "no deadline: always answered"
+        );
+        let (next, expired) = queue.pop_usable(now);
+        assert!(next.is_none() && expired == 0);
     }
 
     fn id(job: &Job) -> (String, u8) {

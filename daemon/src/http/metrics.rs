@@ -196,6 +196,8 @@ struct FrameCounters {
     alerts: Counter,
     finalize_dropped: Counter,
     output_errors: Counter,
+    upload_ratio: FloatGauge,
+    answered_in_time_ratio: FloatGauge,
 }
 
 impl FrameCounters {
@@ -260,6 +262,18 @@ impl FrameCounters {
                 "helmetd_output_errors",
                 "Failed writes of output folders",
                 Counter::default(),
+            ),
+            upload_ratio: register(
+                registry,
+                "helmetd_upload_cloud_ratio",
+                "Hard examples per finalized frame since start (Sedna's uploadCloudRatio)",
+                FloatGauge::default(),
+            ),
+            answered_in_time_ratio: register(
+                registry,
+                "helmetd_cloud_answered_in_time_ratio",
+                "Hard examples the cloud answered in time per hard example since start",
+                FloatGauge::default(),
             ),
         }
     }
@@ -462,6 +476,10 @@ impl Metrics {
         store(&self.frames.alerts, c.alerts);
         store(&self.frames.finalize_dropped, c.finalize_dropped);
         store(&self.frames.output_errors, c.output_errors);
+        self.frames.upload_ratio.set(c.upload_ratio());
+        self.frames
+            .answered_in_time_ratio
+            .set(c.answered_in_time_ratio());
 
         let uplink = snapshot.uplink.clone().unwrap_or_default();
         self.links
@@ -560,6 +578,8 @@ mod tests {
         ("helmetd_alerts_total", "counter"),
         ("helmetd_finalize_dropped_total", "counter"),
         ("helmetd_output_errors_total", "counter"),
+        ("helmetd_upload_cloud_ratio", "gauge"),
+        ("helmetd_cloud_answered_in_time_ratio", "gauge"),
         ("helmetd_spool_depth", "gauge"),
         ("helmetd_spool_dropped_total", "counter"),
         ("helmetd_spool_bypassed_total", "counter"),

@@ -151,7 +151,14 @@ pub struct HardExampleRequest {
     pub node: String,
     pub meta: HardExampleMeta,
     pub jpeg: Vec<u8>,
+    /// How long after it arrived an answer can still be used: the edge's own wait (`wait_ms`)
+    /// or the message expiry the broker passed on, whichever is shorter; `None` when the request
+    /// says neither. Work on it after that is wasted.
+    pub usable_for: Option<Duration>,
 }
+
+/// The longest `wait_ms` a request may declare: longer is refused as malformed.
+pub const MAX_WAIT_MS: u64 = 600_000;
 
 /// Why a request is refused; [`RequestError::kind`] groups them for counting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -268,6 +275,9 @@ pub fn request_properties(
             ("orig_w".into(), meta.orig_w.to_string()),
             ("orig_h".into(), meta.orig_h.to_string()),
             ("scale".into(), meta.scale.to_string()),
+            // The expiry above has whole seconds; the cloud drops what it can no longer
+            // answer in time to the millisecond.
+            ("wait_ms".into(), expiry.as_millis().to_string()),
         ],
         ..Default::default()
     }
@@ -360,14 +370,44 @@ pub fn parse_request(
     };
     let (image_w, image_h) = jpeg_size(&publish.payload).ok_or(RequestError::NotJpeg)?;
     check_geometry(&meta, image_w, image_h, max_image_side)?;
+    let usable_for = usable_for(&user, props.message_expiry_interval)?;
     Ok((
         HardExampleRequest {
             node,
             meta,
             jpeg: publish.payload.into(),
+            usable_for,
         },
         fixes,
     ))
+}
+
+/// The shorter of the edge's `wait_ms` (optional: older edges do not send it) and the message
+/// expiry.
+fn usable_for(
+    user: &UserProperties<'_>,
+    expiry_s: Option<u32>,
+) -> Result<Option<Duration>, RequestError> {
+    let wait = match user.get("wait_ms") {
+        Err(RequestError::MissingProperty(_)) => None,
+        Err(e) => return Err(e),
+        Ok(_) => {
+            let ms: u64 = user.parse("wait_ms")?;
+            if !(1..=MAX_WAIT_MS).contains(&ms) {
+                return Err(bad(
+                    "wait_ms",
+                    &ms.to_string(),
+                    format!("must be within 1..={MAX_WAIT_MS}"),
+                ));
+            }
+            Some(Duration::from_millis(ms))
+        }
+    };
+    let expiry = expiry_s.map(|s| Duration::from_secs(u64::from(s)));
+    Ok(match (wait, expiry) {
+        (Some(w), Some(e)) => Some(w.min(e)),
+        (w, e) => w.or(e),
+    })
 }
 
 fn bad(key: &'static str, value: &str, reason: impl std::fmt::Display) -> RequestError {
@@ -830,6 +870,46 @@ mod tests {
         expected.edge_result[0].x1 = 10.3; // rounded to 0.1 px on the wire
         expected.edge_result[0].score = 0.5123;
         assert_eq!(req.meta, expected);
+        // The edge waits 1.5 s; the expiry says 2 s in whole seconds: the shorter one counts.
+        assert_eq!(req.usable_for, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn the_usable_time_is_the_shorter_of_wait_ms_and_expiry_and_bad_waits_are_refused() {
+        let usable = |edit: &dyn Fn(&mut PublishProperties)| {
+            let mut props = good_props();
+            edit(&mut props);
+            parse_request(
+                request(jpeg_header(640, 360), props),
+                DEFAULT_MAX_IMAGE_SIDE,
+            )
+            .map(|(req, _)| req.usable_for)
+        };
+        assert_eq!(
+            usable(&|p| set(p, "wait_ms", "5000")),
+            Ok(Some(Duration::from_secs(2))),
+            "the expiry is shorter"
+        );
+        assert_eq!(
+            usable(&|p| p.user_properties.retain(|(k, _)| k != "wait_ms")),
+            Ok(Some(Duration::from_secs(2))),
+            "an older edge: the expiry alone"
+        );
+        assert_eq!(
+            usable(&|p| {
+                p.user_properties.retain(|(k, _)| k != "wait_ms");
+                p.message_expiry_interval = None;
+            }),
+            Ok(None),
+            "neither: always answered"
+        );
+        for bad in ["0", "-1", "600001", "soon"] {
+            assert_eq!(
+                usable(&|p| set(p, "wait_ms", bad)).map_err(|e| e.kind()),
+                Err(RejectKind::BadMetadata),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -1048,7 +1128,7 @@ mod tests {
         );
         assert!(matches!(
             refused(&|p| p.user_properties.push(("x".into(), "y".repeat(1 << 20)))),
-            Err(RequestError::TooManyProperties { count: 9, .. })
+            Err(RequestError::TooManyProperties { count: 10, .. })
         ));
         assert!(matches!(
             refused(&|p| set(p, "edge_result", &"[0,0,1,1,0.5,0],".repeat(4000))),

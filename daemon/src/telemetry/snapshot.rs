@@ -99,7 +99,8 @@ impl Snapshot {
             .collect();
         let mut stats = serde_json::json!({
             "frames": c.frames, "hard": c.hard,
-            "upload_ratio": c.hard as f64 / c.frames.max(1) as f64,
+            "upload_ratio": c.upload_ratio(),
+            "cloud_answered_ratio": c.answered_in_time_ratio(),
             "cloud_answered": c.cloud_answered, "cloud_late": c.cloud_late,
             "cloud_failed": c.cloud_failed, "cloud_skipped": c.cloud_skipped,
             "alerts": c.alerts, "dispatch_dropped": self.dispatch_dropped,
@@ -278,6 +279,16 @@ pub struct CounterSnapshot {
 }
 
 impl CounterSnapshot {
+    /// Hard examples per frame: Sedna's `uploadCloudRatio`.
+    pub fn upload_ratio(&self) -> f64 {
+        self.hard as f64 / self.frames.max(1) as f64
+    }
+
+    /// Of the hard examples, the share whose cloud answer came in time and decided the frame.
+    pub fn answered_in_time_ratio(&self) -> f64 {
+        self.cloud_answered as f64 / self.hard.max(1) as f64
+    }
+
     pub fn read(counters: &Counters) -> Self {
         let get = Counters::get;
         Self {
