@@ -21,24 +21,20 @@
 //! removed (processes in it killed first) even when the test fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use helmetd_e2e::RtspTestServer;
 use helmetd_e2e::mosquitto::Mosquitto;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::Value;
 
 mod common;
-use common::TestRoot;
+use common::{HelmetdProcess, Options, ProcessOutput, TestRoot};
 
 const CONFIG: &str = "config/examples/joint-local.toml";
 const PREFIX: &str = "helmetd/v1";
@@ -62,96 +58,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // Processes with JSON logs.
 
-/// A child `helmetd` whose stderr (`--log-format json`) is collected line by line; killed on
-/// drop if still running.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: &[String]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_helmetd"));
-        cmd.current_dir(helmetd_e2e::workspace_root())
-            .arg("--log-format")
-            .arg("json")
-            .args(args);
-        let mut child = common::test_daemon_env(&mut cmd, "info,ort=warn,helmetd::uplink=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        // Detached: ends when the pipe closes, i.e. when the process and its workers are gone.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lock(&sink).push(line);
-            }
-        });
-        Self { name, child, log }
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let log = lock(&self.log);
-        log[log.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL to our own child");
-        self.child.wait().expect("reaping our own child");
-    }
-
-    fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM to our own child");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} ignored SIGTERM for {timeout:?}; log tail:\n{}",
-                self.name,
-                self.tail(30)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn spooled(&self) -> Vec<(u64, String)> {
-        spooled(&self.log)
-    }
+/// A child `helmetd` with the uplink's debug log (what it spooled); killed on drop if still
+/// running.
+fn spawn(name: &str, args: &[String]) -> HelmetdProcess {
+    let options = Options {
+        name,
+        rust_log: "info,ort=warn,helmetd::uplink=debug",
+        ..Options::default()
+    };
+    HelmetdProcess::start_with(args, options)
 }
 
 /// Spool ids and topics a daemon logged as spooled, in log order.
-fn spooled(log: &Mutex<Vec<String>>) -> Vec<(u64, String)> {
-    lock(log)
+fn spooled(log: &ProcessOutput) -> Vec<(u64, String)> {
+    log.json_lines()
         .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["fields"]["message"] == "spooled")
         .filter_map(|e| {
             let fields = &e["fields"];
             Some((fields["id"].as_u64()?, fields["topic"].as_str()?.to_owned()))
         })
         .collect()
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +156,7 @@ fn topic(suffix: &str) -> String {
 fn wait_for<T>(
     what: &str,
     timeout: Duration,
-    procs: &mut [&mut Proc],
+    procs: &mut [&mut HelmetdProcess],
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
     let deadline = Instant::now() + timeout;
@@ -237,15 +164,15 @@ fn wait_for<T>(
         if let Some(found) = check() {
             return found;
         }
-        let dead: Vec<&str> = procs
+        let dead: Vec<String> = procs
             .iter_mut()
-            .filter_map(|p| (!p.running()).then_some(p.name))
+            .filter_map(|p| (!p.running()).then(|| p.name().to_owned()))
             .collect();
         let expired = Instant::now() >= deadline;
         if expired || !dead.is_empty() {
             let tails: Vec<String> = procs
                 .iter()
-                .map(|p| format!("--- {} ---\n{}", p.name, p.tail(25)))
+                .map(|p| format!("--- {} ---\n{}", p.name(), p.tail(25)))
                 .collect();
             panic!(
                 "{} while waiting for {what}\n{}",
@@ -352,9 +279,9 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
     ]
     .map(String::from)
     .to_vec();
-    let mut cloud = Proc::spawn("helmetd cloud", &cloud_args);
+    let mut cloud = spawn("helmetd cloud", &cloud_args);
     let args = run_args(&broker, &rtsp.url(), &root, dir.path());
-    let mut daemon = Proc::spawn("helmetd run", &args);
+    let mut daemon = spawn("helmetd run", &args);
 
     // Phase 1: joint inference and alerts.
     let alert_topic = topic(&format!("{CAMERA}/alert"));
@@ -415,10 +342,10 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
     }
 
     // Phase 2: a broker outage while the daemon keeps running.
-    let log = Arc::clone(&daemon.log);
+    let log = daemon.log();
     broker.stop().expect("stopping mosquitto");
     let outage_started = Instant::now();
-    let before = daemon.spooled().len();
+    let before = spooled(&daemon.log()).len();
     let during = wait_for(
         "an alert and a hard example spooled while the broker is down",
         SPOOLING,
@@ -432,7 +359,7 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
         during.len(),
         outage_started.elapsed()
     );
-    let logged: Vec<u64> = daemon.spooled().iter().map(|(id, _)| *id).collect();
+    let logged: Vec<u64> = spooled(&daemon.log()).iter().map(|(id, _)| *id).collect();
     let drained_in = Instant::now();
     wait_for(
         "every spooled message after the broker restart",
@@ -456,7 +383,7 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
 
     // Phase 3: SIGKILL while the broker is down and the spool holds entries.
     broker.stop().expect("stopping mosquitto");
-    let before = daemon.spooled().len();
+    let before = spooled(&daemon.log()).len();
     let during = wait_for(
         "an alert and a hard example spooled before the kill",
         SPOOLING,
@@ -465,7 +392,7 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
     );
     daemon.kill9();
     offline.extend(&during);
-    let first_life: Vec<u64> = daemon.spooled().iter().map(|(id, _)| *id).collect();
+    let first_life: Vec<u64> = spooled(&daemon.log()).iter().map(|(id, _)| *id).collect();
     println!(
         "phase 3: killed with {} messages spooled during the outage (ids {:?}..={:?})",
         during.len(),
@@ -473,7 +400,7 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
         during.last()
     );
     broker.restart().expect("restarting mosquitto");
-    let mut daemon = Proc::spawn("helmetd run (restarted)", &args);
+    let mut daemon = spawn("helmetd run (restarted)", &args);
     let drained_in = Instant::now();
     wait_for(
         "the killed daemon's spool to drain after the restart",
@@ -482,7 +409,7 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
         || all_arrived(&received, &first_life).then_some(()),
     );
     println!("phase 3: drained in {:?}", drained_in.elapsed());
-    let second_life: Vec<u64> = daemon.spooled().iter().map(|(id, _)| *id).collect();
+    let second_life: Vec<u64> = spooled(&daemon.log()).iter().map(|(id, _)| *id).collect();
     if let (Some(first), Some(last)) = (second_life.first(), first_life.last()) {
         assert!(first > last, "spool ids restarted: {first} after {last}");
     }
@@ -526,8 +453,8 @@ fn joint_inference_alerts_and_a_spool_that_survives_outages_and_kill_9() {
         stat(&lock(&received), "cloud_late")
     );
 
-    let status = daemon.terminate(Duration::from_secs(30));
+    let status = daemon.terminate_within(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", daemon.tail(20));
-    assert!(cloud.terminate(Duration::from_secs(30)).success());
+    assert!(cloud.terminate_within(Duration::from_secs(30)).success());
     println!("joint_e2e took {:?}", started.elapsed());
 }

@@ -23,29 +23,20 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use helmetd::spool::{FsyncPolicy, Spool, SpoolLimits};
 use helmetd::uplink::SPOOL_ID_PROPERTY;
 use helmetd_e2e::mosquitto::Mosquitto;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::Value;
 
-use common::{Peer, TestRoot};
+use common::{HelmetdProcess, Options, Peer, TestRoot};
 
-const EXAMPLE: &str = "config/examples/local-file.toml";
-/// The example camera's sampling rate, replaced in the test's copy.
-const EXAMPLE_FPS: &str = "detect_fps = 2.0";
-const PREFIX: &str = "helmetd/v1";
-const NODE: &str = "shutdown-no-loss";
 /// The model loaded, the video playing, the first crowd scene (13.5 s in) confirmed.
 const FIRST_NEW: Duration = Duration::from_secs(120);
 /// For a stats line showing that frames still arrive after the `new`.
@@ -55,140 +46,74 @@ const EXIT: Duration = Duration::from_secs(60);
 /// After the exit, the broker still delivers what it had; quiet this long means it is done.
 const QUIET: Duration = Duration::from_secs(2);
 const SETTLE_MAX: Duration = Duration::from_secs(10);
-/// The stdout reader finishes once the daemon and its workers have closed the pipe.
+/// For the `RESULT` line on stdout after the exit.
 const RESULT_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+const EXAMPLE: &str = "config/examples/local-file.toml";
+/// The example camera's sampling rate, replaced in the test's copy.
+const EXAMPLE_FPS: &str = "detect_fps = 2.0";
+const PREFIX: &str = "helmetd/v1";
+const NODE: &str = "shutdown-no-loss";
+
+/// `helmetd run --config <config>` with its stdout kept for the `RESULT` line.
+fn start_daemon(config: &Path, sets: &[String]) -> HelmetdProcess {
+    let mut args: Vec<OsString> = vec!["run".into(), "--config".into(), config.into()];
+    for set in sets {
+        args.extend(["--set".into(), set.into()]);
+    }
+    let options = Options {
+        name: "helmetd run",
+        keep_stdout: true,
+        ..Options::default()
+    };
+    HelmetdProcess::start_with(&args, options)
 }
 
-/// `helmetd run` with its stderr (JSON log) and stdout collected line by line; SIGKILLed by its
-/// pid on drop if still running, so a failing test leaves no daemon behind.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    exited: Option<ExitStatus>,
+/// Frames counted by the latest `stats {…}` line.
+fn frames(daemon: &HelmetdProcess) -> Option<u64> {
+    daemon.log_lines().iter().rev().find_map(|l| {
+        let stats = common::message(l).strip_prefix("stats ")?;
+        serde_json::from_str::<Value>(stats).ok()?["frames"].as_u64()
+    })
 }
 
-impl Daemon {
-    fn start(config: &Path, sets: &[String]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_helmetd"));
-        cmd.current_dir(helmetd_e2e::workspace_root())
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config);
-        for set in sets {
-            cmd.args(["--set", set]);
+/// The alert events the daemon logged as it emitted them (target `helmetd::alert`), for the
+/// failure report.
+fn logged_alerts(daemon: &HelmetdProcess) -> Vec<String> {
+    daemon
+        .log_lines()
+        .iter()
+        .filter(|l| l["target"] == "helmetd::alert")
+        .map(|l| common::message(l).to_owned())
+        .collect()
+}
+
+/// Waits up to `timeout` for the exit after SIGTERM, without holding up the runtime.
+async fn wait_exit(daemon: &mut HelmetdProcess, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = daemon.exited_after_sigterm(deadline, timeout) {
+            return status;
         }
-        let mut child = common::test_daemon_env(&mut cmd, "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting helmetd run");
-        let log = collect_lines(child.stderr.take().expect("piped stderr"));
-        let stdout = collect_lines(child.stdout.take().expect("piped stdout"));
-        Daemon {
-            child,
-            log,
-            stdout,
-            exited: None,
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().expect("try_wait on our daemon");
-        }
-        self.exited.is_none()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let log = lock(&self.log);
-        log[log.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        lock(&self.log)
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Frames counted by the latest `stats {…}` line.
-    fn frames(&self) -> Option<u64> {
-        self.json_lines().iter().rev().find_map(|l| {
-            let stats = common::message(l).strip_prefix("stats ")?;
-            serde_json::from_str::<Value>(stats).ok()?["frames"].as_u64()
-        })
-    }
-
-    /// The alert events the daemon logged as it emitted them (target `helmetd::alert`), for
-    /// the failure report.
-    fn logged_alerts(&self) -> Vec<String> {
-        self.json_lines()
-            .iter()
-            .filter(|l| l["target"] == "helmetd::alert")
-            .map(|l| common::message(l).to_owned())
-            .collect()
-    }
-
-    fn terminate(&self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM to our own daemon");
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        while self.running() {
-            assert!(
-                Instant::now() < deadline,
-                "helmetd did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
-                self.tail(40)
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        self.exited.expect("exited")
-    }
-
-    /// The `RESULT …` line, once the stdout reader has it.
-    async fn result_line(&self) -> Option<String> {
-        let deadline = Instant::now() + RESULT_WAIT;
-        loop {
-            let line = lock(&self.stdout)
-                .iter()
-                .rev()
-                .find(|l| l.starts_with("RESULT "))
-                .cloned();
-            if line.is_some() || Instant::now() >= deadline {
-                return line;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.running() {
-            // Child::kill signals exactly this pid; the workers die with the TestRoot.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+/// The `RESULT …` line, once stdout has it.
+async fn result_line(daemon: &HelmetdProcess) -> Option<String> {
+    let deadline = Instant::now() + RESULT_WAIT;
+    loop {
+        let line = daemon
+            .stdout_lines()
+            .into_iter()
+            .rev()
+            .find(|l| l.starts_with("RESULT "));
+        if line.is_some() || Instant::now() >= deadline {
+            return line;
         }
+        tokio::time::sleep(POLL).await;
     }
-}
-
-/// Detached reader: ends when the pipe closes, i.e. when the daemon and its workers are gone.
-fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            lock(&sink).push(line);
-        }
-    });
-    lines
 }
 
 /// An alert event as subscribers tell events apart.
@@ -307,7 +232,7 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
         // Only the shutdown may end the episode within the test.
         "alerts.end_after_s=600.0".into(),
     ];
-    let mut daemon = Daemon::start(&camera_config(state.path()), &sets);
+    let mut daemon = start_daemon(&camera_config(state.path()), &sets);
 
     // 1. An open violation on the broker.
     let mut received: Vec<Publish> = Vec::new();
@@ -320,7 +245,7 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
         assert!(
             daemon.running(),
             "helmetd exited ({:?}) before any `new` alert; log tail:\n{}",
-            daemon.exited,
+            daemon.exit_status(),
             daemon.tail(40)
         );
         assert!(
@@ -332,9 +257,9 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
     }
 
     // 2. Frames still flowing: a stats line counting more frames than when the `new` arrived.
-    let at_new = daemon.frames().unwrap_or(0);
+    let at_new = frames(&daemon).unwrap_or(0);
     let deadline = Instant::now() + FLOWING;
-    while daemon.frames().unwrap_or(0) <= at_new {
+    while frames(&daemon).unwrap_or(0) <= at_new {
         assert!(
             daemon.running() && Instant::now() < deadline,
             "frames stopped after the `new` (still {at_new} after {FLOWING:?}); log tail:\n{}",
@@ -344,8 +269,8 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
     }
 
     // 3. SIGTERM while the episode is open.
-    daemon.terminate();
-    let status = daemon.wait_exit(EXIT).await;
+    daemon.send_sigterm();
+    let status = wait_exit(&mut daemon, EXIT).await;
 
     // 4. What the broker still had in hand, until it has been quiet for a while.
     let settle_until = Instant::now() + SETTLE_MAX;
@@ -356,7 +281,7 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
         }
         tokio::time::sleep(POLL).await;
     }
-    let result = daemon.result_line().await;
+    let result = result_line(&daemon).await;
     let spooled = spooled_alerts(&spool_dir);
 
     // 5. Account for every concluded event.
@@ -392,7 +317,7 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
         )),
         None => problems.push(format!(
             "(b) no `RESULT … alerts=N` line on stdout: {:?}",
-            lock(&daemon.stdout)
+            daemon.stdout_lines()
         )),
     }
     let opened: BTreeSet<&str> = delivered
@@ -427,7 +352,7 @@ async fn sigterm_with_an_open_episode_loses_no_alert() {
             .iter()
             .map(|p| (spool_id_of(p), key_of(&p.payload)))
             .collect::<Vec<_>>(),
-        daemon.logged_alerts(),
+        logged_alerts(&daemon),
         daemon.tail(30)
     );
 }

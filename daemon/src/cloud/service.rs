@@ -81,7 +81,7 @@ pub struct ServiceStats {
     pub overloaded: u64,
     /// Refused because the replica was shutting down.
     pub shed: u64,
-    /// Dropped unanswered because the edge had stopped waiting before an inference could start.
+    /// Dropped unanswered because the edge would stop waiting before an inference could end.
     pub expired: u64,
     /// Inference errors (answered with an error).
     pub failed: u64,
@@ -302,6 +302,7 @@ async fn serve_loaded(
         idle: Some(detector),
         stats: ServiceStats::default(),
         warned: [false; RejectKind::COUNT],
+        recent_infer: Duration::ZERO,
     };
     service.run(incoming, shutdown, driver).await
 }
@@ -352,6 +353,9 @@ struct Service {
     stats: ServiceStats,
     /// Kinds of refusal already logged at warn; later ones go to debug.
     warned: [bool; RejectKind::COUNT],
+    /// Recent time of one inference (a moving average): a request with less time left than
+    /// this would be answered after the edge stopped waiting.
+    recent_infer: Duration,
 }
 
 impl Service {
@@ -452,7 +456,7 @@ impl Service {
         let Some(detector) = self.idle.take() else {
             return;
         };
-        let (job, expired) = self.waiting.pop_usable(Instant::now());
+        let (job, expired) = self.waiting.pop_usable(Instant::now() + self.recent_infer);
         if expired > 0 {
             // No answer: the edge already counted these as late, and a message would be waste.
             self.stats.expired += expired;
@@ -474,6 +478,7 @@ impl Service {
         match done.outcome {
             Ok((detections, took)) => {
                 let ms = took.as_secs_f64() * 1e3;
+                self.recent_infer = moving_average(self.recent_infer, took);
                 self.stats.answered += 1;
                 self.stats.infer_ms_total += ms;
                 self.stats.infer_ms_max = self.stats.infer_ms_max.max(ms);
@@ -602,12 +607,12 @@ impl FairQueue {
         job
     }
 
-    /// The next request whose answer can still be used at `now`, and how many were dropped on
-    /// the way because their deadline had passed.
-    fn pop_usable(&mut self, now: Instant) -> (Option<Job>, u64) {
+    /// The next request whose answer can still be used at `answer_at`, and how many were
+    /// dropped on the way because their deadline comes first.
+    fn pop_usable(&mut self, answer_at: Instant) -> (Option<Job>, u64) {
         let mut expired = 0;
         while let Some(job) = self.pop() {
-            if job.deadline.is_some_and(|d| d <= now) {
+            if job.deadline.is_some_and(|d| d <= answer_at) {
                 expired += 1;
                 continue;
             }
@@ -627,6 +632,15 @@ impl FairQueue {
         self.len -= 1;
         Some(job)
     }
+}
+
+/// A quarter of each new inference time: follows a change of load within a few requests, and
+/// one slow outlier does not close the door on every request behind it.
+fn moving_average(average: Duration, latest: Duration) -> Duration {
+    if average.is_zero() {
+        return latest;
+    }
+    (average * 3 + latest) / 4
 }
 
 /// Awaits the running inference, or never if there is none.
@@ -847,6 +861,18 @@ mod tests {
         );
         let (next, expired) = queue.pop_usable(now);
         assert!(next.is_none() && expired == 0);
+    }
+
+    #[test]
+    fn the_expected_inference_time_follows_the_recent_ones() {
+        let ms = Duration::from_millis;
+        assert_eq!(moving_average(Duration::ZERO, ms(800)), ms(800));
+        assert_eq!(moving_average(ms(800), ms(400)), ms(700));
+        let mut average = ms(800);
+        for _ in 0..20 {
+            average = moving_average(average, ms(200));
+        }
+        assert!(average < ms(210), "{average:?}");
     }
 
     fn id(job: &Job) -> (String, u8) {

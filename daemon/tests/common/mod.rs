@@ -134,45 +134,138 @@ pub fn test_daemon_env<'c>(
         .env_remove("WATCHDOG_PID")
 }
 
+/// How a [`HelmetdProcess`] is started besides its arguments.
+pub struct Options<'a> {
+    /// Names the process in failure messages.
+    pub name: &'a str,
+    /// `RUST_LOG` of the process (and its workers).
+    pub rust_log: &'a str,
+    /// Extra environment variables, set after the test defaults (so `NOTIFY_SOCKET` can name a
+    /// test's own socket).
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
+    /// Keep stdout (else thrown away), for [`HelmetdProcess::stdout_lines`].
+    pub keep_stdout: bool,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            name: "helmetd",
+            rust_log: "info,ort=warn",
+            env: &[],
+            keep_stdout: false,
+        }
+    }
+}
+
+/// A file a [`HelmetdProcess`] writes (its JSON log, its stdout), readable while it runs and
+/// after it is gone: the handle keeps the directory.
+#[derive(Clone)]
+pub struct ProcessOutput {
+    dir: std::sync::Arc<tempfile::TempDir>,
+    file: &'static str,
+}
+
+impl ProcessOutput {
+    pub fn raw(&self) -> String {
+        fs::read_to_string(self.dir.path().join(self.file)).unwrap_or_default()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.raw().lines().map(str::to_owned).collect()
+    }
+
+    /// The lines that parse as JSON (a line still being written does not).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.raw()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
 /// A `helmetd` child process (the binary under test, run from the workspace root with
-/// `--log-format json`) whose log goes to a file; killed on drop if still running.
+/// `--log-format json`) whose log goes to a file, and its stdout too if asked; signalled only by
+/// its own pid, every wait bounded; killed and reaped on drop if still running.
 pub struct HelmetdProcess {
+    name: String,
     child: std::process::Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    log: ProcessOutput,
+    stdout: Option<ProcessOutput>,
 }
 
 impl HelmetdProcess {
     /// `helmetd --log-format json <args…>`.
     pub fn start(args: &[&str]) -> HelmetdProcess {
-        Self::start_with_env(args, &[])
+        Self::start_with(args, Options::default())
     }
 
     /// [`HelmetdProcess::start`] with extra environment variables (set after the test defaults,
     /// so `NOTIFY_SOCKET` can name a test's own socket).
     pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> HelmetdProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("helmetd.log");
+        Self::start_with(
+            args,
+            Options {
+                env,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// `helmetd --log-format json <args…>`, started as `options` say.
+    pub fn start_with<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+        args: &[S],
+        options: Options<'_>,
+    ) -> HelmetdProcess {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let log = ProcessOutput {
+            dir: dir.clone(),
+            file: "helmetd.log",
+        };
+        let stdout = options.keep_stdout.then(|| ProcessOutput {
+            dir: dir.clone(),
+            file: "stdout.log",
+        });
+        let create = |out: &ProcessOutput| fs::File::create(dir.path().join(out.file)).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_helmetd"));
         cmd.args(["--log-format", "json"])
             .args(args)
             .current_dir(helmetd_e2e::workspace_root());
-        let child = test_daemon_env(&mut cmd, "info,ort=warn")
-            .envs(env.iter().copied())
+        let child = test_daemon_env(&mut cmd, options.rust_log)
+            .envs(options.env.iter().copied())
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
+            .stdout(match &stdout {
+                Some(out) => std::process::Stdio::from(create(out)),
+                None => std::process::Stdio::null(),
+            })
+            .stderr(create(&log))
             .spawn()
-            .unwrap_or_else(|e| panic!("starting helmetd {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("starting {} {args:?}: {e}", options.name));
         HelmetdProcess {
+            name: options.name.to_owned(),
             child,
             log,
-            _dir: dir,
+            stdout,
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The JSON log, as a handle that outlives `self`'s borrows.
+    pub fn log(&self) -> ProcessOutput {
+        self.log.clone()
+    }
+
     pub fn raw_log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.log.raw()
     }
 
     /// The process id, e.g. to look at `/proc/<pid>`.
@@ -181,10 +274,30 @@ impl HelmetdProcess {
     }
 
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        self.raw_log()
+        self.log.json_lines()
+    }
+
+    /// The log's last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        self.log.tail(n)
+    }
+
+    /// Stdout so far; fails the test unless started with [`Options::keep_stdout`].
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .as_ref()
+            .expect("started with keep_stdout")
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+    }
+
+    /// Whether the process still runs (reaps it once it has exited).
+    pub fn running(&mut self) -> bool {
+        self.exit_status().is_none()
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait on our own child")
     }
 
     /// Waits up to `timeout` for a log line that `found` accepts; fails the test if the process
@@ -202,7 +315,8 @@ impl HelmetdProcess {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "helmetd exited with {status} before {what}:\n{}",
+                    "{} exited with {status} before {what}:\n{}",
+                    self.name,
                     self.raw_log()
                 );
             }
@@ -215,28 +329,58 @@ impl HelmetdProcess {
         }
     }
 
+    /// SIGTERM to this process (its pid only); does not wait.
+    pub fn send_sigterm(&self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM to our own child");
+    }
+
     /// SIGTERM, then waits (up to 40 s) for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        kill(pid, Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(40);
+        self.terminate_within(Duration::from_secs(40))
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; fails the test, with the log, after.
+    pub fn terminate_within(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.exited_after_sigterm(deadline, timeout) {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "helmetd ignored SIGTERM:\n{}",
-                self.raw_log()
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// One poll of a wait for the exit after [`HelmetdProcess::send_sigterm`], for a caller
+    /// that sleeps its own way between polls: the status once exited; fails the test, with the
+    /// log, past `deadline` (`timeout` after the signal).
+    pub fn exited_after_sigterm(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let status = self.exit_status();
+        assert!(
+            status.is_some() || Instant::now() < deadline,
+            "{} ignored SIGTERM for {timeout:?}:\n{}",
+            self.name,
+            self.raw_log()
+        );
+        status
+    }
+
+    /// SIGKILL (its pid only) and reap.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL to our own child");
+        self.child.wait().expect("reaping our own child");
     }
 }
 
 impl Drop for HelmetdProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // Child::kill signals exactly this pid; workers die with their TestRoot.
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
