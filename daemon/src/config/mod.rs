@@ -196,6 +196,8 @@ pub struct CloudConfig {
     pub protocol: CloudProtocol,
     pub url: String,
     pub timeout_ms: u64,
+    /// Hard examples asked per second per camera, at most; 0 for no limit.
+    pub budget_per_s: f64,
     pub model: PathBuf,
     pub model_input: [u32; 2],
     pub intra_threads: usize,

@@ -214,6 +214,11 @@ impl Config {
                 1.0..=60_000.0,
             ),
             number(
+                key("cloud.budget_per_s"),
+                self.cloud.budget_per_s,
+                0.0..=1_000.0,
+            ),
+            number(
                 key("cloud.intra_threads"),
                 self.cloud.intra_threads,
                 1.0..=64.0,

@@ -192,6 +192,7 @@ struct FrameCounters {
     cloud_late: Counter,
     cloud_failed: Counter,
     cloud_skipped: Counter,
+    cloud_over_budget: Counter,
     cloud_round_trip: Histogram,
     alerts: Counter,
     finalize_dropped: Counter,
@@ -237,6 +238,12 @@ impl FrameCounters {
                 registry,
                 "helmetd_cloud_skipped",
                 "Hard examples not sent because the circuit breaker was open",
+                Counter::default(),
+            ),
+            cloud_over_budget: register(
+                registry,
+                "helmetd_cloud_over_budget",
+                "Hard examples not sent because the camera had spent cloud.budget_per_s",
                 Counter::default(),
             ),
             cloud_round_trip: register(
@@ -473,6 +480,7 @@ impl Metrics {
         store(&self.frames.cloud_late, c.cloud_late);
         store(&self.frames.cloud_failed, c.cloud_failed);
         store(&self.frames.cloud_skipped, c.cloud_skipped);
+        store(&self.frames.cloud_over_budget, c.cloud_over_budget);
         store(&self.frames.alerts, c.alerts);
         store(&self.frames.finalize_dropped, c.finalize_dropped);
         store(&self.frames.output_errors, c.output_errors);
@@ -574,6 +582,7 @@ mod tests {
         ("helmetd_cloud_late_total", "counter"),
         ("helmetd_cloud_failed_total", "counter"),
         ("helmetd_cloud_skipped_total", "counter"),
+        ("helmetd_cloud_over_budget_total", "counter"),
         ("helmetd_cloud_round_trip_seconds", "histogram"),
         ("helmetd_alerts_total", "counter"),
         ("helmetd_finalize_dropped_total", "counter"),
@@ -631,6 +640,7 @@ mod tests {
                 cloud_late: 1,
                 cloud_failed: 1,
                 cloud_skipped: 1,
+                cloud_over_budget: 0,
                 alerts: 3,
                 finalize_dropped: 0,
                 output_errors: 0,

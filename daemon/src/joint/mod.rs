@@ -12,6 +12,7 @@
 //! asking costs nothing.
 
 pub mod breaker;
+pub mod budget;
 pub mod mqtt;
 pub mod protocol;
 pub mod sedna_http;

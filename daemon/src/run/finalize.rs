@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
 use crate::config::SpoolKind;
+use crate::joint::budget::Budget;
 use crate::joint::{AskError, CloudAnswer, HardExampleMeta, JointClient};
 use crate::telemetry::Counters;
 use crate::uplink::{MessageProperties, UplinkHandle};
@@ -48,6 +49,8 @@ pub struct FinalizeShared {
     pub outputs: Option<CappedOutputs>,
     /// Where hard examples go, `[cloud] protocol`'s way; answers in camera-frame pixels.
     pub cloud: Option<Arc<JointClient>>,
+    /// `cloud.budget_per_s`: hard examples a camera may send per second; 0 for no limit.
+    pub budget_per_s: f64,
     /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
@@ -130,6 +133,7 @@ async fn camera_task(
     stopping: CancellationToken,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut budget = Budget::per_second(shared.budget_per_s);
     // Frames whose final result is being decided (the cloud asked), concluded in capture order.
     let mut deciding = FuturesOrdered::new();
     let mut receiving = true;
@@ -149,7 +153,11 @@ async fn camera_task(
             result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
                 Some(result) => {
                     let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
-                    deciding.push_back(decide(shared.clone(), result, hard));
+                    let ask = hard && shared.cloud.is_some() && budget.take(Instant::now());
+                    if hard && shared.cloud.is_some() && !ask {
+                        Counters::add(&shared.counters.cloud_over_budget);
+                    }
+                    deciding.push_back(decide(shared.clone(), result, hard, ask));
                 }
                 None => receiving = false,
             },
@@ -174,15 +182,16 @@ struct Decided {
     cloud_result: Option<Vec<Detection>>,
 }
 
-async fn decide(shared: Arc<FinalizeShared>, result: Inferred, hard: bool) -> Decided {
+/// `ask`: the frame is hard and within the camera's budget.
+async fn decide(shared: Arc<FinalizeShared>, result: Inferred, hard: bool, ask: bool) -> Decided {
     let counters = &shared.counters;
     Counters::add(&counters.frames);
-    let mut cloud_result = None;
     if hard {
         Counters::add(&counters.hard);
-        if let Some(cloud) = &shared.cloud {
-            cloud_result = ask_cloud(&shared, cloud, &result).await;
-        }
+    }
+    let mut cloud_result = None;
+    if ask && let Some(cloud) = &shared.cloud {
+        cloud_result = ask_cloud(&shared, cloud, &result).await;
     }
     Decided {
         result,
@@ -356,6 +365,7 @@ mod tests {
             },
             outputs: None,
             cloud: None,
+            budget_per_s: 0.0,
             uplink: None,
             watcher: Some(Arc::new(move |e: &AlertEvent| {
                 seen.lock().unwrap().push(e.kind)

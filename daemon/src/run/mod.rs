@@ -506,6 +506,7 @@ fn finalize_shared(
         alert_settings: AlertSettings::from_config(&cfg.alerts, classes)?,
         outputs,
         cloud: JointClient::from_config(cfg, uplink.as_ref())?.map(Arc::new),
+        budget_per_s: cfg.cloud.budget_per_s,
         uplink: uplink.clone(),
         watcher,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,

@@ -25,6 +25,8 @@ pub struct Counters {
     pub cloud_late: AtomicU64,
     pub cloud_failed: AtomicU64,
     pub cloud_skipped: AtomicU64,
+    /// Hard frames not asked because the camera had spent its `cloud.budget_per_s`.
+    pub cloud_over_budget: AtomicU64,
     pub alerts: AtomicU64,
     /// Results dropped because a camera's finalize queue was full.
     pub finalize_dropped: AtomicU64,

@@ -103,6 +103,7 @@ impl Snapshot {
             "cloud_answered_ratio": c.answered_in_time_ratio(),
             "cloud_answered": c.cloud_answered, "cloud_late": c.cloud_late,
             "cloud_failed": c.cloud_failed, "cloud_skipped": c.cloud_skipped,
+            "cloud_over_budget": c.cloud_over_budget,
             "alerts": c.alerts, "dispatch_dropped": self.dispatch_dropped,
             "workers_ready": self.workers_ready(), "workers": self.workers.len(),
             "cameras": cameras,
@@ -272,6 +273,8 @@ pub struct CounterSnapshot {
     pub cloud_late: u64,
     pub cloud_failed: u64,
     pub cloud_skipped: u64,
+    #[serde(default)]
+    pub cloud_over_budget: u64,
     /// Alert events of every kind (new, update, end): the loop counts only their total.
     pub alerts: u64,
     pub finalize_dropped: u64,
@@ -298,6 +301,7 @@ impl CounterSnapshot {
             cloud_late: get(&counters.cloud_late),
             cloud_failed: get(&counters.cloud_failed),
             cloud_skipped: get(&counters.cloud_skipped),
+            cloud_over_budget: get(&counters.cloud_over_budget),
             alerts: get(&counters.alerts),
             finalize_dropped: get(&counters.finalize_dropped),
             output_errors: get(&counters.output_errors),
