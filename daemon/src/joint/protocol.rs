@@ -874,16 +874,22 @@ mod tests {
         assert_eq!(req.usable_for, Some(Duration::from_millis(1500)));
     }
 
+    /// A good 640×360 request with `edit` applied to its properties, parsed.
+    fn parse_edited(
+        edit: &dyn Fn(&mut PublishProperties),
+    ) -> Result<(HardExampleRequest, BoxFixes), RequestError> {
+        let mut props = good_props();
+        edit(&mut props);
+        parse_request(
+            request(jpeg_header(640, 360), props),
+            DEFAULT_MAX_IMAGE_SIDE,
+        )
+    }
+
     #[test]
     fn the_usable_time_is_the_shorter_of_wait_ms_and_expiry_and_bad_waits_are_refused() {
         let usable = |edit: &dyn Fn(&mut PublishProperties)| {
-            let mut props = good_props();
-            edit(&mut props);
-            parse_request(
-                request(jpeg_header(640, 360), props),
-                DEFAULT_MAX_IMAGE_SIDE,
-            )
-            .map(|(req, _)| req.usable_for)
+            parse_edited(edit).map(|(req, _)| req.usable_for)
         };
         assert_eq!(
             usable(&|p| set(p, "wait_ms", "5000")),
@@ -1110,15 +1116,7 @@ mod tests {
 
     #[test]
     fn property_floods_are_refused_before_parsing() {
-        let refused = |edit: &dyn Fn(&mut PublishProperties)| {
-            let mut props = good_props();
-            edit(&mut props);
-            parse_request(
-                request(jpeg_header(640, 360), props),
-                DEFAULT_MAX_IMAGE_SIDE,
-            )
-            .map(|_| ())
-        };
+        let refused = |edit: &dyn Fn(&mut PublishProperties)| parse_edited(edit).map(|_| ());
         assert_eq!(
             refused(&|p| p
                 .user_properties
