@@ -10,7 +10,6 @@
 //! drain, hung-worker and crash-loop behaviour run in unit tests on the fake host without root.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,9 @@ use crate::worker::{DispatchEvent, Dispatcher, Waker, WorkerArgs, WorkerKey};
 use super::cameras::{CameraChanges, CameraSet};
 use super::finalize::{self, Finalize, Inferred};
 use super::launcher::{Link, NewWorker};
-use super::settings::{EDGE_POOL, EdgeAutoscaler, desired_pools, initial_replicas, new_autoscaler};
+use super::settings::{
+    CgroupFiles, EDGE_POOL, EdgeAutoscaler, desired_pools, initial_replicas, new_autoscaler,
+};
 use super::{ConfigOrigin, Control, ResultObserver};
 
 const RECONCILE_EVERY: Duration = Duration::from_millis(200);
@@ -80,7 +81,7 @@ pub struct ControlLoop<H: Host, L: Launcher> {
     cfg: Config,
     supervisor: Supervisor<H, L>,
     /// Where the supervisor's cgroups are in the file system, for CPU and pressure readings.
-    cgroup_root: PathBuf,
+    files: CgroupFiles,
     autoscaler: Option<EdgeAutoscaler>,
     last_decision: Option<Decision>,
     dispatcher: Dispatcher,
@@ -103,13 +104,13 @@ pub struct ControlLoop<H: Host, L: Launcher> {
 
 impl<H: Host, L: Launcher> ControlLoop<H, L> {
     /// Starts the cameras and asks the supervisor for the configured workers; the supervisor's
-    /// start-up sweep must have run. `cgroup_root` is where the supervisor's cgroups are.
+    /// start-up sweep must have run. `files` says where the supervisor's cgroups are read.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         origin: ConfigOrigin,
         cfg: Config,
         mut supervisor: Supervisor<H, L>,
-        cgroup_root: PathBuf,
+        files: CgroupFiles,
         finalize: Finalize,
         counters: Arc<Counters>,
         published: SnapshotSender,
@@ -117,7 +118,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
     ) -> anyhow::Result<Self> {
         let now = Instant::now();
         supervisor.set_desired(desired_pools(&cfg, None)?);
-        let autoscaler = new_autoscaler(&cfg, &cgroup_root, initial_replicas(&cfg), now)?;
+        let autoscaler = new_autoscaler(&cfg, &files, initial_replicas(&cfg), now)?;
         let mut dispatcher = Dispatcher::new(std::iter::empty::<String>());
         let waker = dispatcher.waker()?;
         let on_frame = {
@@ -128,7 +129,8 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         let snapshots = SnapshotBuilder::new(
             cfg.node_name(),
             PoolName::new(EDGE_POOL)?,
-            cgroup_root.clone(),
+            files.cgroup_root.clone(),
+            files.reader.clone(),
         );
         let systemd = Notifier::from_env();
         let readiness = Readiness {
@@ -143,7 +145,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             origin,
             cfg,
             supervisor,
-            cgroup_root,
+            files,
             autoscaler,
             last_decision: None,
             dispatcher,
@@ -394,7 +396,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             .set_template(super::settings::worker_template(&cfg));
         self.supervisor.set_desired(pools);
         tracing::info!("config reloaded");
-        self.autoscaler = new_autoscaler(&cfg, &self.cgroup_root, current, Instant::now())
+        self.autoscaler = new_autoscaler(&cfg, &self.files, current, Instant::now())
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "autoscaler not restarted after reload");
                 None

@@ -268,12 +268,12 @@ impl Daemon {
         let finalize_timeout = Duration::from_millis(cfg.cloud.timeout_ms) + FINALIZE_GRACE;
         let stats_every = Duration::from_secs(cfg.mqtt.stats_interval_s.max(1));
         let finalize = Finalize::new(runtime, shared);
-        let cgroup_root = supervisor.host().root().to_path_buf();
+        let files = settings::CgroupFiles::of_host(supervisor.host().root());
         let control_loop = ControlLoop::new(
             origin,
             cfg,
             supervisor,
-            cgroup_root,
+            files,
             finalize,
             counters.clone(),
             published,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -78,9 +78,26 @@ pub(super) fn initial_replicas(cfg: &Config) -> u32 {
 
 pub(super) type EdgeAutoscaler = Autoscaler<FsReader>;
 
+/// Where the workers' CPU and pressure figures are read: the supervisor's cgroup root, through a
+/// reader rooted at `/` in the daemon (elsewhere in tests, which write the files themselves).
+#[derive(Debug, Clone)]
+pub struct CgroupFiles {
+    pub reader: FsReader,
+    pub cgroup_root: PathBuf,
+}
+
+impl CgroupFiles {
+    pub fn of_host(cgroup_root: &Path) -> Self {
+        Self {
+            reader: FsReader::new("/"),
+            cgroup_root: cgroup_root.to_path_buf(),
+        }
+    }
+}
+
 pub(super) fn new_autoscaler(
     cfg: &Config,
-    root: &Path,
+    files: &CgroupFiles,
     replicas: u32,
     now: Instant,
 ) -> anyhow::Result<Option<EdgeAutoscaler>> {
@@ -91,8 +108,8 @@ pub(super) fn new_autoscaler(
     Ok(Some(Autoscaler::new(
         spec,
         pool,
-        root.to_path_buf(),
-        FsReader::new("/"),
+        files.cgroup_root.clone(),
+        files.reader.clone(),
         replicas,
         now,
     )?))

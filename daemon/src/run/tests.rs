@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::control::{ControlLoop, Launcher, Probes};
 use super::finalize::{Finalize, FinalizeShared};
 use super::launcher::NewWorker;
+use super::settings::CgroupFiles;
 use super::{ConfigOrigin, finalize_shared};
+use crate::autoscaler::FsReader;
 use crate::config::{ConfigSource, DEFAULT_CONFIG};
 use crate::supervisor::fake::{FakeHost, FakeLauncher};
 use crate::supervisor::{Supervisor, SupervisorConfig};
@@ -49,11 +51,18 @@ fn config_text(replicas: u32) -> String {
     DEFAULT_CONFIG.replace("\nreplicas = 1\n", &format!("\nreplicas = {replicas}\n"))
 }
 
+/// Where the rig's worker cgroups are, inside its temporary directory (the reader's root).
+const CGROUP_ROOT: &str = "/cg";
+
 impl Rig {
     fn new(replicas: u32) -> Rig {
+        Rig::with_config(&config_text(replicas))
+    }
+
+    fn with_config(text: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("helmetd.toml");
-        std::fs::write(&config, config_text(replicas)).unwrap();
+        std::fs::write(&config, text).unwrap();
         let origin = ConfigOrigin {
             source: ConfigSource::File(config.clone()),
             overrides: vec![
@@ -100,7 +109,10 @@ impl Rig {
             origin,
             cfg,
             supervisor,
-            dir.path().join("no-cgroup-here"),
+            CgroupFiles {
+                reader: FsReader::new(dir.path()),
+                cgroup_root: PathBuf::from(CGROUP_ROOT),
+            },
             finalize,
             counters,
             published,
@@ -148,6 +160,48 @@ impl Rig {
 
     fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Has every worker slot `0..slots` use one full core from now on, as its cgroup's
+    /// `cpu.stat` would show, until the returned guard is dropped.
+    fn burn_cpu(&self, slots: u32) -> Burner {
+        let pool = self
+            ._dir
+            .path()
+            .join(CGROUP_ROOT.trim_start_matches('/'))
+            .join("workers/edge");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stopping.load(std::sync::atomic::Ordering::Acquire) && start.elapsed() < WAIT {
+                let usec = start.elapsed().as_micros();
+                for id in 0..slots {
+                    let dir = pool.join(id.to_string());
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(dir.join("cpu.stat"), format!("usage_usec {usec}\n")).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Burner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+struct Burner {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -245,4 +299,30 @@ fn stopping_drains_every_worker_and_removes_their_cgroups() {
         .filter(|c| c.starts_with(Path::new("workers/edge")))
         .collect();
     assert!(left.is_empty(), "worker cgroups left: {left:?}");
+}
+
+#[test]
+fn a_busy_pool_is_scaled_up_to_its_maximum_and_the_decision_is_in_the_snapshot() {
+    let hpa = "\n[edge.hpa]\nminReplicas = 1\nmaxReplicas = 3\nsyncPeriodSeconds = 1\n\
+               metrics = [{ type = \"Resource\", resource = { name = \"cpu\", target = \
+               { type = \"Utilization\", averageUtilization = 50 } } }]\n";
+    let mut rig = Rig::with_config(&format!("{}{hpa}", config_text(1)));
+    rig.until("one worker ready", |s| ready(s) == 1);
+    // One core used against a request of one core: 100 % against a 50 % target wants twice the
+    // workers, and again once they burn too, until the maximum.
+    let _burn = rig.burn_cpu(4);
+    let s = rig.until("the autoscaler's maximum of 3 workers ready", |s| {
+        ready(s) == 3
+    });
+    assert_eq!(s.replicas.desired, 3, "{:?}", s.replicas);
+    let active = s
+        .replicas
+        .conditions
+        .iter()
+        .find(|c| c.condition == "ScalingActive");
+    assert!(
+        active.is_some_and(|c| c.status && c.reason == "ValidMetricFound"),
+        "the decision and its conditions reach the snapshot: {:?}",
+        s.replicas
+    );
 }

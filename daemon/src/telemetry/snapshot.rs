@@ -387,13 +387,14 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    /// `cgroup_root` is the supervisor's (`supervisor.host().root()`), `pool` the workers' pool.
-    pub fn new(node: String, pool: PoolName, cgroup_root: PathBuf) -> Self {
+    /// `cgroup_root` is the supervisor's (`supervisor.host().root()`), `pool` the workers' pool;
+    /// `reader` reads below `/` in the daemon.
+    pub fn new(node: String, pool: PoolName, cgroup_root: PathBuf, reader: FsReader) -> Self {
         Self {
             node,
             pool,
             cgroup_root,
-            sampler: Sampler::new(FsReader::new("/")),
+            sampler: Sampler::new(reader),
             previous: HashMap::new(),
         }
     }
