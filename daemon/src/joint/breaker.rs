@@ -40,6 +40,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The state's name in `/metrics`, `/status` and the stats topic.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
 /// What the breaker lets a request do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {

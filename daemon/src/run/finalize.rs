@@ -153,8 +153,9 @@ async fn camera_task(
             result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
                 Some(result) => {
                     let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
-                    let ask = hard && shared.cloud.is_some() && budget.take(Instant::now());
-                    if hard && shared.cloud.is_some() && !ask {
+                    let wants_cloud = hard && shared.cloud.is_some();
+                    let ask = wants_cloud && budget.take(Instant::now());
+                    if wants_cloud && !ask {
                         Counters::add(&shared.counters.cloud_over_budget);
                     }
                     deciding.push_back(decide(shared.clone(), result, hard, ask));

@@ -44,7 +44,7 @@ pub use settings::EDGE_POOL;
 use crate::alerts::AlertSettings;
 use crate::config::{self, Config, ConfigError, ConfigSource};
 use crate::http::{ConnectionLimits, HEALTH_TIMEOUT, HttpServer, Telemetry};
-use crate::joint::{BreakerState, JointClient};
+use crate::joint::JointClient;
 use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, NodeHealth};
 use crate::sedna::lc::{LcReporter, LcSettings, Totals};
 use crate::supervisor::{RealHost, RealHostConfig, Supervisor};
@@ -110,11 +110,6 @@ impl Control {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
-    }
-
-    /// Resolves once a shutdown was asked for.
-    pub async fn shutting_down(&self) {
-        self.shutdown.cancelled().await
     }
 
     fn take_reload(&self) -> bool {
@@ -254,7 +249,7 @@ impl Daemon {
         let probes = Probes {
             uplink: uplink.clone(),
             cloud_breaker: shared.cloud.clone().map(|cloud| {
-                Box::new(move || breaker_name(cloud.breaker_state()))
+                Box::new(move || cloud.breaker_state().as_str())
                     as Box<dyn Fn() -> &'static str + Send>
             }),
             kubeedge: kubeedge.as_ref().map(|k| {
@@ -513,15 +508,6 @@ fn finalize_shared(
         counters: counters.clone(),
         telemetry: telemetry.clone(),
     })
-}
-
-/// The breaker's state, named as `/metrics` and `/status` show it.
-fn breaker_name(state: BreakerState) -> &'static str {
-    match state {
-        BreakerState::Closed => "closed",
-        BreakerState::Open { .. } => "open",
-        BreakerState::HalfOpen => "half-open",
-    }
 }
 
 fn kubeedge_snapshot(link: &crate::kubeedge::LinkState) -> KubeEdgeSnapshot {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Counters;
 use crate::autoscaler::{Decision, FsReader, Sampler, status_line};
+use crate::kubeedge::LinkPhase;
 use crate::supervisor::{self, PoolName, WorkerStatus};
 use crate::uplink::UplinkHandle;
 use crate::worker::{Dispatcher, dispatch};
@@ -466,7 +467,7 @@ impl SnapshotBuilder {
             kubeedge_connected: sources
                 .kubeedge
                 .as_ref()
-                .is_some_and(|k| k.phase == "connected" && k.registered),
+                .is_some_and(|k| k.phase == LinkPhase::Connected.as_str() && k.registered),
             kubeedge: sources.kubeedge.clone(),
             dispatch_dropped: sources.dispatcher.dropped_oldest_total(),
         }

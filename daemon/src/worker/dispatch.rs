@@ -300,7 +300,7 @@ impl Dispatcher {
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<DispatchEvent>, DispatchError> {
         let queued = !self.events.is_empty() || self.workers.iter().any(|w| w.conn.has_backlog());
         let timeout = if queued { Duration::ZERO } else { timeout };
-        let readable: Vec<bool> = {
+        let (readable, woken) = {
             let mut fds = Vec::with_capacity(self.workers.len() + 1);
             let mut owner = Vec::with_capacity(self.workers.len());
             for (i, w) in self.workers.iter().enumerate() {
@@ -317,12 +317,18 @@ impl Dispatcher {
                 Err(e) => return Err(DispatchError::Poll(e)),
             }
             let mut readable = vec![false; self.workers.len()];
-            for (fd, i) in fds.iter().zip(owner) {
+            for (fd, &i) in fds.iter().zip(&owner) {
                 readable[i] = fd.any().unwrap_or(true);
             }
-            readable
+            // The wake socket, when there is one, is the entry after the workers'.
+            let woken = self.wake.is_some()
+                && fds
+                    .get(owner.len())
+                    .is_some_and(|fd| fd.any().unwrap_or(true));
+            (readable, woken)
         };
-        if let Some((_, wake)) = &self.wake {
+        // Only a woken poll has wakes to empty: no extra system call on every other poll.
+        if woken && let Some((_, wake)) = &self.wake {
             let mut wakes = [0u8; 64];
             while wake.recv(&mut wakes).is_ok() {}
         }
@@ -824,6 +830,30 @@ mod tests {
         assert_eq!(d.pending(), 0);
         assert_eq!(d.dropped_oldest_total(), 1);
         assert_eq!(d.camera_stats().count(), 0);
+    }
+
+    #[test]
+    fn a_waker_ends_a_poll_early_and_its_wakes_are_emptied() {
+        let mut d = Dispatcher::new(["a"]);
+        let waker = d.waker().unwrap();
+        let other = waker.clone();
+        waker.wake();
+        other.wake();
+        let start = Instant::now();
+        assert!(d.poll(Duration::from_secs(10)).unwrap().is_empty());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        // Both wakes were taken by that poll: the next one sleeps its timeout.
+        let start = Instant::now();
+        assert!(d.poll(Duration::from_millis(300)).unwrap().is_empty());
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
