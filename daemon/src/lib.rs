@@ -16,5 +16,7 @@ pub mod spool;
 pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;
+pub mod track;
 pub mod uplink;
 pub mod worker;
+pub mod zones;

@@ -152,6 +152,20 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         sedna_http: Option<std::net::SocketAddr>,
     },
+    /// One frame of a configured camera with its zones and masks drawn on it, as a JPEG.
+    Snapshot {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The camera's name in the config.
+        #[arg(long)]
+        camera: String,
+        /// Where the JPEG goes.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Seconds to wait for a frame.
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
+    },
     /// Ask a running daemon (its [http] listen address) for a short status summary.
     Status {
         /// The daemon's [http] listen address.
@@ -183,6 +197,9 @@ enum Command {
         /// Where the Sedna-style output folders, the spool and the demo's config go.
         #[arg(long, default_value = "out/demo")]
         output: PathBuf,
+        /// Override a setting of the demo's config, e.g. `--set cloud.budget_per_s=0.5`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
 }
 
@@ -213,6 +230,13 @@ enum BenchCommand {
         config: ConfigArgs,
         #[command(flatten)]
         args: helmetd::commands::bench_joint::BenchJointArgs,
+    },
+    /// Tracking and alert episodes on synthetic moving people with known truth: ID switches, IDF1, alerts per person.
+    Tracking {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: helmetd::commands::bench_tracking::BenchTrackingArgs,
     },
 }
 
@@ -271,6 +295,11 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
             let cfg = config.load()?;
             init_runtime(&cfg)?;
             helmetd::commands::bench_joint::run(&cfg, &args)
+        }
+        BenchCommand::Tracking { config, args } => {
+            let cfg = config.load()?;
+            init_runtime(&cfg)?;
+            helmetd::commands::bench_tracking::run(&cfg, &args)
         }
     }
 }
@@ -438,6 +467,7 @@ fn run_demo(
     duration: Option<f64>,
     run_forever: bool,
     output: PathBuf,
+    overrides: Vec<String>,
 ) -> anyhow::Result<()> {
     use helmetd::commands::demo::{self, DemoOptions};
     use helmetd::run::Control;
@@ -454,6 +484,7 @@ fn run_demo(
         run_forever,
         output,
         max_workers,
+        overrides,
     };
     let summary = demo::run(&opts, control, &runtime)?;
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -462,6 +493,8 @@ fn run_demo(
     println!("  ----------------------------------");
     println!("  frames processed       {:>8}", summary.frames);
     println!("  hard examples          {:>8}", summary.hard);
+    println!("  asked of the cloud     {:>8}", summary.cloud_asked);
+    println!("  already answered       {:>8}", summary.already_answered);
     println!("  answered by the cloud  {:>8}", summary.cloud_answers);
     println!("  alert events           {:>8}", summary.alerts);
     println!("  most workers at once   {:>8}", summary.workers_max);
@@ -510,8 +543,23 @@ fn main() -> ExitCode {
             duration,
             run_forever,
             output,
-        } => run_demo(video, cameras, mqtt, duration, run_forever, output),
+            overrides,
+        } => run_demo(
+            video,
+            cameras,
+            mqtt,
+            duration,
+            run_forever,
+            output,
+            overrides,
+        ),
         Command::Bench { bench } => run_bench(bench),
+        Command::Snapshot {
+            config,
+            camera,
+            output,
+            timeout,
+        } => run_snapshot(&config, &camera, &output, timeout),
         Command::Status { address } => {
             helmetd::http::status_command(&address).map(|summary| print!("{summary}"))
         }
@@ -531,6 +579,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(e),
     }
+}
+
+/// `helmetd snapshot`: one annotated frame of a camera, to check its zones against the picture.
+fn run_snapshot(
+    config: &ConfigArgs,
+    camera: &str,
+    output: &std::path::Path,
+    timeout: f64,
+) -> anyhow::Result<()> {
+    use helmetd::commands::snapshot;
+    anyhow::ensure!(
+        timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0,
+        "--timeout {timeout} is outside (0, 3600]"
+    );
+    let cfg = config.load()?;
+    let shot = snapshot::run(&cfg, camera, output, Duration::from_secs_f64(timeout))?;
+    eprintln!(
+        "{}: camera {camera:?}, {}x{}, {} zone(s), {} mask(s)",
+        shot.path.display(),
+        shot.width,
+        shot.height,
+        shot.zones,
+        shot.masks
+    );
+    Ok(())
 }
 
 /// `helmetd import-sedna`: the config to standard output, or to `output`.

@@ -24,6 +24,7 @@ use helmetd::sedna::import;
 use helmetd::sedna::lc::{LcReporter, LcSettings, Totals};
 use helmetd::spool::{Entry, FsyncPolicy, Spool, SpoolLimits};
 use helmetd::worker::protocol::{ToDaemon, ToWorker};
+use helmetd::zones::CameraRules;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -332,7 +333,16 @@ pub fn config(data: &[u8]) {
         .collect();
     let path = scratch().join("helmetd.toml");
     std::fs::write(&path, file).expect("write the config file");
-    let _ = config::load(ConfigSource::File(path), &overrides);
+    let Ok(cfg) = config::load(ConfigSource::File(path), &overrides) else {
+        return;
+    };
+    // The daemon builds each camera's rules from a checked config and cannot refuse them then:
+    // what check-config accepts, the rules must accept too.
+    for camera in &cfg.cameras {
+        if let Err(e) = CameraRules::from_config(camera) {
+            panic!("check-config accepted rules the daemon refuses: {e}");
+        }
+    }
 }
 
 /// A Sedna JointInferenceService manifest for `helmetd import-sedna`; what it writes must be

@@ -125,6 +125,115 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) 
     }
 }
 
+/// How [`draw_polygon`] draws.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolygonStyle {
+    pub colour: Rgb<u8>,
+    /// Line width in pixels (at least 1).
+    pub thickness: u32,
+    /// Diagonal hatching of the inside, every this many pixels; 0 for none.
+    pub hatch_spacing: u32,
+}
+
+/// Draws a closed polygon given in fractions of the image (`(x, y)`, 0–1) scaled to the image,
+/// with `label` (when not empty) on a dark band just inside its topmost point. Points that are
+/// not finite are skipped, so any input is drawn without panicking.
+pub fn draw_polygon(image: &mut RgbImage, points: &[(f32, f32)], label: &str, style: PolygonStyle) {
+    let (w, h) = (f64::from(image.width()), f64::from(image.height()));
+    // Clamped to the image plus a margin before the conversion, as in `annotate`.
+    let px = |v: f32, size: f64| (f64::from(v) * size).round().clamp(-1.0, size + 1.0);
+    let scaled: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|&(x, y)| (px(x, w), px(y, h)))
+        .collect();
+    if scaled.is_empty() {
+        return;
+    }
+    if style.hatch_spacing > 0 && scaled.len() >= 3 {
+        hatch(image, &scaled, style.colour, i64::from(style.hatch_spacing));
+    }
+    let n = scaled.len();
+    for i in 0..n {
+        let (a, b) = (scaled[i], scaled[(i + 1) % n]);
+        draw_line(image, a, b, style.colour, style.thickness.max(1));
+    }
+    if !label.is_empty() {
+        let top = scaled
+            .iter()
+            .copied()
+            .fold(scaled[0], |best, p| if p.1 < best.1 { p } else { best });
+        let x =
+            (top.0 as i64 + 4).min(i64::from(image.width()) - 8 * label.chars().count() as i64 - 1);
+        let y = (top.1 as i64 + 4 + i64::from(style.thickness)).min(i64::from(image.height()) - 10);
+        draw_text(image, x.max(1), y.max(1), label, style.colour);
+    }
+}
+
+/// Draws `text` in 8×8 glyphs on a dark band at pixel `(x, y)`: legends and captions.
+pub fn draw_label(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) {
+    draw_text(image, x, y, text, colour);
+}
+
+/// A line of `thickness` pixels: a square brush stepped along the longer axis.
+fn draw_line(image: &mut RgbImage, a: (f64, f64), b: (f64, f64), colour: Rgb<u8>, thickness: u32) {
+    let steps = (b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil().max(1.0) as i64;
+    let t = i64::from(thickness);
+    let (from, to) = (-(t - 1) / 2, t / 2);
+    for s in 0..=steps {
+        let f = s as f64 / steps as f64;
+        let (x, y) = (
+            (a.0 + (b.0 - a.0) * f).round() as i64,
+            (a.1 + (b.1 - a.1) * f).round() as i64,
+        );
+        for dy in from..=to {
+            for dx in from..=to {
+                put(image, x + dx, y + dy, colour);
+            }
+        }
+    }
+}
+
+/// Diagonal lines (x + y a multiple of `spacing`) inside the polygon, by the even-odd rule.
+fn hatch(image: &mut RgbImage, points: &[(f64, f64)], colour: Rgb<u8>, spacing: i64) {
+    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    let x_min = points.iter().map(|p| p.0 as i64).min().unwrap_or(0).max(0);
+    let x_max = points
+        .iter()
+        .map(|p| p.0 as i64)
+        .max()
+        .unwrap_or(0)
+        .min(w - 1);
+    let y_min = points.iter().map(|p| p.1 as i64).min().unwrap_or(0).max(0);
+    let y_max = points
+        .iter()
+        .map(|p| p.1 as i64)
+        .max()
+        .unwrap_or(0)
+        .min(h - 1);
+    let n = points.len();
+    for y in y_min..=y_max {
+        let fy = y as f64 + 0.5;
+        // Where this row crosses the edges; inside between pairs.
+        let mut crossings: Vec<f64> = (0..n)
+            .filter_map(|i| {
+                let (a, b) = (points[i], points[(i + 1) % n]);
+                ((a.1 > fy) != (b.1 > fy)).then(|| a.0 + (fy - a.1) / (b.1 - a.1) * (b.0 - a.0))
+            })
+            .collect();
+        crossings.sort_by(f64::total_cmp);
+        for pair in crossings.chunks_exact(2) {
+            let start = (pair[0].ceil() as i64).max(x_min);
+            let end = (pair[1].floor() as i64).min(x_max);
+            for x in start..=end {
+                if (x + y).rem_euclid(spacing) == 0 {
+                    put(image, x, y, colour);
+                }
+            }
+        }
+    }
+}
+
 pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(image.as_raw().len() / 8);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
@@ -330,6 +439,53 @@ mod tests {
         annotate(&mut image, 0.5, &[huge], &[]);
         assert_eq!(image.get_pixel(50, 120).0, [230, 20, 20]);
         assert_eq!(image.get_pixel(200, 50).0, [230, 20, 20]);
+    }
+
+    #[test]
+    fn polygons_are_drawn_scaled_hatched_and_total() {
+        let mut image = RgbImage::new(200, 100);
+        let cyan = Rgb([0, 220, 255]);
+        let square = [(0.1, 0.2), (0.9, 0.2), (0.9, 0.8), (0.1, 0.8)];
+        let style = PolygonStyle {
+            colour: cyan,
+            thickness: 3,
+            hatch_spacing: 0,
+        };
+        draw_polygon(&mut image, &square, "zone", style);
+        assert_eq!(image.get_pixel(100, 80).0, cyan.0, "bottom edge");
+        assert_eq!(image.get_pixel(180, 50).0, cyan.0, "right edge");
+        assert_eq!(
+            image.get_pixel(100, 60).0,
+            [0, 0, 0],
+            "inside stays untouched"
+        );
+        let hatched = PolygonStyle {
+            hatch_spacing: 8,
+            ..style
+        };
+        let mut image = RgbImage::new(200, 100);
+        draw_polygon(&mut image, &square, "", hatched);
+        assert_eq!(
+            image.get_pixel(96, 40).0,
+            cyan.0,
+            "x + y = 136 on a hatch line"
+        );
+        assert_eq!(image.get_pixel(97, 40).0, [0, 0, 0]);
+        assert_eq!(image.get_pixel(4, 4).0, [0, 0, 0], "outside is not hatched");
+        let odd = [
+            (f32::NAN, 0.5),
+            (f32::INFINITY, f32::MAX),
+            (-1e30, 1e30),
+            (0.5, 0.5),
+            (f32::MIN, 0.0),
+        ];
+        draw_polygon(
+            &mut image,
+            &odd,
+            "odd label that is longer than the image is wide",
+            hatched,
+        );
+        draw_polygon(&mut RgbImage::new(1, 1), &square, "x", hatched);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub enum DecisionSource {
 }
 
 /// One message of an episode. For `new` and `update` the frame-level fields (`score`, `label`,
-/// `box`, `count`, `source`, `frame_seq`) describe the frame that caused the event, whose image the
+/// `box`, `count`, `zones`, `source`, `frame_seq`) describe the frame that caused the event, whose image the
 /// caller publishes as the snapshot. An `end` has no frame of its own: its frame-level fields
 /// summarise the episode instead (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,12 +33,18 @@ pub struct AlertEvent {
     pub kind: EventKind,
     pub id: String,
     pub camera: String,
+    /// The tracked person the episode belongs to; unique within the camera for one run.
+    pub track_id: u64,
     pub label: String,
     pub score: f32,
     pub top_score: f32,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
     pub count: usize,
+    /// Frames the person was seen in so far.
+    pub frames: u32,
+    /// The zones holding the foot point of `box`, in config order.
+    pub zones: Vec<String>,
     #[serde(serialize_with = "ser_time")]
     pub start_time: SystemTime,
     #[serde(serialize_with = "ser_opt_time")]

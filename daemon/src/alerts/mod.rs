@@ -1,63 +1,68 @@
-//! Violation episodes per camera, turned into Frigate-style `new` / `update` / `end` events.
+//! Violation episodes per tracked person, turned into Frigate-style `new` / `update` / `end`
+//! events.
 //!
-//! The tracker is a pure state machine: the caller passes the frame's time in, so episodes are
+//! The engine is a pure state machine: the caller passes the frame's time in, so episodes are
 //! decided by capture time rather than by when a worker got round to the frame, and tests run
 //! without clocks or sleeps.
 //!
 //! # Semantics
 //!
-//! - A box *violates* when its class is an alert class and its score is at least `min_score`.
-//!   Boxes with a NaN or infinite score or coordinate are malformed and never violate (they would
-//!   also serialize as `null`). A frame *shows a violation* when it has at least one violating
-//!   box; an empty detection list is a clean frame. The frame's *best box* is its highest-scoring
-//!   violating box (the first one on ties).
-//! - **One episode per camera at a time.** At a 2 fps sampler people move too far between frames
-//!   for boxes to be matched into identities reliably, so the tracker answers "is this camera
-//!   showing a violation", not "which person". A second person walking in during an episode is an
-//!   `update` (more boxes), not a second episode.
-//! - **`new`** after `confirm_frames` consecutive violating frames, like Frigate publishing only
-//!   once an object is no longer a false positive. A clean frame before confirmation resets the
-//!   count; so does a gap of `end_after` since the last violating frame, since a violation that
-//!   old would already have ended an episode. `confirm_frames = 0` acts as 1. The episode's
-//!   `start_time` is the time of the first of the confirming frames: the violation started then,
-//!   not when we became sure of it.
-//! - **`update`** when a frame of the episode has a higher best score than any frame reported so
-//!   far (a better snapshot) or more violating boxes than any frame reported so far (more
-//!   people). The comparison is with *reported* frames because subscribers only hold the snapshots
-//!   we sent: a strong frame during confirmation was never published, so a later frame that beats
-//!   the `new` snapshot is worth sending even if it does not beat that unpublished one. Equal or
-//!   lower frames send nothing, which keeps a stationary worker from flooding the broker (Frigate
-//!   #7281). Clean frames during an episode send nothing either; the episode continues.
-//! - **`end`** once no violating frame has been seen for `end_after`, checked at every `observe`
-//!   (clean or not) and at every `tick`; `tick` is what ends an episode when the camera stops
-//!   delivering frames altogether. A violating frame that arrives after such a gap first ends the
-//!   old episode and then counts towards a new one, so one `observe` can return an `end` followed
-//!   by a `new`. `end_time` is the time of the last violating frame: the moment we last *saw* the
-//!   violation, not the moment we gave up waiting for it.
+//! - **A person is a track.** Every analysed frame's boxes go through the camera's
+//!   [`Tracker`](crate::track::Tracker) first; an episode belongs to one track, so two people
+//!   without helmets make two episodes and one person who is hidden for a frame or two (or a few
+//!   seconds, up to `end_after`) keeps the one.
+//! - **Masks** drop a box before tracking when its foot point (the bottom centre) lies in one:
+//!   the model's opinion of a poster or the street is not evidence. **Required zones** keep the
+//!   person tracked but only let a frame count towards a violation while the foot point is in
+//!   one of them. Outside the camera's **schedule** tracking goes on (so a person already in view
+//!   when the shift starts is known at once) but no frame counts, and open episodes end.
+//! - **A person's helmet state** is a weighted majority over the track's last
+//!   [`VOTES`](crate::track::VOTES) matched boxes: a vote is *violating* when its class is an
+//!   alert class and its score is at least `min_score`; an answer of the big model weighs
+//!   [`TrackerSettings::cloud_weight`](crate::track::TrackerSettings) edge votes. A frame shows
+//!   the person violating when the violating weight is the strict majority.
+//! - **`new`** once the person is violating with a violating weight of at least
+//!   `confirm_frames` (so one in-time cloud answer can confirm on its own) on a frame whose own
+//!   box violates — the snapshot shows the violation, not a flicker of the other class. Before
+//!   confirmation a frame where the person is not violating starts the count again. The
+//!   episode's `start_time` is the first frame of the violating run.
+//! - **`update`** when a frame of the episode has a violating box with a higher score than any
+//!   *published* so far (a better snapshot). Equal or lower frames send nothing, which keeps a
+//!   person standing still from flooding the broker (Frigate #7281).
+//! - **`end`** once the person has not been seen violating for `end_after` (checked at every
+//!   frame and every `tick`: `tick` ends episodes when a camera stops delivering frames), when
+//!   the person is confirmed *with* a helmet (the non-violating weight is the majority and at
+//!   least `confirm_frames`), when the schedule closes, or at `close`. `end_time` is the last
+//!   violating frame: the moment we last *saw* the violation.
 //!
 //! # Event fields
 //!
-//! `id` is `<start_time as unix milliseconds>-<camera>`: stable for the episode, unique across
-//! restarts without persisted state (as long as the wall clock is not stepped back onto the exact
-//! millisecond of an earlier start), and sortable by time. `top_score` is the highest best score of
-//! any frame of the episode, confirming frames included. For `new` and `update` the other fields
-//! describe the frame that caused the event and `snapshot` is true: the caller publishes that
-//! frame's image. An `end` has no frame of its own; rather than invent one, it reports the episode:
-//! `score`, `label` and `box` of its top-scoring box, `count` the most violating boxes any frame
-//! had, and `frame_seq` and `source` of the last violating frame (the one `end_time` names), with
-//! `snapshot` false.
+//! `id` is `<start_time as unix milliseconds>-<camera>-<track_id>`: stable for the episode,
+//! unique across restarts without persisted state, and sortable by time. `count` is the number
+//! of people violating in the frame (for `end`: the most any frame of the episode had);
+//! `frames` the frames the track was seen in; `zones` the zones holding the foot point of the
+//! event's box. `top_score` is the best violating score of the episode. An `end` has no frame of
+//! its own: its `score`, `label` and `box` are the episode's top box, and `frame_seq` and
+//! `source` those of the last violating frame, with `snapshot` false.
 
+mod asked;
 mod event;
+mod person;
 #[cfg(test)]
 mod tests;
 
 pub use event::{AlertEvent, DecisionSource, EventCounts, EventKind};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use helmet_pipelines::Detection;
+use helmet_pipelines::{Detection, Detections};
 
 use crate::config::AlertsConfig;
+use crate::track::{Evidence, Track, Tracker, TrackerSettings};
+use crate::zones::{CameraRules, foot_point};
+use asked::CloudAnswers;
+use person::{FrameRef, Person, Verdict};
 
 /// `[alerts]` with class names resolved to the model's class ids, so the per-frame check compares
 /// integers instead of strings.
@@ -108,147 +113,196 @@ impl AlertSettings {
             end_after,
         })
     }
+
+    /// The box itself is evidence of a violation. Malformed boxes (NaN or infinite) never are.
+    fn violates(&self, d: &Detection) -> bool {
+        [d.x1, d.y1, d.x2, d.y2, d.score]
+            .iter()
+            .all(|v| v.is_finite())
+            && d.score >= self.min_score
+            && self.classes.contains(&d.class)
+    }
+
+    fn label(&self, class: u16) -> String {
+        self.class_names
+            .get(usize::from(class))
+            .cloned()
+            .unwrap_or_else(|| class.to_string())
+    }
 }
 
-/// Episodes of one camera.
-#[derive(Debug, Clone)]
+/// One analysed frame as the alert engine needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameInput<'a> {
+    /// Capture time.
+    pub time: SystemTime,
+    pub seq: u64,
+    /// The original frame's size, which zone fractions refer to.
+    pub width: u32,
+    pub height: u32,
+    /// The final result, in original-frame pixels.
+    pub detections: &'a [Detection],
+    pub source: DecisionSource,
+}
+
+/// The people and episodes of one camera.
+#[derive(Debug)]
 pub struct EpisodeTracker {
     camera: String,
     settings: AlertSettings,
-    current: Option<Violation>,
+    rules: Arc<CameraRules>,
+    tracker: Tracker,
+    /// Per track that has shown a violation; bounded by the tracker's live tracks plus the
+    /// episodes of lost tracks that have not ended yet.
+    people: Vec<Person>,
+    cloud_answers: CloudAnswers,
     counts: EventCounts,
+    in_schedule: bool,
 }
 
-/// A run of violating frames; becomes an episode once confirmed.
-#[derive(Debug, Clone)]
-struct Violation {
-    start: SystemTime,
-    /// Consecutive violating frames; only consulted before confirmation.
-    frames: u32,
-    last: FrameRef,
-    top: Detection,
-    peak_count: usize,
-    /// `None` until confirmed: nothing has been published yet.
-    published: Option<Published>,
-}
-
-/// What subscribers have been told, which is what an `update` must beat.
-#[derive(Debug, Clone)]
-struct Published {
-    id: String,
-    best_score: f32,
-    best_count: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FrameRef {
-    time: SystemTime,
-    seq: u64,
-    source: DecisionSource,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sighting {
-    best: Detection,
-    count: usize,
-}
-
-impl Violation {
-    fn begin(frame: FrameRef, best: Detection) -> Self {
-        Self {
-            start: frame.time,
-            frames: 0,
-            last: frame,
-            top: best,
-            peak_count: 0,
-            published: None,
-        }
-    }
-
-    fn see(&mut self, frame: FrameRef, sighting: Sighting) {
-        self.frames = self.frames.saturating_add(1);
-        self.last = frame;
-        if sighting.best.score > self.top.score {
-            self.top = sighting.best;
-        }
-        self.peak_count = self.peak_count.max(sighting.count);
-    }
+/// Why a hard frame is not worth the big model's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoQuestion {
+    /// Everyone in it was answered about recently and the edge model still sees them the same.
+    AlreadyAnswered,
+    /// The camera's schedule is closed: no answer could raise an alert.
+    OffSchedule,
 }
 
 impl EpisodeTracker {
-    pub fn new(camera: &str, settings: AlertSettings) -> Self {
+    /// A track is kept as long as an episode may wait for it: a person hidden for less than
+    /// `end_after` comes back as the same person. A box that may alert may also start a track,
+    /// whatever `min_score` is.
+    pub fn new(camera: &str, settings: AlertSettings, rules: Arc<CameraRules>) -> Self {
+        let defaults = TrackerSettings::default();
+        let high_score = if settings.min_score.is_finite() {
+            settings.min_score.clamp(0.0, defaults.high_score)
+        } else {
+            defaults.high_score
+        };
+        let tracker = Tracker::new(TrackerSettings {
+            lost_after: settings.end_after,
+            high_score,
+            low_score: defaults.low_score.min(high_score),
+            ..defaults
+        });
         Self {
             camera: camera.to_owned(),
             settings,
-            current: None,
+            rules,
+            tracker,
+            people: Vec::new(),
+            cloud_answers: CloudAnswers::default(),
             counts: EventCounts::default(),
+            in_schedule: true,
         }
     }
 
-    /// Feeds one processed frame. Returns nothing, one event, or an `end` followed by a `new`
-    /// (see the module documentation). A `Vec` because it only allocates when there are events,
-    /// and those allocate their strings anyway.
-    pub fn observe(
-        &mut self,
-        now: SystemTime,
-        frame_seq: u64,
-        detections: &[Detection],
-        source: DecisionSource,
-    ) -> Vec<AlertEvent> {
-        let mut events: Vec<AlertEvent> = self.expire(now).into_iter().collect();
-        let Some(sighting) = self.sighting(detections) else {
-            if self.current.as_ref().is_some_and(|v| v.published.is_none()) {
-                self.current = None;
-            }
+    /// New zones, masks or schedule (a reload); tracks and open episodes carry on.
+    pub fn set_rules(&mut self, rules: Arc<CameraRules>) {
+        self.rules = rules;
+    }
+
+    pub fn rules(&self) -> &Arc<CameraRules> {
+        &self.rules
+    }
+
+    /// Feeds one processed frame. Returns the events it caused, `end`s first.
+    pub fn observe(&mut self, frame: &FrameInput<'_>) -> Vec<AlertEvent> {
+        let mut events = self.expire(frame.time);
+        let unmasked = self.unmasked(frame);
+        let evidence = match frame.source {
+            DecisionSource::Edge => Evidence::Edge,
+            DecisionSource::Cloud => Evidence::Cloud,
+        };
+        self.tracker.update(frame.time, &unmasked, evidence);
+        self.in_schedule = self.rules.schedule.is_active(frame.time);
+        if !self.in_schedule {
+            events.extend(self.close());
             return events;
+        }
+        let at = FrameRef {
+            time: frame.time,
+            seq: frame.seq,
+            source: frame.source,
         };
-        let frame = FrameRef {
-            time: now,
-            seq: frame_seq,
-            source,
-        };
-        let violation = self
-            .current
-            .get_or_insert_with(|| Violation::begin(frame, sighting.best));
-        violation.see(frame, sighting);
-        let kind = match &violation.published {
-            None if violation.frames >= self.settings.confirm_frames.max(1) => EventKind::New,
-            Some(p) if sighting.best.score > p.best_score || sighting.count > p.best_count => {
-                EventKind::Update
-            }
-            _ => return events,
-        };
-        let published = violation.published.get_or_insert_with(|| Published {
-            id: episode_id(violation.start, &self.camera),
-            best_score: sighting.best.score,
-            best_count: sighting.count,
-        });
-        published.best_score = published.best_score.max(sighting.best.score);
-        published.best_count = published.best_count.max(sighting.count);
-        let best = sighting.best;
-        events.push(AlertEvent {
-            kind,
-            id: published.id.clone(),
-            camera: self.camera.clone(),
-            label: label(&self.settings.class_names, best.class),
-            score: best.score,
-            top_score: violation.top.score,
-            bbox: [best.x1, best.y1, best.x2, best.y2],
-            count: sighting.count,
-            start_time: violation.start,
-            end_time: None,
-            source,
-            frame_seq,
-            snapshot: true,
-        });
-        self.counts.record(kind);
+        let verdicts: Vec<(u64, Verdict)> = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|t| t.matched)
+            .map(|t| (t.id, self.verdict(t, frame)))
+            .collect();
+        let count = verdicts.iter().filter(|(_, v)| v.violating).count();
+        for (track_id, verdict) in verdicts {
+            events.extend(self.judge(track_id, verdict, at, count));
+        }
+        self.forget_idle();
         events
     }
 
-    /// Ends the episode if no violating frame has been seen for `end_after`; for when frames stop
-    /// arriving (camera down, worker stalled), since only frames drive `observe`.
-    pub fn tick(&mut self, now: SystemTime) -> Option<AlertEvent> {
-        self.expire(now)
+    /// Whether a hard frame with this edge result should go to the cloud: not when the camera is
+    /// off schedule, nor when the cloud answered about everyone in it within `fresh_for` and the
+    /// edge model still sees each of them as it did then (ask once per person). The tracks are
+    /// those of the frames concluded so far, predicted to the frame's time.
+    pub fn no_question(
+        &self,
+        time: SystemTime,
+        edge: &[Detection],
+        frame_size: (u32, u32),
+        fresh_for: Duration,
+    ) -> Option<NoQuestion> {
+        if !self.rules.schedule.is_active(time) {
+            return Some(NoQuestion::OffSchedule);
+        }
+        let frame = FrameInput {
+            time,
+            seq: 0,
+            width: frame_size.0,
+            height: frame_size.1,
+            detections: edge,
+            source: DecisionSource::Edge,
+        };
+        let unmasked = self.unmasked(&frame);
+        (!fresh_for.is_zero()
+            && self
+                .cloud_answers
+                .all_known(time, self.tracker.tracks(), &unmasked, fresh_for))
+        .then_some(NoQuestion::AlreadyAnswered)
+    }
+
+    /// After `observe` of a frame the cloud answered in time: remembers whom it answered about,
+    /// and what the edge model (`edge`, its result for the same frame) said of them.
+    pub fn remember_cloud_answer(&mut self, time: SystemTime, edge: &[Detection]) {
+        self.cloud_answers
+            .remember(time, self.tracker.tracks(), edge);
+    }
+
+    /// Ends episodes not seen violating for `end_after`, and all of them when the schedule has
+    /// closed; for when frames stop arriving (camera down, worker stalled), since only frames
+    /// drive `observe`.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<AlertEvent> {
+        let mut events = self.expire(now);
+        self.in_schedule = self.rules.schedule.is_active(now);
+        if !self.in_schedule {
+            events.extend(self.close());
+        }
+        events
+    }
+
+    /// Ends every open episode now (the daemon is stopping, the schedule closed): subscribers
+    /// get their `end` rather than episodes that never close. Violations still being confirmed
+    /// end silently.
+    pub fn close(&mut self) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        for person in &mut self.people {
+            if let Some(end) = person.end(&self.camera, &self.settings) {
+                self.counts.record(EventKind::End);
+                events.push(end);
+            }
+        }
+        self.people.clear();
+        events
     }
 
     pub fn counts(&self) -> EventCounts {
@@ -257,80 +311,102 @@ impl EpisodeTracker {
 
     /// No violation is open or pending confirmation, so no `end` can still come.
     pub fn is_idle(&self) -> bool {
-        self.current.is_none()
+        self.people.iter().all(|p| !p.is_open())
     }
 
-    fn expire(&mut self, now: SystemTime) -> Option<AlertEvent> {
-        let last = self.current.as_ref()?.last.time;
-        // A clock stepped backwards reads as no time passed: the episode waits for real evidence
-        // of an end instead of ending early.
-        if now.duration_since(last).unwrap_or(Duration::ZERO) < self.settings.end_after {
-            return None;
-        }
-        self.close()
+    /// The camera's live tracks, for snapshots and the tracking benchmark.
+    pub fn tracks(&self) -> &[Track] {
+        self.tracker.tracks()
     }
 
-    /// Ends the open episode now (the daemon is stopping): subscribers get its `end` rather
-    /// than an episode that never closes. A violation still being confirmed ends silently.
-    pub fn close(&mut self) -> Option<AlertEvent> {
-        let violation = self.current.take()?;
-        let published = violation.published?;
-        let top = violation.top;
-        self.counts.record(EventKind::End);
-        Some(AlertEvent {
-            kind: EventKind::End,
-            id: published.id,
-            camera: self.camera.clone(),
-            label: label(&self.settings.class_names, top.class),
-            score: top.score,
-            top_score: top.score,
-            bbox: [top.x1, top.y1, top.x2, top.y2],
-            count: violation.peak_count,
-            start_time: violation.start,
-            end_time: Some(violation.last.time),
-            source: violation.last.source,
-            frame_seq: violation.last.seq,
-            snapshot: false,
-        })
+    /// Whether the last frame or tick fell inside the camera's schedule.
+    pub fn in_schedule(&self) -> bool {
+        self.in_schedule
     }
 
-    fn sighting(&self, detections: &[Detection]) -> Option<Sighting> {
-        let mut violating = detections.iter().filter(|d| self.violates(d));
-        let first = *violating.next()?;
-        Some(violating.fold(
-            Sighting {
-                best: first,
-                count: 1,
-            },
-            |mut s, d| {
-                s.count += 1;
-                if d.score > s.best.score {
-                    s.best = *d;
-                }
-                s
-            },
-        ))
-    }
-
-    fn violates(&self, d: &Detection) -> bool {
-        [d.x1, d.y1, d.x2, d.y2, d.score]
+    /// The frame's boxes without those whose foot point lies in a mask.
+    fn unmasked(&self, frame: &FrameInput<'_>) -> Detections {
+        frame
+            .detections
             .iter()
-            .all(|v| v.is_finite())
-            && d.score >= self.settings.min_score
-            && self.settings.classes.contains(&d.class)
+            .filter(|d| {
+                self.rules.masks.is_empty()
+                    || foot_point(d, frame.width, frame.height)
+                        .is_none_or(|foot| !self.rules.is_masked(foot))
+            })
+            .take(helmet_pipelines::MAX_DETECTIONS)
+            .copied()
+            .collect()
     }
-}
 
-fn label(class_names: &[String], class: u16) -> String {
-    class_names
-        .get(usize::from(class))
-        .cloned()
-        .unwrap_or_else(|| class.to_string())
-}
+    fn verdict(&self, track: &Track, frame: &FrameInput<'_>) -> Verdict {
+        let foot = foot_point(&track.bbox, frame.width, frame.height);
+        let counts = foot.is_some_and(|f| self.rules.counts(f));
+        let (mut violating, mut clean) = (0.0f32, 0.0f32);
+        for vote in track.votes() {
+            let as_box = Detection {
+                score: vote.score,
+                class: vote.class,
+                ..track.bbox
+            };
+            if self.settings.violates(&as_box) {
+                violating += vote.weight;
+            } else {
+                clean += vote.weight;
+            }
+        }
+        let needed = self.settings.confirm_frames.max(1) as f32;
+        Verdict {
+            violating: counts && violating > clean,
+            confirmed: violating >= needed,
+            helmet_confirmed: clean > violating && clean >= needed,
+            box_violates: self.settings.violates(&track.bbox),
+            bbox: track.bbox,
+            frames: track.hits,
+            zones: foot.map(|f| self.rules.zones_at(f)).unwrap_or_default(),
+        }
+    }
 
-fn episode_id(start: SystemTime, camera: &str) -> String {
-    match start.duration_since(UNIX_EPOCH) {
-        Ok(d) => format!("{}-{camera}", d.as_millis()),
-        Err(before) => format!("-{}-{camera}", before.duration().as_millis()),
+    /// One person's frame: opens, updates or ends their episode.
+    fn judge(
+        &mut self,
+        track_id: u64,
+        verdict: Verdict,
+        at: FrameRef,
+        count: usize,
+    ) -> Option<AlertEvent> {
+        let index = match self.people.iter().position(|p| p.track_id == track_id) {
+            Some(i) => i,
+            None if verdict.violating => {
+                self.people.push(Person::new(track_id));
+                self.people.len() - 1
+            }
+            None => return None,
+        };
+        let person = &mut self.people[index];
+        let event = person.see(&self.camera, &self.settings, &verdict, at, count);
+        if let Some(event) = &event {
+            self.counts.record(event.kind);
+        }
+        event
+    }
+
+    fn expire(&mut self, now: SystemTime) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        for person in &mut self.people {
+            if person.is_stale(now, self.settings.end_after)
+                && let Some(end) = person.end(&self.camera, &self.settings)
+            {
+                self.counts.record(EventKind::End);
+                events.push(end);
+            }
+        }
+        self.forget_idle();
+        events
+    }
+
+    /// People with nothing open are forgotten; the tracker remembers the track itself.
+    fn forget_idle(&mut self) {
+        self.people.retain(Person::is_open);
     }
 }

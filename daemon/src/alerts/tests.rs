@@ -5,11 +5,14 @@ use helmet_pipelines::Detection;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::config::CameraConfig;
 
 const HELMET: u16 = 0;
 const HEAD: u16 = 1;
 const PERSON: u16 = 2;
 const CAMERA: &str = "gate-1";
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 1000;
 /// 2027-01-15T08:00:00Z, in milliseconds.
 const BASE_MS: u64 = 1_800_000_000_000;
 
@@ -17,15 +20,20 @@ fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(BASE_MS + ms)
 }
 
-fn det(class: u16, score: f32) -> Detection {
+/// A 100×200 box with its top-left corner at (x, y).
+fn det_at(class: u16, score: f32, x: f32, y: f32) -> Detection {
     Detection {
-        x1: 10.0,
-        y1: 20.0,
-        x2: 110.5,
-        y2: 220.0,
+        x1: x,
+        y1: y,
+        x2: x + 100.5,
+        y2: y + 200.0,
         score,
         class,
     }
+}
+
+fn det(class: u16, score: f32) -> Detection {
+    det_at(class, score, 10.0, 20.0)
 }
 
 fn head(score: f32) -> Detection {
@@ -42,8 +50,36 @@ fn settings() -> AlertSettings {
     }
 }
 
+fn with_settings(settings: AlertSettings) -> EpisodeTracker {
+    EpisodeTracker::new(CAMERA, settings, Arc::default())
+}
+
 fn tracker() -> EpisodeTracker {
-    EpisodeTracker::new(CAMERA, settings())
+    with_settings(settings())
+}
+
+/// The rules of a camera written as its config would be.
+fn rules(toml_tables: &str) -> Arc<CameraRules> {
+    let text = format!("name = \"{CAMERA}\"\nurl = \"file:///dev/null\"\n{toml_tables}");
+    let camera: CameraConfig = toml::from_str(&text).expect("camera table");
+    Arc::new(CameraRules::from_config(&camera).expect("valid rules"))
+}
+
+fn observe_at(
+    t: &mut EpisodeTracker,
+    time: SystemTime,
+    seq: u64,
+    detections: &[Detection],
+    source: DecisionSource,
+) -> Vec<AlertEvent> {
+    t.observe(&FrameInput {
+        time,
+        seq,
+        width: WIDTH,
+        height: HEIGHT,
+        detections,
+        source,
+    })
 }
 
 /// Feeds frames at 2 fps from t = 0 with seq 0, 1, …; returns `(frame index, event)`.
@@ -52,7 +88,7 @@ fn feed(t: &mut EpisodeTracker, frames: &[&[Detection]]) -> Vec<(usize, AlertEve
         .iter()
         .enumerate()
         .flat_map(|(i, dets)| {
-            t.observe(at(500 * i as u64), i as u64, dets, DecisionSource::Edge)
+            observe_at(t, at(500 * i as u64), i as u64, dets, DecisionSource::Edge)
                 .into_iter()
                 .map(move |e| (i, e))
         })
@@ -63,130 +99,47 @@ fn kinds(events: &[AlertEvent]) -> Vec<EventKind> {
     events.iter().map(|e| e.kind).collect()
 }
 
+fn event_kinds(events: &[(usize, AlertEvent)]) -> Vec<(usize, EventKind)> {
+    events.iter().map(|(i, e)| (*i, e.kind)).collect()
+}
+
 #[test]
 fn frames_without_a_qualifying_box_never_alert() {
-    let bad_box = Detection {
-        x1: f32::NAN,
-        ..head(0.9)
-    };
-    let cases: &[(&str, &[Detection])] = &[
-        ("empty", &[]),
-        ("below min_score", &[head(0.499)]),
-        ("helmet is not an alert class", &[det(HELMET, 0.99)]),
-        ("person is not an alert class", &[det(PERSON, 0.99)]),
-        ("unknown class", &[det(7, 0.99)]),
-        ("NaN score", &[head(f32::NAN)]),
-        ("infinite score", &[head(f32::INFINITY)]),
-        ("NaN coordinate", &[bad_box]),
-        (
-            "mixed non-qualifying",
-            &[head(0.2), det(HELMET, 0.9), head(f32::NAN)],
-        ),
-    ];
-    for (name, dets) in cases {
-        let mut t = tracker();
-        let events = feed(&mut t, &[*dets; 6]);
-        assert!(events.is_empty(), "{name}: {events:?}");
-        assert_eq!(t.tick(at(60_000)), None, "{name}");
-        assert_eq!(t.counts(), EventCounts::default(), "{name}");
-    }
-}
-
-#[test]
-fn score_equal_to_min_score_alerts() {
     let mut t = tracker();
-    let events = feed(&mut t, &[&[head(0.5)], &[head(0.5)]]);
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].1.kind, EventKind::New);
-}
-
-#[test]
-fn confirmation_needs_consecutive_violating_frames() {
-    const V: bool = true;
-    const C: bool = false;
-    let cases: &[(u32, &[bool], Option<usize>)] = &[
-        (2, &[V, C, V], None),
-        (2, &[V, C, V, C, V], None),
-        (2, &[V, V], Some(1)),
-        (2, &[C, V, V], Some(2)),
-        (2, &[V, C, V, V], Some(3)),
-        (3, &[V, V, C, V, V, V], Some(5)),
-        (1, &[C, V], Some(1)),
-        (0, &[V], Some(0)),
+    let frames: Vec<Vec<Detection>> = vec![
+        vec![],
+        vec![det(HELMET, 0.99)],
+        vec![det(PERSON, 0.99)],
+        vec![head(0.49)],
+        vec![head(f32::NAN)],
     ];
-    for (confirm, pattern, expect) in cases {
-        let mut t = EpisodeTracker::new(
-            CAMERA,
-            AlertSettings {
-                confirm_frames: *confirm,
-                ..settings()
-            },
-        );
-        let violating = [head(0.9)];
-        let frames: Vec<&[Detection]> = pattern
-            .iter()
-            .map(|&v| if v { &violating[..] } else { &[] })
-            .collect();
-        let events = feed(&mut t, &frames);
-        let got: Vec<(usize, EventKind)> = events.iter().map(|(i, e)| (*i, e.kind)).collect();
-        let want: Vec<(usize, EventKind)> = expect.iter().map(|&i| (i, EventKind::New)).collect();
-        assert_eq!(got, want, "confirm_frames={confirm} pattern={pattern:?}");
+    for f in &frames {
+        let events = feed(&mut t, &[f, f, f, f]);
+        assert!(events.is_empty(), "{f:?} alerted: {events:?}");
     }
+    assert!(t.is_idle());
 }
 
 #[test]
-fn episode_new_update_end() {
+fn one_person_new_update_end() {
     let mut t = tracker();
-    let frames: &[&[Detection]] = &[
-        &[head(0.6)],             // 0: first violating frame, start_time
-        &[head(0.7), head(0.55)], // 1: confirms → new with the best box
-        &[head(0.8)],             // 2: better → update
-        &[head(0.8)],             // 3: equal → nothing
-        &[head(0.65)],            // 4: lower → nothing
-        &[],                      // 5: clean, episode goes on
-        &[head(0.6)],             // 6: last violating frame (t = 3 s)
-    ];
-    let events = feed(&mut t, frames);
-    let got: Vec<(usize, EventKind)> = events.iter().map(|(i, e)| (*i, e.kind)).collect();
-    assert_eq!(got, [(1, EventKind::New), (2, EventKind::Update)]);
-
+    let events = feed(
+        &mut t,
+        &[&[head(0.6)], &[head(0.7)], &[head(0.65)], &[head(0.9)], &[]],
+    );
+    assert_eq!(
+        event_kinds(&events),
+        [(1, EventKind::New), (3, EventKind::Update)]
+    );
     let new = &events[0].1;
-    assert_eq!(new.id, format!("{BASE_MS}-{CAMERA}"));
-    assert_eq!(new.label, "head");
-    assert_eq!((new.score, new.top_score, new.count), (0.7, 0.7, 2));
-    assert_eq!(new.bbox, [10.0, 20.0, 110.5, 220.0]);
-    assert_eq!((new.start_time, new.end_time), (at(0), None));
-    assert_eq!((new.frame_seq, new.snapshot), (1, true));
-
-    let update = &events[1].1;
-    assert_eq!(update.id, new.id);
-    assert_eq!(
-        (update.score, update.top_score, update.count),
-        (0.8, 0.8, 1)
-    );
-    assert_eq!((update.start_time, update.frame_seq), (at(0), 2));
-
-    // Clean frames until just before end_after has passed since the last violating frame.
-    let last = at(3_000);
-    for (seq, ms) in [(7, 3_500), (8, 8_000), (9, 12_999)] {
-        assert!(t.observe(at(ms), seq, &[], DecisionSource::Edge).is_empty());
-    }
-    let end = t.observe(at(13_000), 10, &[], DecisionSource::Edge);
+    assert_eq!((new.start_time, new.frames, new.count), (at(0), 2, 1));
+    assert_eq!(new.track_id, events[1].1.track_id);
+    assert!(t.tick(at(10_000)).is_empty(), "seen at 1.5 s");
+    let end = t.tick(at(11_500));
     assert_eq!(kinds(&end), [EventKind::End]);
-    let end = &end[0];
-    assert_eq!(end.id, new.id);
-    assert_eq!((end.start_time, end.end_time), (at(0), Some(last)));
-    assert_eq!(
-        (end.score, end.top_score, end.label.as_str()),
-        (0.8, 0.8, "head")
-    );
-    assert_eq!((end.count, end.frame_seq, end.snapshot), (2, 6, false));
-
-    assert!(
-        t.observe(at(14_000), 11, &[], DecisionSource::Edge)
-            .is_empty()
-    );
-    assert_eq!(t.tick(at(60_000)), None);
+    assert_eq!(end[0].end_time, Some(at(1_500)));
+    assert_eq!((end[0].score, end[0].top_score), (0.9, 0.9));
+    assert!(t.is_idle());
     assert_eq!(
         t.counts(),
         EventCounts {
@@ -198,149 +151,150 @@ fn episode_new_update_end() {
 }
 
 #[test]
-fn more_violating_boxes_update_even_at_lower_score() {
+fn two_people_make_two_episodes() {
     let mut t = tracker();
+    let two = [
+        det_at(HEAD, 0.8, 50.0, 100.0),
+        det_at(HEAD, 0.7, 700.0, 100.0),
+    ];
+    let events = feed(&mut t, &[&two, &two]);
+    assert_eq!(
+        event_kinds(&events),
+        [(1, EventKind::New), (1, EventKind::New)]
+    );
+    let (a, b) = (&events[0].1, &events[1].1);
+    assert_ne!(a.track_id, b.track_id);
+    assert_ne!(a.id, b.id);
+    assert_eq!((a.count, b.count), (2, 2));
+    let ends = t.close();
+    assert_eq!(kinds(&ends), [EventKind::End, EventKind::End]);
+}
+
+#[test]
+fn a_walking_person_hidden_for_two_frames_keeps_one_episode() {
+    let mut t = tracker();
+    let mut events = Vec::new();
+    for i in 0..12u64 {
+        let hidden = (5..7).contains(&i);
+        let boxes: Vec<Detection> = if hidden {
+            vec![]
+        } else {
+            vec![det_at(HEAD, 0.8, 60.0 * i as f32, 300.0)]
+        };
+        events.extend(observe_at(
+            &mut t,
+            at(500 * i),
+            i,
+            &boxes,
+            DecisionSource::Edge,
+        ));
+    }
+    assert_eq!(kinds(&events), [EventKind::New]);
+    assert_eq!(kinds(&t.close()), [EventKind::End]);
+}
+
+#[test]
+fn a_person_confirmed_with_a_helmet_ends_the_episode() {
+    let mut t = tracker();
+    let h = det(HELMET, 0.9);
     let events = feed(
         &mut t,
-        &[
-            &[head(0.9)],
-            &[head(0.9)],                       // new, 1 box
-            &[head(0.6), head(0.6)],            // 2 boxes → update
-            &[head(0.7), head(0.7)],            // 2 again, lower score → nothing
-            &[head(0.6), head(0.6), head(0.6)], // 3 → update
-        ],
+        &[&[head(0.8)], &[head(0.8)], &[h], &[h], &[h], &[h], &[h]],
     );
-    let got: Vec<(usize, EventKind, usize)> =
-        events.iter().map(|(i, e)| (*i, e.kind, e.count)).collect();
-    assert_eq!(
-        got,
-        [
-            (1, EventKind::New, 1),
-            (2, EventKind::Update, 2),
-            (4, EventKind::Update, 3)
-        ]
+    let kinds: Vec<_> = event_kinds(&events);
+    assert_eq!(kinds[0], (1, EventKind::New));
+    // Two violating votes against helmet votes: the helmet wins at the third helmet frame.
+    assert_eq!(kinds[1], (4, EventKind::End));
+    assert_eq!(kinds.len(), 2);
+    assert_eq!(events[1].1.end_time, Some(at(500)));
+}
+
+#[test]
+fn one_flicker_of_the_other_class_does_not_end_or_split() {
+    let mut t = tracker();
+    let h = det(HELMET, 0.6);
+    let events = feed(
+        &mut t,
+        &[&[head(0.8)], &[head(0.8)], &[h], &[head(0.8)], &[head(0.8)]],
     );
-    assert_eq!(events[2].1.top_score, 0.9);
+    assert_eq!(event_kinds(&events), [(1, EventKind::New)]);
 }
 
 #[test]
-fn update_beats_the_published_snapshot_not_unpublished_confirming_frames() {
+fn one_cloud_answer_confirms_on_its_own() {
     let mut t = tracker();
-    let events = feed(&mut t, &[&[head(0.9)], &[head(0.6)], &[head(0.8)]]);
-    let got: Vec<(EventKind, f32, f32)> = events
-        .iter()
-        .map(|(_, e)| (e.kind, e.score, e.top_score))
-        .collect();
-    assert_eq!(
-        got,
-        [(EventKind::New, 0.6, 0.9), (EventKind::Update, 0.8, 0.9)]
-    );
+    let events = observe_at(&mut t, at(0), 0, &[head(0.8)], DecisionSource::Cloud);
+    assert_eq!(kinds(&events), [EventKind::New]);
+    assert_eq!(events[0].source, DecisionSource::Cloud);
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(json["source"], "cloud");
 }
 
 #[test]
-fn tick_ends_the_episode_when_frames_stop() {
-    let mut t = tracker();
-    feed(&mut t, &[&[head(0.9)], &[head(0.9)]]);
-    let last = at(500);
-    assert_eq!(t.tick(at(5_000)), None);
-    assert_eq!(t.tick(last + Duration::from_millis(9_999)), None);
-    let end = t.tick(last + Duration::from_secs(10)).expect("end");
-    assert_eq!(end.kind, EventKind::End);
-    assert_eq!(end.end_time, Some(last));
-    assert_eq!((end.frame_seq, end.source), (1, DecisionSource::Edge));
-    assert_eq!(t.tick(at(60_000)), None);
-    assert_eq!(t.counts().end, 1);
-}
-
-#[test]
-fn tick_never_ends_an_unconfirmed_run() {
-    let mut t = tracker();
-    feed(&mut t, &[&[head(0.9)]]);
-    assert_eq!(t.tick(at(60_000)), None);
-    assert_eq!(t.counts(), EventCounts::default());
-}
-
-#[test]
-fn a_new_episode_after_an_end_gets_a_new_id() {
-    let mut t = tracker();
-    let first = feed(&mut t, &[&[head(0.9)], &[head(0.9)]]);
-    let end = t.tick(at(30_000)).expect("end");
-    let second: Vec<AlertEvent> = [40_000, 40_500]
-        .into_iter()
-        .enumerate()
-        .flat_map(|(i, ms)| t.observe(at(ms), 100 + i as u64, &[head(0.7)], DecisionSource::Edge))
-        .collect();
-    assert_eq!(kinds(&second), [EventKind::New]);
-    assert_eq!(end.id, first[0].1.id);
-    assert_ne!(second[0].id, first[0].1.id);
-    assert_eq!(second[0].id, format!("{}-{CAMERA}", BASE_MS + 40_000));
-    assert_eq!(
-        (second[0].top_score, second[0].start_time),
-        (0.7, at(40_000))
-    );
-}
-
-#[test]
-fn a_violating_frame_after_a_long_gap_ends_the_old_episode_first() {
-    // confirm_frames = 1: the late frame ends the old episode and opens the next in one call.
+fn masked_boxes_are_ignored() {
+    // The mask covers the left half; the box's foot point (60, 220) of 1000 is inside it.
     let mut t = EpisodeTracker::new(
         CAMERA,
-        AlertSettings {
-            confirm_frames: 1,
-            ..settings()
-        },
+        settings(),
+        rules(
+            "[[mask]]\nname = \"poster\"\npolygon = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]\n",
+        ),
     );
-    let first = t.observe(at(0), 0, &[head(0.9)], DecisionSource::Edge);
-    let late = t.observe(at(20_000), 1, &[head(0.6)], DecisionSource::Cloud);
-    assert_eq!(kinds(&late), [EventKind::End, EventKind::New]);
-    assert_eq!(late[0].id, first[0].id);
-    assert_eq!(late[0].end_time, Some(at(0)));
-    assert_eq!(late[0].source, DecisionSource::Edge);
-    assert_eq!((late[1].start_time, late[1].score), (at(20_000), 0.6));
-
-    // confirm_frames = 2: only the end; the late frame is the first of a new run.
-    let mut t = tracker();
-    feed(&mut t, &[&[head(0.9)], &[head(0.9)]]);
-    let late = t.observe(at(20_000), 2, &[head(0.9)], DecisionSource::Edge);
-    assert_eq!(kinds(&late), [EventKind::End]);
-    let next = t.observe(at(20_500), 3, &[head(0.9)], DecisionSource::Edge);
-    assert_eq!(kinds(&next), [EventKind::New]);
-    assert_eq!(next[0].start_time, at(20_000));
+    let inside = head(0.9);
+    let outside = det_at(HEAD, 0.9, 700.0, 20.0);
+    assert!(feed(&mut t, &[&[inside], &[inside], &[inside]]).is_empty());
+    let events = feed(&mut t, &[&[inside, outside], &[inside, outside]]);
+    assert_eq!(event_kinds(&events), [(1, EventKind::New)]);
+    assert_eq!(events[0].1.bbox[0], 700.0);
 }
 
 #[test]
-fn violating_frames_further_apart_than_end_after_do_not_confirm() {
-    let mut t = tracker();
-    assert!(
-        t.observe(at(0), 0, &[head(0.9)], DecisionSource::Edge)
-            .is_empty()
+fn only_people_in_a_required_zone_count_and_events_name_their_zones() {
+    let mut t = EpisodeTracker::new(
+        CAMERA,
+        settings(),
+        rules(concat!(
+            "required_zones = [\"scaffold\"]\n",
+            "[[zone]]\nname = \"scaffold\"\npolygon = [[0.6, 0.0], [1.0, 0.0], [1.0, 1.0], [0.6, 1.0]]\n",
+            "[[zone]]\nname = \"right\"\npolygon = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]\n",
+        )),
     );
-    assert!(
-        t.observe(at(10_000), 1, &[head(0.9)], DecisionSource::Edge)
-            .is_empty()
-    );
-    let new = t.observe(at(10_500), 2, &[head(0.9)], DecisionSource::Edge);
-    assert_eq!(kinds(&new), [EventKind::New]);
-    assert_eq!(new[0].start_time, at(10_000));
+    let outside = head(0.9);
+    let inside = det_at(HEAD, 0.9, 700.0, 20.0);
+    let events = feed(&mut t, &[&[outside, inside], &[outside, inside]]);
+    assert_eq!(event_kinds(&events), [(1, EventKind::New)]);
+    assert_eq!(events[0].1.zones, ["scaffold", "right"]);
+    assert_eq!(events[0].1.count, 1, "the person outside does not count");
 }
 
 #[test]
-fn the_source_is_that_of_the_frame_causing_the_event() {
-    let mut t = tracker();
-    assert!(
-        t.observe(at(0), 0, &[head(0.6)], DecisionSource::Edge)
-            .is_empty()
+fn no_alert_outside_the_schedule_and_open_episodes_end_when_it_closes() {
+    // 08:00 UTC on Friday 2027-01-15 is a Thursday or a Friday in every time zone. A window that
+    // is never open on those days:
+    let mut closed = EpisodeTracker::new(
+        CAMERA,
+        settings(),
+        rules(
+            "[[schedule]]\ndays = [\"sat\", \"sun\", \"mon\"]\nstart = \"00:00\"\nend = \"24:00\"\n",
+        ),
     );
-    let new = t.observe(at(500), 1, &[head(0.6)], DecisionSource::Cloud);
-    assert_eq!(new[0].source, DecisionSource::Cloud);
-    let update = t.observe(at(1_000), 2, &[head(0.7)], DecisionSource::Edge);
-    assert_eq!(update[0].source, DecisionSource::Edge);
-    let update = t.observe(at(1_500), 3, &[head(0.8)], DecisionSource::Cloud);
-    assert_eq!(update[0].source, DecisionSource::Cloud);
-    let end = t.tick(at(60_000)).expect("end");
-    assert_eq!((end.source, end.frame_seq), (DecisionSource::Cloud, 3));
-    let json = serde_json::to_value(&new[0]).unwrap();
-    assert_eq!(json["source"], "cloud");
+    let frames: &[&[Detection]] = &[&[head(0.9)], &[head(0.9)], &[head(0.9)]];
+    assert!(feed(&mut closed, frames).is_empty());
+    assert!(!closed.in_schedule());
+
+    let mut open = EpisodeTracker::new(
+        CAMERA,
+        settings(),
+        rules("[[schedule]]\ndays = [\"daily\"]\nstart = \"00:00\"\nend = \"24:00\"\n"),
+    );
+    assert_eq!(event_kinds(&feed(&mut open, frames)), [(1, EventKind::New)]);
+    assert!(open.in_schedule());
+    // The window closes (a reload here; the clock passing its end works the same way).
+    open.set_rules(rules(
+        "[[schedule]]\ndays = [\"sat\", \"sun\", \"mon\"]\nstart = \"00:00\"\nend = \"24:00\"\n",
+    ));
+    assert_eq!(kinds(&open.tick(at(2_000))), [EventKind::End]);
+    assert!(open.is_idle());
 }
 
 #[test]
@@ -360,11 +314,14 @@ fn json_shape_of_each_event_type() {
         "type",
         "id",
         "camera",
+        "track_id",
         "label",
         "score",
         "top_score",
         "box",
         "count",
+        "frames",
+        "zones",
         "start_time",
         "end_time",
         "source",
@@ -372,23 +329,26 @@ fn json_shape_of_each_event_type() {
         "snapshot",
     ]
     .into();
-    let id = format!("{BASE_MS}-{CAMERA}");
+    let id = format!("{BASE_MS}-{CAMERA}-1");
     let want = [
         json!({
-            "type": "new", "id": id, "camera": CAMERA, "label": "head",
+            "type": "new", "id": id, "camera": CAMERA, "track_id": 1, "label": "head",
             "score": 0.75, "top_score": 0.75, "box": [10.0, 20.0, 110.5, 220.0], "count": 1,
+            "frames": 2, "zones": [],
             "start_time": "2027-01-15T08:00:00.000Z", "end_time": null,
             "source": "edge", "frame_seq": 1, "snapshot": true,
         }),
         json!({
-            "type": "update", "id": id, "camera": CAMERA, "label": "head",
+            "type": "update", "id": id, "camera": CAMERA, "track_id": 1, "label": "head",
             "score": 0.9, "top_score": 0.9, "box": [10.0, 20.0, 110.5, 220.0], "count": 1,
+            "frames": 3, "zones": [],
             "start_time": "2027-01-15T08:00:00.000Z", "end_time": null,
             "source": "edge", "frame_seq": 2, "snapshot": true,
         }),
         json!({
-            "type": "end", "id": id, "camera": CAMERA, "label": "head",
+            "type": "end", "id": id, "camera": CAMERA, "track_id": 1, "label": "head",
             "score": 0.9, "top_score": 0.9, "box": [10.0, 20.0, 110.5, 220.0], "count": 1,
+            "frames": 3, "zones": [],
             "start_time": "2027-01-15T08:00:00.000Z", "end_time": "2027-01-15T08:00:01.000Z",
             "source": "edge", "frame_seq": 2, "snapshot": false,
         }),
@@ -410,12 +370,11 @@ fn json_shape_of_each_event_type() {
 #[test]
 fn times_keep_milliseconds() {
     let mut t = tracker();
-    let start = at(1_234);
-    t.observe(start, 0, &[head(0.9)], DecisionSource::Edge);
-    let new = t.observe(at(1_734), 1, &[head(0.9)], DecisionSource::Edge);
+    observe_at(&mut t, at(1_234), 0, &[head(0.9)], DecisionSource::Edge);
+    let new = observe_at(&mut t, at(1_734), 1, &[head(0.9)], DecisionSource::Edge);
     let json = serde_json::to_value(&new[0]).unwrap();
     assert_eq!(json["start_time"], "2027-01-15T08:00:01.234Z");
-    assert_eq!(json["id"], format!("{}-{CAMERA}", BASE_MS + 1_234));
+    assert_eq!(json["id"], format!("{}-{CAMERA}-1", BASE_MS + 1_234));
 }
 
 #[test]
@@ -425,15 +384,11 @@ fn nan_scores_never_panic_and_never_alert() {
     let events = feed(&mut t, &[&mixed, &mixed, &[head(f32::NAN)]]);
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].1.score, events[0].1.count), (0.7, 1));
-    assert_eq!(events[0].1.top_score, 0.7);
 
-    let mut t = EpisodeTracker::new(
-        CAMERA,
-        AlertSettings {
-            min_score: f32::NAN,
-            ..settings()
-        },
-    );
+    let mut t = with_settings(AlertSettings {
+        min_score: f32::NAN,
+        ..settings()
+    });
     let frame: &[Detection] = &[head(1.0)];
     assert!(feed(&mut t, &[frame; 4]).is_empty());
 }
@@ -443,57 +398,44 @@ fn a_clock_stepped_backwards_neither_ends_nor_panics() {
     let mut t = tracker();
     feed(&mut t, &[&[head(0.9)], &[head(0.9)]]);
     let earlier = at(500) - Duration::from_secs(3_600);
-    assert!(t.observe(earlier, 2, &[], DecisionSource::Edge).is_empty());
-    assert_eq!(t.tick(earlier), None);
-    assert_eq!(
-        kinds(&t.tick(at(10_500)).into_iter().collect::<Vec<_>>()),
-        [EventKind::End]
-    );
+    assert!(observe_at(&mut t, earlier, 2, &[], DecisionSource::Edge).is_empty());
+    assert!(t.tick(earlier).is_empty());
+    assert_eq!(kinds(&t.tick(at(10_500))), [EventKind::End]);
 }
 
 #[test]
 fn times_humantime_cannot_format_fail_serialization_instead_of_panicking() {
+    let once = || {
+        with_settings(AlertSettings {
+            confirm_frames: 1,
+            ..settings()
+        })
+    };
     for start in [
         UNIX_EPOCH - Duration::from_millis(1_500),
         UNIX_EPOCH + Duration::from_secs(253_402_300_800),
     ] {
-        let mut t = EpisodeTracker::new(
-            CAMERA,
-            AlertSettings {
-                confirm_frames: 1,
-                ..settings()
-            },
-        );
-        let new = t.observe(start, 0, &[head(0.9)], DecisionSource::Edge);
+        let new = observe_at(&mut once(), start, 0, &[head(0.9)], DecisionSource::Edge);
         assert_eq!(kinds(&new), [EventKind::New]);
         assert!(serde_json::to_string(&new[0]).is_err());
     }
-    let mut t = EpisodeTracker::new(
-        CAMERA,
-        AlertSettings {
-            confirm_frames: 1,
-            ..settings()
-        },
-    );
-    let new = t.observe(
+    let new = observe_at(
+        &mut once(),
         UNIX_EPOCH - Duration::from_millis(1_500),
         0,
         &[head(0.9)],
         DecisionSource::Edge,
     );
-    assert_eq!(new[0].id, format!("-1500-{CAMERA}"));
+    assert_eq!(new[0].id, format!("-1500-{CAMERA}-1"));
 }
 
 #[test]
 fn a_class_without_a_name_is_labelled_by_its_number() {
-    let mut t = EpisodeTracker::new(
-        CAMERA,
-        AlertSettings {
-            classes: vec![HEAD, 9],
-            ..settings()
-        },
-    );
-    let events = feed(&mut t, &[&[det(9, 0.9)], &[det(9, 0.9), head(0.6)]]);
+    let mut t = with_settings(AlertSettings {
+        classes: vec![HEAD, 9],
+        ..settings()
+    });
+    let events = feed(&mut t, &[&[det(9, 0.9)], &[det(9, 0.9)]]);
     assert_eq!(events[0].1.label, "9");
 }
 
@@ -533,15 +475,106 @@ fn close_ends_an_open_episode_at_once_and_drops_an_unconfirmed_one() {
     let mut t = tracker();
     let events = feed(&mut t, &[&[head(0.8)], &[head(0.9)], &[]]);
     assert_eq!(events.len(), 1, "new after two frames");
-    let end = t.close().expect("an open episode ends when closed");
-    assert_eq!(end.kind, EventKind::End);
-    assert_eq!(end.id, events[0].1.id);
-    assert_eq!(end.end_time, Some(at(500)), "the last violating frame");
+    let end = t.close();
+    assert_eq!(kinds(&end), [EventKind::End]);
+    assert_eq!(end[0].id, events[0].1.id);
+    assert_eq!(end[0].end_time, Some(at(500)), "the last violating frame");
     assert!(t.is_idle());
-    assert!(t.close().is_none(), "nothing left to end");
+    assert!(t.close().is_empty(), "nothing left to end");
 
     let mut t = tracker();
     assert!(feed(&mut t, &[&[head(0.8)]]).is_empty());
-    assert!(t.close().is_none(), "never published, so nothing to end");
+    assert!(t.close().is_empty(), "never published, so nothing to end");
     assert!(t.is_idle());
+}
+
+#[test]
+fn the_cloud_is_asked_once_per_person_while_the_edge_sees_them_the_same() {
+    let mut t = tracker();
+    let fresh_for = Duration::from_secs(10);
+    let size = (WIDTH, HEIGHT);
+    let walker = |i: u64, class: u16| det_at(class, 0.6, 40.0 * i as f32, 300.0);
+    assert_eq!(
+        t.no_question(at(0), &[walker(0, HEAD)], size, fresh_for),
+        None,
+        "nobody answered about yet"
+    );
+    // The cloud answers frame 0: it saw the person without a helmet, as the edge did.
+    observe_at(&mut t, at(0), 0, &[walker(0, HEAD)], DecisionSource::Cloud);
+    t.remember_cloud_answer(at(0), &[walker(0, HEAD)]);
+    for i in 1..4 {
+        let edge = [walker(i, HEAD)];
+        assert_eq!(
+            t.no_question(at(500 * i), &edge, size, fresh_for),
+            Some(NoQuestion::AlreadyAnswered),
+            "frame {i}: the same person, seen the same"
+        );
+        observe_at(&mut t, at(500 * i), i, &edge, DecisionSource::Edge);
+    }
+    let edge = [walker(4, HELMET)];
+    assert_eq!(
+        t.no_question(at(2_000), &edge, size, fresh_for),
+        None,
+        "the edge model now sees a helmet"
+    );
+    let newcomer = det_at(HEAD, 0.6, 800.0, 600.0);
+    assert_eq!(
+        t.no_question(at(2_000), &[walker(4, HEAD), newcomer], size, fresh_for),
+        None,
+        "someone new"
+    );
+    assert_eq!(
+        t.no_question(at(10_500), &[walker(4, HEAD)], size, fresh_for),
+        None,
+        "the answer is too old"
+    );
+    assert_eq!(
+        t.no_question(at(2_000), &[walker(4, HEAD)], size, Duration::ZERO),
+        None,
+        "asking once is off"
+    );
+    assert_eq!(
+        t.no_question(at(2_000), &[], size, fresh_for),
+        None,
+        "a frame without boxes is news"
+    );
+}
+
+#[test]
+fn a_box_that_never_became_a_track_is_remembered_by_its_place() {
+    let mut t = tracker();
+    let fresh_for = Duration::from_secs(10);
+    // Too weak to start a track, so only its place can be remembered.
+    let ghost = det_at(HEAD, 0.3, 500.0, 500.0);
+    observe_at(&mut t, at(0), 0, &[], DecisionSource::Cloud);
+    t.remember_cloud_answer(at(0), &[ghost]);
+    assert_eq!(
+        t.no_question(at(500), &[ghost], (WIDTH, HEIGHT), fresh_for),
+        Some(NoQuestion::AlreadyAnswered)
+    );
+    let moved = det_at(HEAD, 0.3, 600.0, 500.0);
+    assert_eq!(
+        t.no_question(at(500), &[moved], (WIDTH, HEIGHT), fresh_for),
+        None
+    );
+}
+
+#[test]
+fn no_question_off_schedule() {
+    let t = EpisodeTracker::new(
+        CAMERA,
+        settings(),
+        rules(
+            "[[schedule]]\ndays = [\"sat\", \"sun\", \"mon\"]\nstart = \"00:00\"\nend = \"24:00\"\n",
+        ),
+    );
+    assert_eq!(
+        t.no_question(
+            at(0),
+            &[head(0.6)],
+            (WIDTH, HEIGHT),
+            Duration::from_secs(10)
+        ),
+        Some(NoQuestion::OffSchedule)
+    );
 }

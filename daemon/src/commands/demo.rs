@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub run_forever: bool,
     pub output: PathBuf,
     pub max_workers: u32,
+    /// `--set key=value`, applied after the demo's own settings.
+    pub overrides: Vec<String>,
 }
 
 /// What the demo saw, for the summary table and the `RESULT` line.
@@ -36,6 +38,8 @@ pub struct DemoSummary {
     pub frames: u64,
     pub hard: u64,
     pub cloud_answers: u64,
+    pub cloud_asked: u64,
+    pub already_answered: u64,
     pub alerts: u64,
     pub workers_max: usize,
     pub seconds: f64,
@@ -44,8 +48,14 @@ pub struct DemoSummary {
 impl DemoSummary {
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT frames={} hard={} cloud_answers={} alerts={} workers_max={}",
-            self.frames, self.hard, self.cloud_answers, self.alerts, self.workers_max
+            "RESULT frames={} hard={} asked={} already_answered={} cloud_answers={} alerts={} workers_max={}",
+            self.frames,
+            self.hard,
+            self.cloud_asked,
+            self.already_answered,
+            self.cloud_answers,
+            self.alerts,
+            self.workers_max
         )
     }
 }
@@ -141,7 +151,7 @@ pub fn run(
         RtspServer::start(&video, &mount_refs).context("starting the loopback RTSP server")?;
     let config_path = write_config(opts, &server.urls())?;
     let out = opts.output.display().to_string();
-    let origin = ConfigOrigin {
+    let mut origin = ConfigOrigin {
         source: ConfigSource::File(config_path.clone()),
         overrides: vec![
             format!("mqtt.url={mqtt_url}"),
@@ -155,6 +165,7 @@ pub fn run(
             "alerts.end_after_s=4".into(),
         ],
     };
+    origin.overrides.extend(opts.overrides.iter().cloned());
     let cfg = origin.load()?;
     println!("helmetd demo");
     println!(
@@ -184,9 +195,10 @@ pub fn run(
 
     let watcher: crate::run::AlertWatcher = Arc::new(|event: &crate::alerts::AlertEvent| {
         println!(
-            "\r  ALERT {:<6} {} {} score {:.2} ({} in frame, decided by {:?})",
+            "\r  ALERT {:<6} {} #{} {} score {:.2} ({} in frame, decided by {:?})",
             format!("{:?}", event.kind).to_lowercase(),
             event.camera,
+            event.track_id,
             event.label,
             event.score,
             event.count,
@@ -223,6 +235,8 @@ pub fn run(
         frames: run.frames,
         hard: run.hard,
         cloud_answers: run.cloud_answered,
+        cloud_asked: run.cloud_asked,
+        already_answered: run.cloud_already_answered,
         alerts: run.alerts,
         workers_max: run.workers_max,
         seconds: started.elapsed().as_secs_f64(),

@@ -5,9 +5,11 @@ pub mod bench_idle;
 pub mod bench_joint;
 pub mod bench_pipeline;
 pub mod bench_surge;
+pub mod bench_tracking;
 pub mod bench_uplink;
 pub mod demo;
 pub mod detect;
+pub mod snapshot;
 
 /// Nearest-rank percentile (`p` in 0–1) of values sorted ascending: the value at rank
 /// ⌈p·n⌉, counting from 1. `None` for no values.

@@ -645,6 +645,123 @@ mod tests {
         assert!(all.iter().any(|m| m.contains("used twice")), "{all:?}");
     }
 
+    /// The 1-based line of the first line of `text` that starts with `start`.
+    fn line_of(text: &str, start: &str) -> usize {
+        text.lines().position(|l| l.starts_with(start)).unwrap() + 1
+    }
+
+    const YARD: &str = "\n[[camera]]\nname = \"yard\"\nurl = \"rtsp://127.0.0.1:8554/yard\"\n";
+
+    #[test]
+    fn zones_masks_and_schedules_are_read() {
+        let text = default_text()
+            + YARD
+            + "required_zones = [\"scaffold\"]\n\n[[camera.zone]]\nname = \"scaffold\"\npolygon = [[0.10, 0.20], [0.90, 0.20], [0.90, 0.95], [0.10, 0.95]]\n\n[[camera.mask]]\nname = \"street\"\npolygon = [[0, 0], [0.3, 0], [0.3, 0.4], [0, 0]]\n\n[[camera.schedule]]\ndays = [\"mon-fri\", \"sun\"]\nstart = \"22:00\"\nend = \"06:00\"\n\n[[camera.schedule]]\ndays = [\"daily\"]\nstart = \"12:00\"\nend = \"24:00\"\n";
+        let f = write(&text);
+        let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
+        let cam = &cfg.cameras[0];
+        assert_eq!(cam.required_zones, ["scaffold"]);
+        assert_eq!(cam.zone[0].polygon[2], [0.9, 0.95]);
+        assert_eq!(cam.mask[0].name, "street");
+        assert_eq!(cam.schedule[1].end, "24:00");
+    }
+
+    /// Every problem of `text` as printed, and a check that one starts with the given place and
+    /// message.
+    fn positioned_problems(text: &str) -> (Vec<String>, impl Fn(usize, usize, &str)) {
+        let f = write(text);
+        let file = f.path().display().to_string();
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        let all: Vec<String> = p.iter().map(ToString::to_string).collect();
+        let printed = all.clone();
+        let expect = move |line: usize, column: usize, message: &str| {
+            let wanted = format!("{file}:{line}:{column}: {message}");
+            assert!(
+                printed.iter().any(|m| m.starts_with(&wanted)),
+                "{wanted}\nnot in {printed:#?}"
+            );
+        };
+        (all, expect)
+    }
+
+    #[test]
+    fn zone_checks_are_positioned() {
+        let text = default_text()
+            + YARD
+            + "required_zones = [\"scaffold\", \"roof\"]\n\n[[camera.zone]]\nname = \"scaffold\"\npolygon = [[0.1, 0.2], [0.9, 0.2], [0.9, 0.95]]\n\n[[camera.zone]]\nname = \"bowtie\"\npolygon = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]\n\n[[camera.mask]]\nname = \"scaffold\"\npolygon = [\n  [0.0, 0.0],\n  [1.3, 0.0],\n  [0.3, 0.4],\n]\n\n[[camera.mask]]\nname = \"line\"\npolygon = [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]\n";
+        let (all, expect) = positioned_problems(&text);
+        let required = line_of(&text, "required_zones");
+        expect(
+            required,
+            31,
+            "camera[0].required_zones[1]: \"roof\" is not a zone of camera \"yard\"",
+        );
+        let bowtie = line_of(&text, "polygon = [[0.1, 0.1], [0.9, 0.9]");
+        expect(bowtie, 1, "camera[0].zone[1].polygon: crosses itself");
+        let mask_name = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "name = \"scaffold\"")
+            .nth(1)
+            .unwrap()
+            .0
+            + 1;
+        expect(
+            mask_name,
+            1,
+            "camera[0].mask[0].name: \"scaffold\" is used twice among the zones and masks",
+        );
+        expect(
+            line_of(&text, "  [1.3, 0.0]"),
+            3,
+            "camera[0].mask[0].polygon[1]: [1.3, 0] must be fractions of the frame within [0, 1]",
+        );
+        let line = line_of(&text, "polygon = [[0.1, 0.1], [0.2, 0.2]");
+        expect(line, 1, "camera[0].mask[1].polygon: has no area");
+        assert_eq!(all.len(), 5, "{all:#?}");
+    }
+
+    #[test]
+    fn schedule_checks_are_positioned() {
+        let text = default_text()
+            + YARD
+            + "\n[[camera.schedule]]\ndays = [\"mon-fri\", \"funday\"]\nstart = \"7:00\"\nend = \"24:00\"\n\n[[camera.schedule]]\ndays = [\"daily\"]\nstart = \"18:00\"\nend = \"18:00\"\n\n[[camera.schedule]]\ndays = []\nstart = \"24:00\"\nend = \"24:01\"\n";
+        let (all, expect) = positioned_problems(&text);
+        let days = line_of(&text, "days = [\"mon-fri\"");
+        expect(
+            days,
+            20,
+            "camera[0].schedule[0].days[1]: \"funday\" is not a day",
+        );
+        expect(
+            line_of(&text, "start = \"7:00\""),
+            1,
+            "camera[0].schedule[0].start: \"7:00\" is not a time HH:MM from 00:00 to 23:59",
+        );
+        let equal = text.lines().position(|l| l == "end = \"18:00\"").unwrap() + 1;
+        expect(
+            equal,
+            1,
+            "camera[0].schedule[1].end: equals start \"18:00\"",
+        );
+        expect(
+            line_of(&text, "days = []"),
+            1,
+            "camera[0].schedule[2].days: must name at least one day",
+        );
+        expect(
+            line_of(&text, "start = \"24:00\""),
+            1,
+            "camera[0].schedule[2].start",
+        );
+        expect(
+            line_of(&text, "end = \"24:01\""),
+            1,
+            "camera[0].schedule[2].end: \"24:01\" is not a time HH:MM from 00:00 to 24:00",
+        );
+        assert_eq!(all.len(), 6, "{all:#?}");
+    }
+
     #[test]
     fn hpa_block_is_kubernetes_shaped_and_checked() {
         let text = default_text()

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::autoscaler::{HpaSpec, Quantity};
 
 pub use load::{ConfigError, ConfigSource, DEFAULT_CONFIG, KeyPath, load, load_with_checks};
+pub use validate::{MAX_POLYGON_POINTS, PolygonProblem, polygon_points};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +101,82 @@ pub struct CameraConfig {
     pub credentials_file: PathBuf,
     #[serde(default = "CameraConfig::default_stall_timeout_s")]
     pub stall_timeout_s: f64,
+    /// Only a person whose foot point is inside one of these zones counts; empty: anywhere.
+    #[serde(default)]
+    pub required_zones: Vec<String>,
+    /// `[[camera.zone]]`: named areas of the frame, reported with the detections in them.
+    #[serde(default)]
+    pub zone: Vec<ZoneConfig>,
+    /// `[[camera.mask]]`: areas whose detections are ignored (a street, a poster).
+    #[serde(default)]
+    pub mask: Vec<ZoneConfig>,
+    /// `[[camera.schedule]]`: when the camera raises alerts, in local time; none: always.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleWindowConfig>,
+}
+
+/// A named polygon in fractions of the frame (`[x, y]`, 0–1), so it survives a resolution change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    pub polygon: Vec<[f64; 2]>,
+}
+
+/// One weekly window: `days` (`"mon"`..`"sun"`, ranges like `"mon-fri"`, or `"daily"`) from
+/// `start` to `end` (`HH:MM`). An `end` before `start` runs overnight and belongs to the day it
+/// starts on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleWindowConfig {
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+}
+
+/// Minutes in a day: the largest time of day (`"24:00"`, only as a window's end).
+pub const MINUTES_PER_DAY: u16 = 24 * 60;
+
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// One entry of a schedule's `days` as a set of weekdays, bit 0 Monday .. bit 6 Sunday. A range
+/// may wrap the week (`"fri-mon"`), as a night shift's would.
+pub fn parse_days(spec: &str) -> Result<u8, String> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let day = |name: &str| DAY_NAMES.iter().position(|d| *d == name.trim());
+    let mask = if spec == "daily" {
+        Some(0x7f)
+    } else if let Some((from, to)) = spec.split_once('-') {
+        day(from).zip(day(to)).map(|(from, to)| {
+            let len = (to + 7 - from) % 7;
+            (0..=len).fold(0u8, |m, k| m | 1 << ((from + k) % 7))
+        })
+    } else {
+        day(&spec).map(|d| 1u8 << d)
+    };
+    mask.ok_or_else(|| {
+        format!(
+            "{spec:?} is not a day: use \"mon\"..\"sun\", a range like \"mon-fri\", or \"daily\""
+        )
+    })
+}
+
+/// A time of day `HH:MM` as minutes since midnight: 00:00–23:59, and 24:00 when `end` is true
+/// (a window to midnight).
+pub fn parse_time_of_day(text: &str, end: bool) -> Result<u16, String> {
+    let parsed = text.split_once(':').and_then(|(h, m)| {
+        let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+        if !two_digits(h) || !two_digits(m) {
+            return None;
+        }
+        Some((h.parse::<u16>().ok()?, m.parse::<u16>().ok()?))
+    });
+    match parsed {
+        Some((h, m)) if h < 24 && m < 60 => Ok(h * 60 + m),
+        Some((24, 0)) if end => Ok(MINUTES_PER_DAY),
+        _ if end => Err(format!("{text:?} is not a time HH:MM from 00:00 to 24:00")),
+        _ => Err(format!("{text:?} is not a time HH:MM from 00:00 to 23:59")),
+    }
 }
 
 impl CameraConfig {
@@ -198,6 +275,9 @@ pub struct CloudConfig {
     pub timeout_ms: u64,
     /// Hard examples asked per second per camera, at most; 0 for no limit.
     pub budget_per_s: f64,
+    /// A person the cloud answered about is not asked about again for this long while the edge
+    /// model sees them the same; 0 asks about every hard frame.
+    pub ask_again_after_s: f64,
     pub model: PathBuf,
     pub model_input: [u32; 2],
     pub intra_threads: usize,

@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 
 use super::load::KeyPath;
-use super::{CloudProtocol, Config};
+use super::{CameraConfig, CloudProtocol, Config};
 
 type Problems = Vec<(KeyPath, String)>;
 
@@ -219,6 +219,11 @@ impl Config {
                 0.0..=1_000.0,
             ),
             number(
+                key("cloud.ask_again_after_s"),
+                self.cloud.ask_again_after_s,
+                0.0..=DAY,
+            ),
+            number(
                 key("cloud.intra_threads"),
                 self.cloud.intra_threads,
                 1.0..=64.0,
@@ -430,6 +435,8 @@ impl Config {
                 &cam.credentials_file,
                 "credentials file",
             );
+            validate_camera_areas(p, i, cam);
+            validate_schedule(p, i, cam);
         }
     }
 
@@ -528,6 +535,229 @@ impl Config {
             p.push((
                 key("cloud.share_group"),
                 "must be non-empty, without '/', '#' or '+'".into(),
+            ));
+        }
+    }
+}
+
+/// The most points a zone or mask may have: each detection is tested against every edge.
+pub const MAX_POLYGON_POINTS: usize = 256;
+
+/// What is wrong with a configured polygon, and the point to blame when there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolygonProblem {
+    pub point: Option<usize>,
+    pub reason: String,
+}
+
+/// A configured polygon's points, checked, without an explicit closing point (last == first) and
+/// without repeats of a point: at least 3 distinct points, each finite and within [0, 1], a
+/// non-zero area and no edge crossing or touching another. The one reading of a polygon,
+/// shared by check-config and the zones built from the config.
+pub fn polygon_points(points: &[[f64; 2]]) -> Result<Vec<(f64, f64)>, PolygonProblem> {
+    let problem = |point, reason: String| PolygonProblem { point, reason };
+    if points.len() > MAX_POLYGON_POINTS + 1 {
+        return Err(problem(
+            None,
+            format!(
+                "has {} points, at most {MAX_POLYGON_POINTS} are allowed",
+                points.len()
+            ),
+        ));
+    }
+    for (i, [x, y]) in points.iter().enumerate() {
+        // Written so that NaN fails too.
+        if !((0.0..=1.0).contains(x) && (0.0..=1.0).contains(y)) {
+            return Err(problem(
+                Some(i),
+                format!("[{x}, {y}] must be fractions of the frame within [0, 1]"),
+            ));
+        }
+    }
+    let mut ring: Vec<(f64, f64)> = Vec::with_capacity(points.len());
+    for &[x, y] in points {
+        if ring.last() != Some(&(x, y)) {
+            ring.push((x, y));
+        }
+    }
+    while ring.len() > 1 && ring.first() == ring.last() {
+        ring.pop();
+    }
+    if ring.len() < 3 {
+        return Err(problem(
+            None,
+            format!(
+                "has {} distinct point(s), a polygon needs at least 3",
+                ring.len()
+            ),
+        ));
+    }
+    // Before the crossing check, which would call a line of points folded back on itself a
+    // crossing.
+    let on_one_line = ring[2..]
+        .iter()
+        .all(|&p| cross(ring[0], ring[1], p).abs() < 1e-12);
+    if on_one_line {
+        return Err(problem(
+            None,
+            "has no area (its points are on one line)".into(),
+        ));
+    }
+    if let Some((a, b)) = crossing_edges(&ring) {
+        return Err(problem(
+            None,
+            format!(
+                "crosses itself: the edge from point {a} meets the edge from point {b} (list the \
+                 points in order around the area)"
+            ),
+        ));
+    }
+    if signed_area(&ring).abs() < 1e-9 {
+        return Err(problem(None, "has no area".into()));
+    }
+    Ok(ring)
+}
+
+fn signed_area(ring: &[(f64, f64)]) -> f64 {
+    let n = ring.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (ring[i], ring[(i + 1) % n]);
+            a.0 * b.1 - b.0 * a.1
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
+/// The first two edges (by their starting points) that cross, touch, or fold back onto each
+/// other. Quadratic, which the point limit keeps cheap.
+fn crossing_edges(ring: &[(f64, f64)]) -> Option<(usize, usize)> {
+    let n = ring.len();
+    let edge = |i: usize| (ring[i], ring[(i + 1) % n]);
+    for i in 0..n {
+        let (a, b) = edge(i);
+        // The next edge shares `b`; it may only meet this one there, so it must not turn back
+        // along it.
+        let c = ring[(i + 2) % n];
+        if cross(a, b, c) == 0.0 && (b.0 - a.0) * (c.0 - b.0) + (b.1 - a.1) * (c.1 - b.1) < 0.0 {
+            return Some((i, (i + 1) % n));
+        }
+        for j in i + 2..n {
+            if i == 0 && j == n - 1 {
+                continue; // adjacent through the closing edge
+            }
+            let (c, d) = edge(j);
+            if segments_meet(a, b, c, d) {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}
+
+/// The z of (b - a) × (c - a): which side of a→b the point c is on.
+fn cross(a: (f64, f64), b: (f64, f64), c: (f64, f64)) -> f64 {
+    (b.0 - a.0) * (c.1 - a.1) - (b.1 - a.1) * (c.0 - a.0)
+}
+
+fn segments_meet(a: (f64, f64), b: (f64, f64), c: (f64, f64), d: (f64, f64)) -> bool {
+    let on = |p: (f64, f64), q: (f64, f64), r: (f64, f64)| {
+        r.0 >= p.0.min(q.0) && r.0 <= p.0.max(q.0) && r.1 >= p.1.min(q.1) && r.1 <= p.1.max(q.1)
+    };
+    let (d1, d2) = (cross(c, d, a), cross(c, d, b));
+    let (d3, d4) = (cross(a, b, c), cross(a, b, d));
+    if ((d1 > 0.0 && d2 < 0.0) || (d1 < 0.0 && d2 > 0.0))
+        && ((d3 > 0.0 && d4 < 0.0) || (d3 < 0.0 && d4 > 0.0))
+    {
+        return true;
+    }
+    (d1 == 0.0 && on(c, d, a))
+        || (d2 == 0.0 && on(c, d, b))
+        || (d3 == 0.0 && on(a, b, c))
+        || (d4 == 0.0 && on(a, b, d))
+}
+
+/// `[[camera.zone]]`, `[[camera.mask]]` and `required_zones` of camera `i`.
+fn validate_camera_areas(p: &mut Problems, i: usize, cam: &CameraConfig) {
+    let camera = || KeyPath::default().key("camera").index(i);
+    for (j, required) in cam.required_zones.iter().enumerate() {
+        if !cam.zone.iter().any(|z| z.name == *required) {
+            let zones: Vec<&str> = cam.zone.iter().map(|z| z.name.as_str()).collect();
+            p.push((
+                camera().key("required_zones").index(j),
+                format!(
+                    "{required:?} is not a zone of camera {:?} (zones: {zones:?})",
+                    cam.name
+                ),
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (kind, areas) in [("zone", &cam.zone), ("mask", &cam.mask)] {
+        for (j, area) in areas.iter().enumerate() {
+            let at = |k: &str| camera().key(kind).index(j).key(k);
+            topic_safe_name(p, at("name"), &area.name);
+            if !names.insert(area.name.as_str()) {
+                p.push((
+                    at("name"),
+                    format!(
+                        "{:?} is used twice among the zones and masks of camera {:?}",
+                        area.name, cam.name
+                    ),
+                ));
+            }
+            if let Err(e) = polygon_points(&area.polygon) {
+                let path = match e.point {
+                    Some(point) => at("polygon").index(point),
+                    None => at("polygon"),
+                };
+                p.push((path, e.reason));
+            }
+        }
+    }
+}
+
+/// `[[camera.schedule]]` of camera `i`.
+fn validate_schedule(p: &mut Problems, i: usize, cam: &CameraConfig) {
+    for (j, window) in cam.schedule.iter().enumerate() {
+        let at = |k: &str| {
+            KeyPath::default()
+                .key("camera")
+                .index(i)
+                .key("schedule")
+                .index(j)
+                .key(k)
+        };
+        if window.days.is_empty() {
+            p.push((
+                at("days"),
+                "must name at least one day, or \"daily\"".into(),
+            ));
+        }
+        for (d, days) in window.days.iter().enumerate() {
+            if let Err(e) = super::parse_days(days) {
+                p.push((at("days").index(d), e));
+            }
+        }
+        let start = super::parse_time_of_day(&window.start, false);
+        let end = super::parse_time_of_day(&window.end, true);
+        if let Err(e) = &start {
+            p.push((at("start"), e.clone()));
+        }
+        if let Err(e) = &end {
+            p.push((at("end"), e.clone()));
+        }
+        if let (Ok(start), Ok(end)) = (start, end)
+            && start == end
+        {
+            // Equal times are either nothing or the whole day, and which one would be a guess.
+            p.push((
+                at("end"),
+                format!(
+                    "equals start {:?}: a window needs a length (an end before the start runs \
+                     overnight)",
+                    window.start
+                ),
             ));
         }
     }

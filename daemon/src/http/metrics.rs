@@ -85,6 +85,7 @@ struct CameraFamilies {
     frames_dropped: Family<CameraLabels, Counter>,
     reconnects: Family<CameraLabels, Counter>,
     up: Family<CameraLabels, Gauge>,
+    in_schedule: Family<CameraLabels, Gauge>,
 }
 
 impl CameraFamilies {
@@ -118,6 +119,12 @@ impl CameraFamilies {
                 registry,
                 "helmetd_camera_up",
                 "1 while the camera is streaming",
+                Family::default(),
+            ),
+            in_schedule: register(
+                registry,
+                "helmetd_camera_in_schedule",
+                "1 while the camera's schedule is open, so its violations raise alerts",
                 Family::default(),
             ),
         }
@@ -193,6 +200,8 @@ struct FrameCounters {
     cloud_failed: Counter,
     cloud_skipped: Counter,
     cloud_over_budget: Counter,
+    cloud_already_answered: Counter,
+    cloud_off_schedule: Counter,
     cloud_round_trip: Histogram,
     alerts: Counter,
     finalize_dropped: Counter,
@@ -244,6 +253,18 @@ impl FrameCounters {
                 registry,
                 "helmetd_cloud_over_budget",
                 "Hard examples not sent because the camera had spent cloud.budget_per_s",
+                Counter::default(),
+            ),
+            cloud_already_answered: register(
+                registry,
+                "helmetd_cloud_already_answered",
+                "Hard examples not sent because the cloud had answered about everyone in them within cloud.ask_again_after_s",
+                Counter::default(),
+            ),
+            cloud_off_schedule: register(
+                registry,
+                "helmetd_cloud_off_schedule",
+                "Hard examples not sent because the camera's schedule was closed",
                 Counter::default(),
             ),
             cloud_round_trip: register(
@@ -418,6 +439,10 @@ impl Metrics {
                 .up
                 .get_or_create(&labels)
                 .set(i64::from(camera.state == CameraState::Streaming));
+            self.cameras
+                .in_schedule
+                .get_or_create(&labels)
+                .set(i64::from(camera.in_schedule));
         }
 
         // Slots come and go with scaling: rebuilt, so a removed slot's series disappear.
@@ -481,6 +506,11 @@ impl Metrics {
         store(&self.frames.cloud_failed, c.cloud_failed);
         store(&self.frames.cloud_skipped, c.cloud_skipped);
         store(&self.frames.cloud_over_budget, c.cloud_over_budget);
+        store(
+            &self.frames.cloud_already_answered,
+            c.cloud_already_answered,
+        );
+        store(&self.frames.cloud_off_schedule, c.cloud_off_schedule);
         store(&self.frames.alerts, c.alerts);
         store(&self.frames.finalize_dropped, c.finalize_dropped);
         store(&self.frames.output_errors, c.output_errors);
@@ -583,6 +613,8 @@ mod tests {
         ("helmetd_cloud_failed_total", "counter"),
         ("helmetd_cloud_skipped_total", "counter"),
         ("helmetd_cloud_over_budget_total", "counter"),
+        ("helmetd_cloud_already_answered_total", "counter"),
+        ("helmetd_cloud_off_schedule_total", "counter"),
         ("helmetd_cloud_round_trip_seconds", "histogram"),
         ("helmetd_alerts_total", "counter"),
         ("helmetd_finalize_dropped_total", "counter"),
@@ -612,6 +644,7 @@ mod tests {
                 reconnects: 2,
                 fps: 5.0,
                 last_error: None,
+                in_schedule: true,
             }],
             workers: vec![WorkerSnapshot {
                 pool: "edge".into(),
@@ -641,6 +674,8 @@ mod tests {
                 cloud_failed: 1,
                 cloud_skipped: 1,
                 cloud_over_budget: 0,
+                cloud_already_answered: 0,
+                cloud_off_schedule: 0,
                 alerts: 3,
                 finalize_dropped: 0,
                 output_errors: 0,

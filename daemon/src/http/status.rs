@@ -140,12 +140,17 @@ pub fn render(report: &StatusReport) -> String {
     for c in &s.cameras {
         let _ = writeln!(
             out,
-            "  {:width$}  {:9}  {:5.1} fps  ({} dropped, {} reconnects)",
+            "  {:width$}  {:9}  {:5.1} fps  ({} dropped, {} reconnects){}",
             c.name,
             c.state.as_str(),
             c.fps,
             c.frames_dropped,
             c.reconnects,
+            if c.in_schedule {
+                ""
+            } else {
+                ", off schedule: no alerts"
+            },
         );
     }
     let ready = s

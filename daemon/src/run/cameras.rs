@@ -3,17 +3,22 @@
 //! A camera whose settings did not change keeps streaming through a reload: only added cameras
 //! start, removed ones stop, and changed ones (URL, rate, transport, the model's input size)
 //! restart. A camera keeps its finalize task across a restart, so an open violation episode
-//! carries on instead of ending and starting again.
+//! carries on instead of ending and starting again. Zones, masks and schedules are not part of
+//! the stream: a change to them reaches the camera's finalize task on a `watch`, and the stream
+//! and its tracks carry on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use helmet_pipelines::ingest::{Camera, FrameHook};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::finalize::{Finalize, Inferred};
 use super::settings::camera_settings;
 use crate::config::{CameraConfig, Config};
 use crate::worker::Dispatcher;
+use crate::zones::CameraRules;
 
 /// What a camera's stream depends on; a difference means a restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,12 +28,27 @@ struct StreamKey {
 }
 
 impl StreamKey {
+    /// The camera's table without the rules, which change without a restart.
     fn of(cfg: &Config, camera: &CameraConfig) -> Self {
         Self {
-            camera: camera.clone(),
+            camera: CameraConfig {
+                zone: Vec::new(),
+                mask: Vec::new(),
+                required_zones: Vec::new(),
+                schedule: Vec::new(),
+                ..camera.clone()
+            },
             input: cfg.edge.model.input,
         }
     }
+}
+
+fn replace_if_changed(current: &mut Arc<CameraRules>, new: Arc<CameraRules>) -> bool {
+    if **current == *new {
+        return false;
+    }
+    *current = new;
+    true
 }
 
 /// What a reconcile did, by camera name.
@@ -55,6 +75,8 @@ pub struct CameraSet {
     cameras: Vec<Camera>,
     keys: Vec<StreamKey>,
     queues: HashMap<String, mpsc::Sender<Inferred>>,
+    /// Each camera's zones, masks and schedule, as its finalize task sees them.
+    rules: HashMap<String, watch::Sender<Arc<CameraRules>>>,
     finalize: Finalize,
     /// Given to every camera: wakes the control loop when a frame is waiting.
     on_frame: Option<FrameHook>,
@@ -72,6 +94,7 @@ impl CameraSet {
             cameras: Vec::new(),
             keys: Vec::new(),
             queues: HashMap::new(),
+            rules: HashMap::new(),
             finalize,
             on_frame,
         };
@@ -110,12 +133,16 @@ impl CameraSet {
                     dispatcher.remove_camera(&name);
                     // Its task finishes what is queued, then ends.
                     self.queues.remove(&name);
+                    self.rules.remove(&name);
                     changes.stopped.push(name);
                 }
             }
         }
         self.cameras = kept_cameras;
         self.keys = kept_keys;
+        for key in &self.keys {
+            self.update_rules(cfg, &key.camera.name);
+        }
         for want in &wanted {
             let name = &want.camera.name;
             if self.keys.iter().any(|k| k.camera.name == *name) {
@@ -130,6 +157,7 @@ impl CameraSet {
                         changes.restarted.retain(|n| n != name);
                         dispatcher.remove_camera(name);
                         self.queues.remove(name);
+                        self.rules.remove(name);
                     }
                     changes.failed.push((name.clone(), format!("{e:#}")));
                 }
@@ -145,14 +173,48 @@ impl CameraSet {
         cam: &CameraConfig,
         dispatcher: &mut Dispatcher,
     ) -> anyhow::Result<()> {
+        let rules = Arc::new(CameraRules::from_config(cam)?);
         let camera = Camera::start(camera_settings(cfg, cam, self.on_frame.clone())?)?;
-        self.queues
-            .entry(cam.name.clone())
-            .or_insert_with(|| self.finalize.spawn_camera(&cam.name));
+        if let Some(sender) = self.rules.get(&cam.name) {
+            sender.send_if_modified(|current| replace_if_changed(current, rules));
+        } else {
+            let (sender, receiver) = watch::channel(rules);
+            self.queues.insert(
+                cam.name.clone(),
+                self.finalize.spawn_camera(&cam.name, receiver),
+            );
+            self.rules.insert(cam.name.clone(), sender);
+        }
         dispatcher.add_camera(cam.name.as_str());
         self.cameras.push(camera);
         self.keys.push(StreamKey::of(cfg, cam));
         Ok(())
+    }
+
+    /// Hands a kept camera its rules from the new config when they changed.
+    fn update_rules(&self, cfg: &Config, name: &str) {
+        let (Some(sender), Some(cam)) = (
+            self.rules.get(name),
+            cfg.cameras.iter().find(|c| c.name == name),
+        ) else {
+            return;
+        };
+        match CameraRules::from_config(cam) {
+            Ok(rules) => {
+                if sender.send_if_modified(|current| replace_if_changed(current, Arc::new(rules))) {
+                    tracing::info!(camera = name, "zones, masks and schedule reloaded");
+                }
+            }
+            // Validated with the config, so this is a bug; the camera keeps its old rules.
+            Err(e) => tracing::warn!(camera = name, error = %e, "rules not reloaded"),
+        }
+    }
+
+    /// Whether the camera's schedule is open at `now`; a camera without one always is.
+    pub fn in_schedule(&self, camera: &str, now: SystemTime) -> bool {
+        self.rules
+            .get(camera)
+            .is_none_or(|rules| rules.borrow().schedule.is_active(now))
     }
 
     /// Config order, so logs, stats and metrics list cameras as the file does.

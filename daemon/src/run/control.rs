@@ -338,7 +338,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
     /// One snapshot for every reader; systemd's STATUS line follows it when it changed.
     fn publish_snapshot(&mut self, now: Instant) {
         let workers = self.supervisor.status(now);
-        let snapshot = self.snapshots.build(
+        let mut snapshot = self.snapshots.build(
             now,
             &Sources {
                 cameras: self.cameras.cameras(),
@@ -352,6 +352,10 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 kubeedge: self.probes.kubeedge.as_ref().map(|state| state()),
             },
         );
+        let wall = std::time::SystemTime::now();
+        for camera in &mut snapshot.cameras {
+            camera.in_schedule = self.cameras.in_schedule(&camera.name, wall);
+        }
         let line = snapshot.status_line();
         if line != self.status_line {
             self.systemd.status(&line);

@@ -13,20 +13,24 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::HardExampleMining;
-use helmet_pipelines::output::{Outcome, annotate, content_image, encode_jpeg};
+use helmet_pipelines::output::{Outcome, annotate, content_image, draw_label, encode_jpeg};
 use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
+use image::Rgb;
 use rand::SeedableRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alerts::{AlertEvent, AlertSettings, DecisionSource, EpisodeTracker};
+use crate::alerts::{
+    AlertEvent, AlertSettings, DecisionSource, EpisodeTracker, FrameInput, NoQuestion,
+};
 use crate::config::SpoolKind;
 use crate::joint::budget::Budget;
 use crate::joint::{AskError, CloudAnswer, HardExampleMeta, JointClient};
 use crate::telemetry::Counters;
 use crate::uplink::{MessageProperties, UplinkHandle};
+use crate::zones::{CameraRules, draw_areas};
 
 /// A model result on its way to the final decision.
 pub struct Inferred {
@@ -51,6 +55,9 @@ pub struct FinalizeShared {
     pub cloud: Option<Arc<JointClient>>,
     /// `cloud.budget_per_s`: hard examples a camera may send per second; 0 for no limit.
     pub budget_per_s: f64,
+    /// `cloud.ask_again_after_s`: a person the cloud answered about is not asked about again
+    /// for this long while the edge model sees them the same; zero asks every hard frame.
+    pub ask_again_after: Duration,
     /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
@@ -83,10 +90,26 @@ impl Finalize {
     }
 
     /// Starts the task of one camera; it ends once its queue is closed and its work is done.
-    pub fn spawn_camera(&self, camera: &str) -> mpsc::Sender<Inferred> {
+    /// `rules` are the camera's zones, masks and schedule; a new value (a reload) applies from
+    /// the next frame, without disturbing tracks or open episodes.
+    pub fn spawn_camera(
+        &self,
+        camera: &str,
+        rules: watch::Receiver<Arc<CameraRules>>,
+    ) -> mpsc::Sender<Inferred> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let tracker = EpisodeTracker::new(camera, self.shared.alert_settings.clone());
-        let task = camera_task(rx, tracker, self.shared.clone(), self.stopping.clone());
+        let tracker = EpisodeTracker::new(
+            camera,
+            self.shared.alert_settings.clone(),
+            rules.borrow().clone(),
+        );
+        let task = camera_task(
+            rx,
+            tracker,
+            rules,
+            self.shared.clone(),
+            self.stopping.clone(),
+        );
         self.tasks.spawn_on(task, &self.runtime);
         tx
     }
@@ -129,6 +152,7 @@ const IN_FLIGHT: usize = 8;
 async fn camera_task(
     mut rx: mpsc::Receiver<Inferred>,
     mut tracker: EpisodeTracker,
+    mut rules: watch::Receiver<Arc<CameraRules>>,
     shared: Arc<FinalizeShared>,
     stopping: CancellationToken,
 ) {
@@ -143,8 +167,8 @@ async fn camera_task(
     // episode gets its `end` instead of staying open for whoever watches the topic.
     while receiving || !deciding.is_empty() || !tracker.is_idle() {
         if !receiving && deciding.is_empty() && stopping.is_cancelled() {
-            // The daemon stops: the episode ends now, with the last frame that showed it.
-            if let Some(event) = tracker.close() {
+            // The daemon stops: episodes end now, with the last frame that showed them.
+            for event in tracker.close() {
                 emit(&shared, &event, None).await;
             }
             break;
@@ -153,26 +177,59 @@ async fn camera_task(
             result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
                 Some(result) => {
                     let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
-                    let wants_cloud = hard && shared.cloud.is_some();
-                    let ask = wants_cloud && budget.take(Instant::now());
-                    if wants_cloud && !ask {
-                        Counters::add(&shared.counters.cloud_over_budget);
-                    }
+                    let ask = hard && shared.cloud.is_some()
+                        && worth_asking(&shared, &tracker, &result)
+                        && within_budget(&shared, &mut budget);
                     deciding.push_back(decide(shared.clone(), result, hard, ask));
                 }
                 None => receiving = false,
             },
             Some(decided) = deciding.next(), if !deciding.is_empty() => {
+                refresh_rules(&mut rules, &mut tracker);
                 conclude(&shared, &mut tracker, decided).await;
             }
             // Not while frames are being decided: one of them may still show the violation.
             _ = tick.tick(), if deciding.is_empty() => {
-                if let Some(event) = tracker.tick(SystemTime::now()) {
+                refresh_rules(&mut rules, &mut tracker);
+                for event in tracker.tick(SystemTime::now()) {
                     emit(&shared, &event, None).await;
                 }
             }
             _ = stopping.cancelled(), if !receiving && deciding.is_empty() => {}
         }
+    }
+}
+
+/// Ask once per person, and not off schedule; each question not asked is counted by reason.
+fn worth_asking(shared: &FinalizeShared, tracker: &EpisodeTracker, result: &Inferred) -> bool {
+    let frame = &result.frame;
+    let size = (frame.letterbox.orig_w, frame.letterbox.orig_h);
+    let counter = match tracker.no_question(
+        frame.capture_time,
+        &result.detections,
+        size,
+        shared.ask_again_after,
+    ) {
+        None => return true,
+        Some(NoQuestion::AlreadyAnswered) => &shared.counters.cloud_already_answered,
+        Some(NoQuestion::OffSchedule) => &shared.counters.cloud_off_schedule,
+    };
+    Counters::add(counter);
+    false
+}
+
+fn within_budget(shared: &FinalizeShared, budget: &mut Budget) -> bool {
+    let within = budget.take(Instant::now());
+    if !within {
+        Counters::add(&shared.counters.cloud_over_budget);
+    }
+    within
+}
+
+/// A reload's new zones, masks or schedule, from the next frame or tick on.
+fn refresh_rules(rules: &mut watch::Receiver<Arc<CameraRules>>, tracker: &mut EpisodeTracker) {
+    if rules.has_changed().unwrap_or(false) {
+        tracker.set_rules(rules.borrow_and_update().clone());
     }
 }
 
@@ -227,10 +284,22 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
             Counters::add(&counters.output_errors);
         }
     }
-    for event in tracker.observe(r.frame.capture_time, r.frame.seq, final_result, source) {
+    let frame = FrameInput {
+        time: r.frame.capture_time,
+        seq: r.frame.seq,
+        width: r.frame.letterbox.orig_w,
+        height: r.frame.letterbox.orig_h,
+        detections: final_result,
+        source,
+    };
+    let events = tracker.observe(&frame);
+    if cloud_result.is_some() {
+        tracker.remember_cloud_answer(r.frame.capture_time, &r.detections);
+    }
+    for event in events {
         let snapshot = event
             .snapshot
-            .then(|| snapshot_jpeg(shared, &r.frame, final_result))
+            .then(|| snapshot_jpeg(shared, &r.frame, final_result, &event, tracker.rules()))
             .flatten();
         emit(shared, &event, snapshot).await;
     }
@@ -271,13 +340,31 @@ async fn ask_cloud(
     }
 }
 
-fn snapshot_jpeg(shared: &FinalizeShared, frame: &Frame, boxes: &[Detection]) -> Option<Vec<u8>> {
+/// The frame with its boxes, the person's box labelled with the track id, and the camera's
+/// zones and masks, so whoever reads the alert sees whom it is about and where.
+fn snapshot_jpeg(
+    shared: &FinalizeShared,
+    frame: &Frame,
+    boxes: &[Detection],
+    event: &AlertEvent,
+    rules: &CameraRules,
+) -> Option<Vec<u8>> {
     let mut image = content_image(frame);
+    draw_areas(&mut image, rules);
     annotate(
         &mut image,
         frame.letterbox.scale,
         boxes,
         &shared.class_names,
+    );
+    let scale = frame.letterbox.scale;
+    let [x1, _, _, y2] = event.bbox.map(|v| (f64::from(v) * scale).round() as i64);
+    draw_label(
+        &mut image,
+        x1,
+        y2 + 3,
+        &format!("#{}", event.track_id),
+        Rgb([255, 255, 255]),
     );
     encode_jpeg(&image, shared.snapshot_jpeg_quality).ok()
 }
@@ -367,6 +454,7 @@ mod tests {
             outputs: None,
             cloud: None,
             budget_per_s: 0.0,
+            ask_again_after: Duration::ZERO,
             uplink: None,
             watcher: Some(Arc::new(move |e: &AlertEvent| {
                 seen.lock().unwrap().push(e.kind)
@@ -376,7 +464,8 @@ mod tests {
             telemetry: None,
         });
         let finalize = Finalize::new(&tokio::runtime::Handle::current(), shared);
-        let queue = finalize.spawn_camera("gate");
+        let (_rules, rules) = watch::channel(Arc::default());
+        let queue = finalize.spawn_camera("gate", rules);
         let mut detections = Detections::new();
         let violation = Detection {
             x1: 1.0,

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use cameras::CameraChanges;
 pub use control::{ControlLoop, Launcher, Probes};
 pub use finalize::{AlertWatcher, FinalizeShared, Inferred};
-pub use settings::EDGE_POOL;
+pub use settings::{EDGE_POOL, ingest_settings};
 
 use crate::alerts::AlertSettings;
 use crate::config::{self, Config, ConfigError, ConfigSource};
@@ -146,6 +146,10 @@ pub struct RunSummary {
     pub frames: u64,
     pub hard: u64,
     pub cloud_answered: u64,
+    /// Hard frames sent to the cloud, answered in time or not.
+    pub cloud_asked: u64,
+    /// Hard frames not asked because the cloud had answered about everyone in them.
+    pub cloud_already_answered: u64,
     pub alerts: u64,
     pub workers_max: usize,
 }
@@ -341,6 +345,10 @@ impl Daemon {
             frames: get(&counters.frames),
             hard: get(&counters.hard),
             cloud_answered: get(&counters.cloud_answered),
+            cloud_asked: get(&counters.cloud_answered)
+                + get(&counters.cloud_late)
+                + get(&counters.cloud_failed),
+            cloud_already_answered: get(&counters.cloud_already_answered),
             alerts: get(&counters.alerts),
             workers_max,
         })
@@ -502,6 +510,7 @@ fn finalize_shared(
         outputs,
         cloud: JointClient::from_config(cfg, uplink.as_ref())?.map(Arc::new),
         budget_per_s: cfg.cloud.budget_per_s,
+        ask_again_after: Duration::from_secs_f64(cfg.cloud.ask_again_after_s),
         uplink: uplink.clone(),
         watcher,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,

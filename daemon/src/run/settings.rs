@@ -145,6 +145,18 @@ pub(super) fn camera_settings(
     on_frame: Option<FrameHook>,
 ) -> anyhow::Result<CameraSettings> {
     let [h, w] = cfg.edge.model.input;
+    let mut s = ingest_settings(cam, w, h)?;
+    s.on_frame = on_frame;
+    Ok(s)
+}
+
+/// A camera's ingest settings from its table, letterboxed to `w × h`: a plain path is a file
+/// camera that loops like a camera; credentials come from the credentials file.
+pub fn ingest_settings(
+    cam: &config::CameraConfig,
+    w: u32,
+    h: u32,
+) -> anyhow::Result<CameraSettings> {
     let url = if cam.url.contains("://") {
         cam.url.clone()
     } else {
@@ -154,7 +166,6 @@ pub(super) fn camera_settings(
             .to_string()
     };
     let mut s = CameraSettings::new(&cam.name, &url, w, h);
-    s.on_frame = on_frame;
     s.detect_fps = cam.detect_fps;
     s.stall_timeout = Duration::from_secs_f64(cam.stall_timeout_s);
     s.transport = match cam.transport {

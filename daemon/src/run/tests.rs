@@ -326,3 +326,39 @@ fn a_busy_pool_is_scaled_up_to_its_maximum_and_the_decision_is_in_the_snapshot()
         s.replicas
     );
 }
+
+/// A file camera with a zone and a schedule of `days` all day.
+fn camera_config(days: &str) -> String {
+    format!(
+        "{}\n[[camera]]\nname = \"yard\"\nurl = \"{}\"\n\n[[camera.zone]]\nname = \"scaffold\"\npolygon = [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]\n\n[[camera.schedule]]\ndays = [\"{days}\"]\nstart = \"00:00\"\nend = \"24:00\"\n",
+        config_text(1),
+        repo("media/helmet-test.mp4"),
+    )
+}
+
+#[test]
+fn a_reload_that_changes_only_zones_and_schedule_keeps_the_camera_streaming() {
+    use chrono::Datelike;
+    let today = chrono::Local::now().weekday();
+    let day = |d: chrono::Weekday| d.to_string().to_lowercase();
+    let mut rig = Rig::with_config(&camera_config(&day(today)));
+    let before = rig.until("the camera streams, in schedule", |s| {
+        s.cameras
+            .first()
+            .is_some_and(|c| c.frames_in > 0 && c.in_schedule)
+    });
+    let frames_before = before.cameras[0].frames_in;
+    // Two days on: never today, whatever the hour.
+    rig.write_config(
+        &camera_config(&day(today.succ().succ())).replace("0.9, 0.9]]", "0.9, 0.9], [0.1, 0.9]]"),
+    );
+    let after = rig.until_reloading("off schedule after the reload", true, |s| {
+        s.cameras.first().is_some_and(|c| !c.in_schedule)
+    });
+    // A restarted camera would count its frames from zero again.
+    assert!(
+        after.cameras[0].frames_in >= frames_before,
+        "the camera was restarted: {} frames after, {frames_before} before",
+        after.cameras[0].frames_in
+    );
+}

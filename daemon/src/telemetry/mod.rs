@@ -27,6 +27,10 @@ pub struct Counters {
     pub cloud_skipped: AtomicU64,
     /// Hard frames not asked because the camera had spent its `cloud.budget_per_s`.
     pub cloud_over_budget: AtomicU64,
+    /// Hard frames not asked because the cloud had answered about everyone in them recently.
+    pub cloud_already_answered: AtomicU64,
+    /// Hard frames not asked because the camera's schedule was closed.
+    pub cloud_off_schedule: AtomicU64,
     pub alerts: AtomicU64,
     /// Results dropped because a camera's finalize queue was full.
     pub finalize_dropped: AtomicU64,

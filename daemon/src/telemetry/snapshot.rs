@@ -94,7 +94,7 @@ impl Snapshot {
                 serde_json::json!({
                     "camera": cam.name, "state": cam.state.as_str(), "frames_in": cam.frames_in,
                     "frames_out": cam.frames_processed, "dropped": cam.frames_dropped,
-                    "reconnects": cam.reconnects,
+                    "reconnects": cam.reconnects, "in_schedule": cam.in_schedule,
                 })
             })
             .collect();
@@ -105,6 +105,8 @@ impl Snapshot {
             "cloud_answered": c.cloud_answered, "cloud_late": c.cloud_late,
             "cloud_failed": c.cloud_failed, "cloud_skipped": c.cloud_skipped,
             "cloud_over_budget": c.cloud_over_budget,
+            "cloud_already_answered": c.cloud_already_answered,
+            "cloud_off_schedule": c.cloud_off_schedule,
             "alerts": c.alerts, "dispatch_dropped": self.dispatch_dropped,
             "workers_ready": self.workers_ready(), "workers": self.workers.len(),
             "cameras": cameras,
@@ -164,7 +166,7 @@ impl From<ingest::CameraState> for CameraState {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CameraSnapshot {
     pub name: String,
     pub state: CameraState,
@@ -181,6 +183,30 @@ pub struct CameraSnapshot {
     pub fps: f64,
     /// The most recent pipeline failure, kept after recovery for diagnosis.
     pub last_error: Option<String>,
+    /// The camera's schedule is open: its violations raise alerts.
+    #[serde(default = "in_schedule_by_default")]
+    pub in_schedule: bool,
+}
+
+/// A camera without a schedule, and a snapshot from before schedules existed, is always on.
+fn in_schedule_by_default() -> bool {
+    true
+}
+
+impl Default for CameraSnapshot {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            state: CameraState::default(),
+            frames_in: 0,
+            frames_processed: 0,
+            frames_dropped: 0,
+            reconnects: 0,
+            fps: 0.0,
+            last_error: None,
+            in_schedule: true,
+        }
+    }
 }
 
 /// A worker slot's state, named as Kubernetes names pod phases would be in a label.
@@ -276,6 +302,10 @@ pub struct CounterSnapshot {
     pub cloud_skipped: u64,
     #[serde(default)]
     pub cloud_over_budget: u64,
+    #[serde(default)]
+    pub cloud_already_answered: u64,
+    #[serde(default)]
+    pub cloud_off_schedule: u64,
     /// Alert events of every kind (new, update, end): the loop counts only their total.
     pub alerts: u64,
     pub finalize_dropped: u64,
@@ -303,6 +333,8 @@ impl CounterSnapshot {
             cloud_failed: get(&counters.cloud_failed),
             cloud_skipped: get(&counters.cloud_skipped),
             cloud_over_budget: get(&counters.cloud_over_budget),
+            cloud_already_answered: get(&counters.cloud_already_answered),
+            cloud_off_schedule: get(&counters.cloud_off_schedule),
             alerts: get(&counters.alerts),
             finalize_dropped: get(&counters.finalize_dropped),
             output_errors: get(&counters.output_errors),
@@ -489,6 +521,7 @@ pub fn camera_snapshot(
         reconnects: camera.reconnects,
         fps: 0.0,
         last_error: camera.last_error.clone(),
+        in_schedule: true,
     }
 }
 
