@@ -40,4 +40,10 @@ fn each_violating_person_gets_exactly_one_episode_and_nobody_outside_the_rules_g
     assert_eq!(field("alerts_outside_zones"), 0.0, "{result}\n{stderr}");
     assert_eq!(field("alerts_outside_schedule"), 0.0, "{result}\n{stderr}");
     assert_eq!(field("id_switches"), 0.0, "{result}\n{stderr}");
+    // People who stay in view are asked about once, not at every hard frame.
+    assert!(field("asked_every") > 0.0, "{result}");
+    assert!(
+        field("asked_once") <= field("asked_every") / 2.0,
+        "asking once per person saves at least half the questions: {result}"
+    );
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
 use helmet_pipelines::detect::Detector;
+use helmet_pipelines::hem::HardExampleMining;
 use helmet_pipelines::still::{letterbox_rgb, load_still};
 use helmet_pipelines::{Detection, Detections, Frame};
 use image::RgbImage;
@@ -85,12 +86,65 @@ struct ScenarioOutcome {
     unattributed_off_schedule: u32,
     infer: Duration,
     frames: u32,
+    asks: Asks,
+}
+
+/// Hard frames and the questions they would put to the cloud: every one (Sedna), or helmetd's
+/// way: once per person (`cloud.ask_again_after_s`) and nothing off schedule. No budget applies
+/// here, so the two differ only by those rules.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Asks {
+    hard: u32,
+    every: u32,
+    once: u32,
+}
+
+/// What decides whether a frame is hard and whether it is worth a question.
+struct AskRule {
+    hem: HardExampleMining,
+    num_classes: usize,
+    rng: rand::rngs::StdRng,
+    fresh_for: Duration,
+}
+
+impl AskRule {
+    /// One frame through a second engine that stands in for a cloud agreeing with the edge:
+    /// asking once depends on *whom* the cloud answered about, which the edge's own boxes say
+    /// as well as the big model's would for these clear cut-outs. The engine that raises the
+    /// alerts never sees these stand-in answers.
+    fn count(&mut self, asker: &mut EpisodeTracker, frame: &FrameInput<'_>, asks: &mut Asks) {
+        let hard = self
+            .hem
+            .is_hard(frame.detections, self.num_classes, &mut self.rng);
+        let asked_once = hard
+            && asker
+                .no_question(
+                    frame.time,
+                    frame.detections,
+                    (frame.width, frame.height),
+                    self.fresh_for,
+                )
+                .is_none();
+        asks.hard += u32::from(hard);
+        asks.every += u32::from(hard);
+        asks.once += u32::from(asked_once);
+        let source = if asked_once {
+            DecisionSource::Cloud
+        } else {
+            DecisionSource::Edge
+        };
+        asker.observe(&FrameInput { source, ..*frame });
+        if asked_once {
+            asker.remember_cloud_answer(frame.time, frame.detections);
+        }
+    }
 }
 
 /// The model, as the daemon runs it, plus what the engine needs.
 struct Bench<'a> {
     detector: Detector,
     settings: AlertSettings,
+    ask_rule: AskRule,
     background: RgbImage,
     sprites: Vec<Sprite>,
     frames_dir: Option<&'a Path>,
@@ -256,6 +310,7 @@ impl Bench<'_> {
         let rules = Arc::new(rules_for(s)?);
         let camera = format!("bench-{}", s.name);
         let mut engine = EpisodeTracker::new(&camera, self.settings.clone(), Arc::clone(&rules));
+        let mut asker = EpisodeTracker::new(&camera, self.settings.clone(), Arc::clone(&rules));
         let mut acc = MotAccumulator::default();
         let mut out = ScenarioOutcome::default();
         // Episode id → the person its `new` box belongs to.
@@ -272,14 +327,16 @@ impl Bench<'_> {
             let (boxes, infer) = detect_image(&mut self.detector, &image, u64::from(k), time)?;
             out.infer += infer;
             out.frames += 1;
-            let events = engine.observe(&FrameInput {
+            let frame = FrameInput {
                 time,
                 seq: u64::from(k),
                 width: FRAME_W,
                 height: FRAME_H,
                 detections: &boxes,
                 source: DecisionSource::Edge,
-            });
+            };
+            let events = engine.observe(&frame);
+            self.ask_rule.count(&mut asker, &frame, &mut out.asks);
             let heads = s.heads(&self.sprites, k);
             for e in events.iter().filter(|e| e.kind == EventKind::New) {
                 let who = owner(&heads, e.bbox);
@@ -326,7 +383,7 @@ fn progress_line(s: &Scenario, o: &ScenarioOutcome) -> String {
         .map(|(p, r)| format!("{}:{:?}={}", p.gt_id, r.expect, r.episodes))
         .collect();
     format!(
-        "scenario {:<9} {:>2} frames: id_switches={} idf1={:.3} fp={} fn={} episodes[{}] unattributed={} model {:.0} ms/frame",
+        "scenario {:<9} {:>2} frames: id_switches={} idf1={:.3} fp={} fn={} episodes[{}] unattributed={} asks {}/{} model {:.0} ms/frame",
         s.name,
         o.frames,
         o.mot.id_switches,
@@ -335,6 +392,8 @@ fn progress_line(s: &Scenario, o: &ScenarioOutcome) -> String {
         o.mot.misses,
         per_person.join(" "),
         o.unattributed,
+        o.asks.once,
+        o.asks.every,
         o.infer.as_secs_f64() * 1e3 / f64::from(o.frames.max(1)),
     )
 }
@@ -377,6 +436,12 @@ pub fn run(cfg: &Config, args: &BenchTrackingArgs) -> anyhow::Result<String> {
     let mut bench = Bench {
         detector,
         settings,
+        ask_rule: AskRule {
+            hem: cfg.edge.hard_example_mining.build()?,
+            num_classes: cfg.edge.model.classes.len(),
+            rng: rand::SeedableRng::seed_from_u64(args.seed),
+            fresh_for: Duration::try_from_secs_f64(cfg.cloud.ask_again_after_s)?,
+        },
         background,
         sprites,
         frames_dir: args.frames_dir.as_deref(),
@@ -406,6 +471,7 @@ struct Totals {
     unattributed: u32,
     frames: u32,
     infer: Duration,
+    asks: Asks,
 }
 
 fn totals(outcomes: &[ScenarioOutcome]) -> Totals {
@@ -416,6 +482,9 @@ fn totals(outcomes: &[ScenarioOutcome]) -> Totals {
         t.outside_schedule += o.unattributed_off_schedule;
         t.frames += o.frames;
         t.infer += o.infer;
+        t.asks.hard += o.asks.hard;
+        t.asks.every += o.asks.every;
+        t.asks.once += o.asks.once;
         for p in &o.people {
             match p.expect {
                 Expect::Alert => {
@@ -440,7 +509,7 @@ fn result_line(outcomes: &[ScenarioOutcome], tracker_10: Duration, tracker_50: D
     format!(
         "RESULT id_switches={} idf1={:.3} one_alert_ratio={one_alert_ratio:.3} alerts_outside_zones={} alerts_outside_schedule={} split_episodes={} \
          goal_met={} violating_people={} missed_people={} alerts_helmeted={} alerts_unattributed={} mota={:.3} fp={} fn={} frames={} \
-         model_ms={model_ms:.1} tracker_us_10={:.1} tracker_us_50={:.1}",
+         model_ms={model_ms:.1} tracker_us_10={:.1} tracker_us_50={:.1} hard={} asked_every={} asked_once={} ask_once_ratio={:.3}",
         t.mot.id_switches,
         t.mot.idf1(),
         t.outside_zones,
@@ -457,6 +526,10 @@ fn result_line(outcomes: &[ScenarioOutcome], tracker_10: Duration, tracker_50: D
         t.frames,
         tracker_10.as_secs_f64() * 1e6,
         tracker_50.as_secs_f64() * 1e6,
+        t.asks.hard,
+        t.asks.every,
+        t.asks.once,
+        f64::from(t.asks.once) / f64::from(t.asks.every.max(1)),
     )
 }
 
@@ -501,6 +574,11 @@ mod tests {
                 person(Expect::Helmeted, 0),
             ],
             frames: 2,
+            asks: Asks {
+                hard: 2,
+                every: 2,
+                once: 1,
+            },
             ..Default::default()
         }];
         let line = result_line(
@@ -516,7 +594,10 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.ends_with("tracker_us_10=3.0 tracker_us_50=20.0"),
+            line.ends_with(
+                "tracker_us_10=3.0 tracker_us_50=20.0 hard=2 asked_every=2 asked_once=1 \
+                 ask_once_ratio=0.500"
+            ),
             "{line}"
         );
     }
