@@ -180,6 +180,26 @@ impl HardExampleMining {
     }
 }
 
+/// Width of the score band around the alert threshold in which a box's decision is in doubt.
+const MARGIN_WIDTH: f32 = 0.15;
+
+/// How hard a frame is for a budget to rank: the expected number of the edge model's boxes on
+/// the wrong side of `min_score` (the alert threshold), each box counting by how close its score
+/// is to it (1 at the threshold, about 0.02 at 0.3 away). A frame of confident boxes, or of
+/// none, has nothing for the big model to settle. Sedna's rules answer yes or no; a budget that
+/// can ask about only some hard frames needs an order, and `helmetd bench joint` measured this
+/// one against Sedna's rules at equal uploads (docs/benchmarks.md).
+pub fn margin_hardness(detections: &[Detection], min_score: f32) -> f64 {
+    detections
+        .iter()
+        .map(|d| {
+            let z = f64::from((d.score - min_score) / MARGIN_WIDTH);
+            (-z * z).exp()
+        })
+        .filter(|h| h.is_finite())
+        .sum()
+}
+
 /// The CLI form, `NAME` or `NAME:key=value,key=value`. Whitespace around the name, keys and
 /// values is ignored; a repeated key is an error rather than Sedna's silent last-one-wins,
 /// because on a command line it is always a slip.
@@ -486,6 +506,18 @@ mod tests {
             .iter()
             .map(|&(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn margin_hardness_counts_boxes_near_the_alert_threshold() {
+        assert_eq!(margin_hardness(&[], 0.5), 0.0);
+        let sure = margin_hardness(&frame(&[0.95, 0.05]), 0.5);
+        let unsure = margin_hardness(&frame(&[0.5]), 0.5);
+        assert!(sure < 0.01, "{sure}");
+        assert!((unsure - 1.0).abs() < 1e-9, "{unsure}");
+        let two = margin_hardness(&frame(&[0.5, 0.55]), 0.5);
+        assert!(two > unsure, "two doubtful boxes are harder than one");
+        assert_eq!(margin_hardness(&frame(&[f32::NAN]), 0.5), 0.0);
     }
 
     const ONE_LOW_OF_TEN: [f32; 10] = [0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95];

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use helmet_pipelines::detect::Detector;
-use helmet_pipelines::hem::HardExampleMining;
+use helmet_pipelines::hem::{HardExampleMining, margin_hardness};
 use helmet_pipelines::ingest::{Camera, CameraSettings, Pace};
 use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::still::load_still;
@@ -25,7 +25,9 @@ use rand::SeedableRng;
 use crate::cloud::service::{cloud_model_spec, letterbox_jpeg};
 use crate::commands::detect::{edge_model_spec, is_image};
 use crate::config::Config;
+use crate::joint::budget::Budget;
 use crate::joint::protocol::HardExampleMeta;
+use crate::run::HardestFirst;
 
 /// Boxes of different frames never match; within a frame, greedy by score, same class.
 const MATCH_IOU: f32 = 0.5;
@@ -121,26 +123,123 @@ fn match_boxes(found: &[Detection], truth: &[Detection], min_score: f32) -> Coun
     counts
 }
 
+/// What scoring needs besides the frames.
+struct Scoring<'a> {
+    alert_classes: &'a [u16],
+    min_score: f32,
+    num_classes: usize,
+}
+
 /// Scores one rule over every frame.
 fn evaluate(
     rule: &HardExampleMining,
     family: &'static str,
     frames: &[Scored],
-    alert_classes: &[u16],
-    min_score: f32,
-    num_classes: usize,
+    scoring: &Scoring<'_>,
 ) -> Point {
     // Random draws from a fixed seed, so a run can be repeated.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let hard: Vec<bool> = frames
+        .iter()
+        .map(|f| rule.is_hard(&f.little, scoring.num_classes, &mut rng))
+        .collect();
+    score(rule.to_string(), family, frames, &hard, scoring)
+}
+
+/// The hardest `ratio` of the frames by [`margin_hardness`]: what a per-camera budget spends
+/// on when it ranks frames instead of taking the first ones. Ranked over the whole set here, so
+/// this is the bound an online ranking (a threshold at a quantile of recent hardness) aims at.
+fn evaluate_ranked(ratio: f64, frames: &[Scored], scoring: &Scoring<'_>) -> Point {
+    let hardness: Vec<f64> = frames
+        .iter()
+        .map(|f| margin_hardness(&f.little, scoring.min_score))
+        .collect();
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    order.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
+    let take = (ratio * frames.len() as f64).round() as usize;
+    let mut hard = vec![false; frames.len()];
+    for &i in order.iter().take(take).filter(|&&i| hardness[i] > 0.0) {
+        hard[i] = true;
+    }
+    score(
+        format!("Ranked:ratio={ratio}"),
+        "Ranked",
+        frames,
+        &hard,
+        scoring,
+    )
+}
+
+/// The frames as a camera at [`CAMERA_FPS`] would send them with the daemon's `rule` and a
+/// per-camera budget of `budget_per_s`: the token bucket alone (`hardest` false: the first hard
+/// frames of each second), or behind the [`HardestFirst`] ranking, as `helmetd run` does.
+fn evaluate_budgeted(
+    rule: &HardExampleMining,
+    budget_per_s: f64,
+    hardest: bool,
+    frames: &[Scored],
+    scoring: &Scoring<'_>,
+) -> Point {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut bucket = Budget::per_second(budget_per_s);
+    let mut ranking = HardestFirst::new(budget_per_s);
+    let (start, wall) = (std::time::Instant::now(), std::time::SystemTime::UNIX_EPOCH);
+    // A camera runs for hours: the set is played WARM_UP_PASSES times first, so the ranking
+    // has its history, and only the pass after that is scored.
+    let passes = WARM_UP_PASSES + 1;
+    let hard: Vec<bool> = frames
+        .iter()
+        .cycle()
+        .take(frames.len() * passes)
+        .enumerate()
+        .map(|(i, f)| {
+            let offset = Duration::from_secs_f64(i as f64 / CAMERA_FPS);
+            rule.is_hard(&f.little, scoring.num_classes, &mut rng)
+                && (!hardest
+                    || ranking.admits(wall + offset, margin_hardness(&f.little, scoring.min_score)))
+                && bucket.take(start + offset)
+        })
+        .skip(frames.len() * WARM_UP_PASSES)
+        .collect();
+    let (name, family) = if hardest {
+        ("hardest", "Budget, hardest first")
+    } else {
+        ("first", "Budget, first come")
+    };
+    score(
+        format!("{rule}+budget={budget_per_s}/s,{name}"),
+        family,
+        frames,
+        &hard,
+        scoring,
+    )
+}
+
+/// The rate at which [`evaluate_budgeted`] plays the frames, the daemon's default detect rate.
+const CAMERA_FPS: f64 = 2.0;
+/// Passes over the frames before the scored one.
+const WARM_UP_PASSES: usize = 2;
+
+/// Box and alert F1 of the joint result when the frames marked in `hard` get the big model's
+/// boxes.
+fn score(
+    rule: String,
+    family: &'static str,
+    frames: &[Scored],
+    hard: &[bool],
+    scoring: &Scoring<'_>,
+) -> Point {
+    let Scoring {
+        alert_classes,
+        min_score,
+        ..
+    } = *scoring;
     let (mut boxes, mut alerts) = (Counts::default(), Counts::default());
-    let mut hard = 0usize;
     let alarms = |ds: &[Detection]| {
         ds.iter()
             .any(|d| d.score >= min_score && alert_classes.contains(&d.class))
     };
-    for frame in frames {
-        let is_hard = rule.is_hard(&frame.little, num_classes, &mut rng);
-        hard += usize::from(is_hard);
+    for (frame, &is_hard) in frames.iter().zip(hard) {
         let joint = if is_hard { &frame.big } else { &frame.little };
         let truth: Vec<Detection> = frame
             .big
@@ -156,14 +255,18 @@ fn evaluate(
             (false, false) => {}
         }
     }
+    let uploaded = hard.iter().filter(|h| **h).count();
     Point {
-        rule: rule.to_string(),
+        rule,
         family,
-        upload: hard as f64 / frames.len().max(1) as f64,
+        upload: uploaded as f64 / frames.len().max(1) as f64,
         box_f1: boxes.f1(),
         alert_f1: alerts.f1(),
     }
 }
+
+/// Upload ratios at which the ranked frames are scored.
+const RANKED_RATIOS: [f64; 6] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
 
 /// The settings swept: Sedna's rules over their thresholds, Random at fixed ratios, and the two
 /// ends.
@@ -302,20 +405,32 @@ pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
         }
     }
 
-    let num_classes = cfg.edge.model.classes.len();
-    let points: Vec<Point> = rules()
+    let scoring = Scoring {
+        alert_classes: &alert_settings.classes,
+        min_score,
+        num_classes: cfg.edge.model.classes.len(),
+    };
+    let mut points: Vec<Point> = rules()
         .iter()
-        .map(|(rule, family)| {
-            evaluate(
-                rule,
-                family,
-                &scored,
-                &alert_settings.classes,
-                min_score,
-                num_classes,
-            )
-        })
+        .map(|(rule, family)| evaluate(rule, family, &scored, &scoring))
         .collect();
+    points.extend(
+        RANKED_RATIOS
+            .iter()
+            .map(|&ratio| evaluate_ranked(ratio, &scored, &scoring)),
+    );
+    let daemon_rule = cfg.edge.hard_example_mining.build()?;
+    for share in RANKED_RATIOS {
+        for hardest in [false, true] {
+            points.push(evaluate_budgeted(
+                &daemon_rule,
+                share * CAMERA_FPS,
+                hardest,
+                &scored,
+                &scoring,
+            ));
+        }
+    }
     println!("{}", table(&points));
     if let Some(path) = &args.plot {
         std::fs::write(path, curve_svg(&points))
@@ -387,6 +502,9 @@ fn curve_svg(points: &[Point]) -> String {
         ("Threshold", "#ff7f0e"),
         ("CrossEntropy", "#2ca02c"),
         ("Random", "#7f7f7f"),
+        ("Ranked", "#e377c2"),
+        ("Budget, first come", "#bcbd22"),
+        ("Budget, hardest first", "#17becf"),
         ("EdgeOnly", "#d62728"),
         ("CloudOnly", "#9467bd"),
     ];
@@ -509,14 +627,12 @@ mod tests {
                 big: vec![det(0.0, 0.9, 1)],
             },
         ];
-        let edge = evaluate(
-            &HardExampleMining::EdgeOnly,
-            "EdgeOnly",
-            &frames,
-            &[1],
-            0.5,
-            2,
-        );
+        let scoring = Scoring {
+            alert_classes: &[1],
+            min_score: 0.5,
+            num_classes: 2,
+        };
+        let edge = evaluate(&HardExampleMining::EdgeOnly, "EdgeOnly", &frames, &scoring);
         assert_eq!(edge.upload, 0.0);
         assert!((edge.box_f1 - 2.0 / 3.0).abs() < 1e-9, "{edge:?}");
         assert_eq!(edge.alert_f1, 0.0);
@@ -524,9 +640,7 @@ mod tests {
             &HardExampleMining::CloudOnly,
             "CloudOnly",
             &frames,
-            &[1],
-            0.5,
-            2,
+            &scoring,
         );
         assert_eq!(
             (cloud.upload, cloud.box_f1, cloud.alert_f1),
@@ -537,9 +651,15 @@ mod tests {
             threshold_img: 0.5,
             threshold_box: 0.5,
         };
-        let joint = evaluate(&ibt, "IBT", &frames, &[1], 0.5, 2);
+        let joint = evaluate(&ibt, "IBT", &frames, &scoring);
         assert_eq!(
             (joint.upload, joint.box_f1, joint.alert_f1),
+            (0.5, 1.0, 1.0)
+        );
+        // Ranking by the margin to min_score picks the same frame at half the uploads.
+        let ranked = evaluate_ranked(0.5, &frames, &scoring);
+        assert_eq!(
+            (ranked.upload, ranked.box_f1, ranked.alert_f1),
             (0.5, 1.0, 1.0)
         );
         let line = result_line(&[edge, cloud, joint], 2);

@@ -20,6 +20,7 @@
 mod cameras;
 mod control;
 mod finalize;
+mod hardest;
 mod launcher;
 mod lock;
 mod settings;
@@ -39,6 +40,7 @@ use tokio_util::task::TaskTracker;
 pub use cameras::CameraChanges;
 pub use control::{ControlLoop, Launcher, Probes};
 pub use finalize::{AlertWatcher, FinalizeShared, Inferred};
+pub use hardest::HardestFirst;
 pub use settings::{EDGE_POOL, ingest_settings};
 
 use crate::alerts::AlertSettings;
