@@ -11,7 +11,10 @@ mod tests;
 
 pub use draw::{MASK_COLOUR, ZONE_COLOUR, draw_areas};
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// 9999-12-31T23:59:59Z: times after it are no clock's reading.
+const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 
@@ -140,8 +143,19 @@ impl Schedule {
         if self.is_always() {
             return true;
         }
-        let local: chrono::DateTime<chrono::Local> = t.into();
-        self.is_active_at(local.naive_local())
+        // chrono's own conversion from SystemTime panics outside its range: a clock set to an
+        // absurd time is judged active (an alert too many, not a missed one) instead.
+        let Some(utc) = t
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .filter(|d| d.as_secs() < LAST_SECOND_OF_9999)
+            .and_then(|d| {
+                chrono::DateTime::from_timestamp(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())
+            })
+        else {
+            return true;
+        };
+        self.is_active_at(utc.with_timezone(&chrono::Local).naive_local())
     }
 
     /// The testable core of [`Self::is_active`]: by minute, start included, end excluded.

@@ -288,3 +288,16 @@ fn foot_point_is_the_bottom_centre_in_fractions() {
     let big = foot_point(&detection(f32::MAX, 0.0, f32::MAX, 10.0), u32::MAX, 10);
     assert!(big.is_some_and(|(x, y)| x.is_finite() && y == 1.0));
 }
+
+#[test]
+fn a_clock_outside_any_calendar_is_judged_active_without_panicking() {
+    let s = schedule("[[schedule]]\ndays = [\"mon\"]\nstart = \"08:00\"\nend = \"09:00\"\n");
+    let far = UNIX_EPOCH + std::time::Duration::from_secs(u64::MAX / 4);
+    assert!(s.is_active(far));
+    assert!(s.is_active(UNIX_EPOCH - std::time::Duration::from_secs(1)));
+    // An ordinary reading is judged by the windows: some day of any week is not Monday morning.
+    let week =
+        (0..7 * 24).map(|h| UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + h * 3600));
+    assert!(week.clone().any(|t| !s.is_active(t)));
+    assert!(week.into_iter().any(|t| s.is_active(t)));
+}
