@@ -341,7 +341,8 @@ impl EpisodeTracker {
 
     fn verdict(&self, track: &Track, frame: &FrameInput<'_>) -> Verdict {
         let foot = foot_point(&track.bbox, frame.width, frame.height);
-        let counts = foot.is_some_and(|f| self.rules.counts(f));
+        let counts =
+            self.rules.required_zones.is_empty() || foot.is_some_and(|f| self.rules.counts(f));
         let (mut violating, mut clean) = (0.0f32, 0.0f32);
         for vote in track.votes() {
             let as_box = Detection {
