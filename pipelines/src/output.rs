@@ -196,21 +196,14 @@ fn draw_line(image: &mut RgbImage, a: (f64, f64), b: (f64, f64), colour: Rgb<u8>
 
 /// Diagonal lines (x + y a multiple of `spacing`) inside the polygon, by the even-odd rule.
 fn hatch(image: &mut RgbImage, points: &[(f64, f64)], colour: Rgb<u8>, spacing: i64) {
-    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
-    let x_min = points.iter().map(|p| p.0 as i64).min().unwrap_or(0).max(0);
-    let x_max = points
-        .iter()
-        .map(|p| p.0 as i64)
-        .max()
-        .unwrap_or(0)
-        .min(w - 1);
-    let y_min = points.iter().map(|p| p.1 as i64).min().unwrap_or(0).max(0);
-    let y_max = points
-        .iter()
-        .map(|p| p.1 as i64)
-        .max()
-        .unwrap_or(0)
-        .min(h - 1);
+    // The polygon's bounding box, clipped to the image.
+    let span = |coordinate: fn(&(f64, f64)) -> f64, size: u32| {
+        let values = points.iter().map(|p| coordinate(p) as i64);
+        let low = values.clone().min().unwrap_or(0).max(0);
+        (low, values.max().unwrap_or(0).min(i64::from(size) - 1))
+    };
+    let (x_min, x_max) = span(|p| p.0, image.width());
+    let (y_min, y_max) = span(|p| p.1, image.height());
     let n = points.len();
     for y in y_min..=y_max {
         let fy = y as f64 + 0.5;
