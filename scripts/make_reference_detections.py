@@ -2,23 +2,27 @@
 """Reference detections for pipelines/tests/reference.rs, made the way models/PROVENANCE.md says.
 
 The Rust test runs this at test time, on the machine the test runs on, with the Python that
-scripts/setup installs (onnxruntime==1.32.0, the library the daemon loads, plus numpy and Pillow,
-in ${XDG_CACHE_HOME:-~/.cache}/helmetd/reference-venv). ONNX Runtime picks its INT8 kernels by CPU
-(AVX2 against AVX-512 VNNI, see pipelines/src/cpu.rs), so a reference made on one machine is not
-the truth on another: issue #22 was a fixture made on an AVX2 machine failing on a VNNI one.
+scripts/setup installs (onnxruntime==1.32.0, the library the daemon loads, plus numpy and
+opencv-python-headless, in ${XDG_CACHE_HOME:-~/.cache}/helmetd/reference-venv). ONNX Runtime picks
+its INT8 kernels by CPU (AVX2 against AVX-512 VNNI, see pipelines/src/cpu.rs), so a reference made
+on one machine is not the truth on another: issue #22 was a fixture made on an AVX2 machine failing
+on a VNNI one.
 
 It writes OUT (boxes, original sizes, checksums) and, for every image, the exact letterboxed model
 input onnxruntime was fed, as a lossless RGB PNG in OUT's folder under inputs/<image stem>.png:
 
     ~/.cache/helmetd/reference-venv/bin/python scripts/make_reference_detections.py --out /tmp/ref/r.json
 
-Pre-processing is Pillow's (decode, BILINEAR resize), not OpenCV's, because the Rust side's
-fast_image_resize Convolution(Bilinear) reproduces Pillow's resampling; the remaining difference is
-the JPEG decoder (libjpeg-turbo here, zune-jpeg in Rust). Those two still differ by ±1 grey level
-on a few per cent of the input values, which moves the INT8 model's scores by whole quantisation
-steps, so the Rust test checks twice: once from the PNGs written here (same input tensor: the
-runtime, output decoding, NMS and mapping back to original pixels must match exactly, scores within
-0.01) and once through its own JPEG decoder and resizer (with a documented step tolerance).
+Pre-processing is Ultralytics' as `yolo predict` runs it (issue #18): OpenCV decodes the JPEG
+(cv2.imread, BGR), LetterBox resizes with cv2.INTER_LINEAR (bilinear interpolation without
+antialiasing) and pads with cv2.copyMakeBorder, then BGR becomes RGB. pipelines/src/still.rs
+reproduces OpenCV's 8-bit INTER_LINEAR bit for bit, so the remaining difference is the JPEG decoder
+(libjpeg-turbo here, zune-jpeg in Rust). Those two still differ by a few grey levels on a few per
+cent of the values, and without antialiasing every resized value comes from just 4 decoded pixels,
+so the INT8 model's scores can still move by whole quantisation steps. The Rust test therefore
+checks twice: once from the PNGs written here (same input tensor: the runtime, output decoding, NMS
+and mapping back to original pixels must match exactly, scores within 0.01) and once through its
+own JPEG decoder and resizer (with a documented step tolerance).
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import re
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "helmet_yolov12m_384x640_int8qdq.onnx"
@@ -52,35 +56,42 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def letterbox(img: Image.Image) -> tuple[Image.Image, float, int, int, int, int]:
-    """Ultralytics letterbox with Pillow; returns the RGB canvas, scale, (left, top) padding and
-    the content size."""
-    w, h = img.size
+def letterbox(bgr: np.ndarray) -> tuple[np.ndarray, float, int, int, int, int]:
+    """Ultralytics LetterBox(auto=False, center=True, scaleup=True) on an OpenCV BGR image;
+    returns the RGB canvas, scale, (left, top) padding and the content size."""
+    h, w = bgr.shape[:2]
     r = min(INPUT_H / h, INPUT_W / w)
     new_w, new_h = round(w * r), round(h * r)  # Python round: half to even, like Ultralytics
     dw, dh = (INPUT_W - new_w) / 2, (INPUT_H - new_h) / 2
-    left, top = round(dw - 0.1), round(dh - 0.1)
-    canvas = Image.new("RGB", (INPUT_W, INPUT_H), (PAD, PAD, PAD))
-    canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (left, top))
-    return canvas, r, left, top, new_w, new_h
+    if (w, h) != (new_w, new_h):
+        bgr = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    canvas = cv2.copyMakeBorder(bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD, PAD, PAD))
+    if canvas.shape != (INPUT_H, INPUT_W, 3):
+        raise SystemExit(f"letterbox of {w}x{h} gave {canvas.shape}, expected {(INPUT_H, INPUT_W, 3)}")
+    return np.ascontiguousarray(canvas[:, :, ::-1]), r, left, top, new_w, new_h
 
 
-def to_nchw(canvas: Image.Image) -> np.ndarray:
-    """RGB canvas → float32 [1, 3, H, W] in [0, 1]."""
-    x = np.asarray(canvas, dtype=np.float32) / 255.0
+def to_nchw(canvas: np.ndarray) -> np.ndarray:
+    """RGB HWC uint8 canvas → float32 [1, 3, H, W] in [0, 1]."""
+    x = canvas.astype(np.float32) / 255.0
     return x.transpose(2, 0, 1)[None].copy()
 
 
-def write_input_png(canvas: Image.Image, path: Path) -> None:
-    """Saves the model input losslessly (8-bit RGB PNG, maximum zlib effort) and checks that it
-    reads back bit-identical, so the Rust test feeds the same tensor onnxruntime got here."""
+def write_input_png(canvas: np.ndarray, path: Path) -> None:
+    """Saves the RGB model input losslessly (8-bit RGB PNG, maximum zlib effort) and checks that
+    it reads back bit-identical, so the Rust test feeds the same tensor onnxruntime got here."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG", optimize=True)
-    with Image.open(path) as back:
-        if back.mode != "RGB" or back.size != canvas.size:
-            raise SystemExit(f"{path}: wrote {back.mode} {back.size}, expected RGB {canvas.size}")
-        if not np.array_equal(np.asarray(back), np.asarray(canvas)):
-            raise SystemExit(f"{path}: PNG does not read back identical")
+    # OpenCV writes BGR arrays as RGB PNGs.
+    if not cv2.imwrite(str(path), canvas[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise SystemExit(f"{path}: OpenCV could not write the PNG")
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if back is None or back.shape != canvas.shape or back.dtype != np.uint8:
+        got = None if back is None else (back.shape, back.dtype)
+        raise SystemExit(f"{path}: read back {got}, expected {canvas.shape} uint8")
+    if not np.array_equal(back[:, :, ::-1], canvas):
+        raise SystemExit(f"{path}: PNG does not read back identical")
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -152,13 +163,18 @@ def main() -> int:
     inputs_dir = args.out.parent / INPUTS_DIR
     images = []
     for path in sorted(args.media.glob("*.jpg")):
-        img = Image.open(path).convert("RGB")
-        canvas, r, left, top, content_w, content_h = letterbox(img)
+        # 3-channel BGR like Ultralytics' imread, except that an EXIF orientation tag is ignored:
+        # helmetd's decoder ignores it too, and the comparison needs the same pixels. (No bundled
+        # photo is tagged other than upright, so for them this is exactly what yolo predict sees.)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgr is None:
+            raise SystemExit(f"{path}: OpenCV cannot decode it")
+        canvas, r, left, top, content_w, content_h = letterbox(bgr)
         png = inputs_dir / f"{path.stem}.png"
         write_input_png(canvas, png)
         (output,) = session.run(None, {input_name: to_nchw(canvas)})
         dets = decode(output[0])
-        w, h = img.size
+        h, w = bgr.shape[:2]
         rows = []
         for x1, y1, x2, y2, score, cls in dets:
             # Undo the letterbox in float64, as the Rust Letterbox::to_original does.
@@ -194,7 +210,8 @@ def main() -> int:
     fixture = {
         "generator": "scripts/make_reference_detections.py",
         "onnxruntime": ort.__version__,
-        "pillow": Image.__version__,
+        "opencv": cv2.__version__,
+        "resize": "cv2.resize INTER_LINEAR (Ultralytics LetterBox), JPEG decoded by cv2.imread",
         "model": args.model.name,
         "model_sha256": sha256(args.model),
         "input": [INPUT_W, INPUT_H],

@@ -1,16 +1,21 @@
 //! Still images (JPEG/PNG files) as frames: for `helmetd detect`, tests and the reference check.
 //!
-//! The resize is `fast_image_resize`'s bilinear convolution, which reproduces Pillow's
-//! `Image.resize(..., BILINEAR)` used by the Python reference, so the two pipelines differ only
-//! by their JPEG decoders.
+//! The resize is bilinear *interpolation* without antialiasing, bit for bit OpenCV's 8-bit
+//! `cv2.resize(..., interpolation=cv2.INTER_LINEAR)`, which Ultralytics' `LetterBox` uses (shared
+//! docs/models.md §4): users compare helmetd's scores with `yolo predict`, and the INT8 model
+//! moves its scores by whole quantisation steps on a grey level here and there. An antialiased
+//! filter (Pillow's BILINEAR, `fast_image_resize`'s convolution, used here before issue #18)
+//! averages many source pixels when shrinking, a different input altogether; even
+//! `fast_image_resize`'s own bilinear interpolation rounds between its two passes and is one grey
+//! level off on 9–26 % of the values of the bundled photos, enough to move scores by a step. What
+//! is left between helmetd and the Python reference (scripts/make_reference_detections.py) is the
+//! JPEG decoder: zune-jpeg here, libjpeg-turbo in OpenCV.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fast_image_resize::images::{CroppedImageMut, Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::ImageFormat;
 
 use crate::frame::Frame;
@@ -157,8 +162,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-/// Resizes `img` into the content rectangle of a grey `input_w × input_h` canvas. Public for
-/// frames that arrive as raw pixels (Sedna's JSON lists).
+/// Resizes `img` into the content rectangle of a grey `input_w × input_h` canvas, as
+/// Ultralytics' `LetterBox` does with `cv2.resize` + `cv2.copyMakeBorder`. Public for frames that
+/// arrive as raw pixels (Sedna's JSON lists).
 pub fn letterbox_rgb(
     img: &image::RgbImage,
     input_w: u32,
@@ -167,25 +173,130 @@ pub fn letterbox_rgb(
     if input_w == 0 || input_h == 0 {
         return Err("model input size must be non-zero".into());
     }
+    if img.width() == 0 || img.height() == 0 {
+        return Err(format!(
+            "image is {}x{}: no pixels",
+            img.width(),
+            img.height()
+        ));
+    }
     let lb = Letterbox::new(img.width(), img.height(), input_w, input_h);
     let mut pixels = vec![PAD_VALUE; input_w as usize * input_h as usize * 3];
-    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
-        .map_err(|e| e.to_string())?;
-    let mut canvas = Image::from_slice_u8(input_w, input_h, &mut pixels, PixelType::U8x3)
-        .map_err(|e| e.to_string())?;
-    let mut content = CroppedImageMut::new(
-        &mut canvas,
-        lb.pad_left,
-        lb.pad_top,
+    let stride = input_w as usize * 3;
+    let offset = lb.pad_top as usize * stride + lb.pad_left as usize * 3;
+    resize_linear_rgb(
+        img,
+        &mut pixels[offset..],
+        stride,
         lb.content_w,
         lb.content_h,
-    )
-    .map_err(|e| e.to_string())?;
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new()
-        .resize(&src, &mut content, &options)
-        .map_err(|e| e.to_string())?;
+    );
     Ok((lb, pixels))
+}
+
+/// OpenCV's `INTER_RESIZE_COEF_BITS`: 8-bit bilinear weights are integers out of 2^11.
+const COEF_BITS: u32 = 11;
+
+/// The two source samples one output coordinate blends, with OpenCV's fixed-point weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tap {
+    lo: usize,
+    hi: usize,
+    w_lo: i32,
+    w_hi: i32,
+}
+
+/// The taps of each of `dst_len` output coordinates along an axis of `src_len` samples, computed
+/// exactly as `cv::resize` does for `INTER_LINEAR` (modules/imgproc/src/resize.cpp):
+///
+/// * scale = 1 / (dst_len / src_len) in double (OpenCV keeps the inverse scale);
+/// * half-pixel centres: f = (float)((d + 0.5) · scale − 0.5), s = floor(f), t = f − s in float;
+/// * weights round((1 − t) · 2048) and round(t · 2048), rounded half to even like `cvRound`, so
+///   they can sum to 2047 or 2049;
+/// * past the first or last sample, columns (`clamp_weights`) snap to that sample with weights
+///   (2048, 0), whereas rows only clamp the sample index and keep the computed weights: the
+///   vertical pass then blends a row with itself, which can round differently from the row.
+fn taps(src_len: u32, dst_len: u32, clamp_weights: bool) -> Vec<Tap> {
+    let scale = 1.0 / (f64::from(dst_len) / f64::from(src_len));
+    let last = i64::from(src_len) - 1;
+    let one = (1u32 << COEF_BITS) as f32;
+    (0..dst_len)
+        .map(|d| {
+            let f = ((f64::from(d) + 0.5) * scale - 0.5) as f32;
+            let floor = f.floor();
+            let (mut s, mut t) = (floor as i64, f - floor);
+            if clamp_weights && (s < 0 || s >= last) {
+                (s, t) = (s.clamp(0, last), 0.0);
+            }
+            Tap {
+                lo: s.clamp(0, last) as usize,
+                hi: (s + 1).clamp(0, last) as usize,
+                w_lo: ((1.0 - t) * one).round_ties_even() as i32,
+                w_hi: (t * one).round_ties_even() as i32,
+            }
+        })
+        .collect()
+}
+
+/// Horizontal pass for one source row: each output value is the exact integer
+/// `S[lo] · w_lo + S[hi] · w_hi`, a value scaled by 2^11 with no rounding yet.
+fn resize_row(src_row: &[u8], xtaps: &[Tap], out: &mut [i32]) {
+    for (tap, px) in xtaps.iter().zip(out.chunks_exact_mut(3)) {
+        for (c, v) in px.iter_mut().enumerate() {
+            *v = i32::from(src_row[tap.lo * 3 + c]) * tap.w_lo
+                + i32::from(src_row[tap.hi * 3 + c]) * tap.w_hi;
+        }
+    }
+}
+
+/// Bilinear resize of `img` to `dst_w × dst_h`, bit-exact with OpenCV's 8-bit `INTER_LINEAR`
+/// (see [`taps`] for the coordinates). Output row `y` starts at `dst[y * dst_stride]`.
+///
+/// The vertical pass is OpenCV's `VResizeLinearVec_32s8u` formula, which its scalar tail repeats:
+/// with H0, H1 the two horizontally resized rows (scaled by 2^11) and b0, b1 the row weights,
+/// `out = (((b0 · (H0 >> 4)) >> 16) + ((b1 · (H1 >> 4)) >> 16) + 2) >> 2`. The two truncating
+/// shifts make it differ from a plain rounded (b0·H0 + b1·H1) / 2^22 by one grey level now and
+/// then, so it is reproduced as is rather than "improved". An exact 2× reduction, which OpenCV
+/// hands to INTER_AREA, gives the same numbers through this formula.
+fn resize_linear_rgb(
+    img: &image::RgbImage,
+    dst: &mut [u8],
+    dst_stride: usize,
+    dst_w: u32,
+    dst_h: u32,
+) {
+    let src_stride = img.width() as usize * 3;
+    let src = img.as_raw();
+    let xtaps = taps(img.width(), dst_w, true);
+    let ytaps = taps(img.height(), dst_h, false);
+    let row_len = dst_w as usize * 3;
+    // The two horizontally resized rows the current output row blends, keyed by source row, so
+    // that consecutive output rows reuse them (upscaling reads each source row many times).
+    let mut rows = [
+        (usize::MAX, vec![0i32; row_len]),
+        (usize::MAX, vec![0i32; row_len]),
+    ];
+    for (dy, tap) in ytaps.iter().enumerate() {
+        if rows[0].0 != tap.lo && rows[1].0 == tap.lo {
+            rows.swap(0, 1);
+        }
+        for (slot, want) in [(0, tap.lo), (1, tap.hi)] {
+            if rows[slot].0 != want {
+                resize_row(
+                    &src[want * src_stride..][..src_stride],
+                    &xtaps,
+                    &mut rows[slot].1,
+                );
+                rows[slot].0 = want;
+            }
+        }
+        let (b0, b1) = (tap.w_lo, tap.w_hi);
+        let out = &mut dst[dy * dst_stride..][..row_len];
+        for ((o, &h0), &h1) in out.iter_mut().zip(&rows[0].1).zip(&rows[1].1) {
+            let v = (((b0 * (h0 >> 4)) >> 16) + ((b1 * (h1 >> 4)) >> 16) + 2) >> 2;
+            *o = v.clamp(0, 255) as u8;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,9 +334,12 @@ mod tests {
     }
 
     #[test]
-    fn resize_matches_pillow_bilinear() {
-        // Pillow 13, `Image.fromarray(row).resize((3, 1), Image.BILINEAR)` on this 7×1 grey row
-        // gives 109, 134, 99 (triangle filter widened by the downscale factor).
+    fn resize_matches_opencv_inter_linear_on_a_row() {
+        // OpenCV 5.0 (opencv-python-headless 5.0.0.93), the numbers 170, 255, 143:
+        // python -c "import cv2,numpy as np; print(cv2.resize(np.array([[0,255,0,255,10,200,30]],
+        //   np.uint8),(3,1),interpolation=cv2.INTER_LINEAR).tolist())"
+        // Plain interpolation at x = 0.67, 3.0, 5.33; Pillow's antialiased BILINEAR, which this
+        // module used before, averages the whole row into 109, 134, 99.
         let mut img = image::RgbImage::new(7, 1);
         for (x, v) in [0u8, 255, 0, 255, 10, 200, 30].into_iter().enumerate() {
             img.put_pixel(x as u32, 0, image::Rgb([v; 3]));
@@ -233,8 +347,73 @@ mod tests {
         let (lb, pixels) = letterbox_rgb(&img, 3, 3).unwrap();
         assert_eq!((lb.content_w, lb.content_h, lb.pad_top), (3, 1, 1));
         assert_eq!(&pixels[..9], &[PAD_VALUE; 9]);
-        assert_eq!(&pixels[9..18], &[109, 109, 109, 134, 134, 134, 99, 99, 99]);
+        assert_eq!(
+            &pixels[9..18],
+            &[170, 170, 170, 255, 255, 255, 143, 143, 143]
+        );
         assert_eq!(&pixels[18..], &[PAD_VALUE; 9]);
+    }
+
+    /// `w × h` RGB test pattern: channel `c` of pixel (x, y) is (67x + 151y + 29c) mod 256.
+    fn pattern(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([0, 1, 2].map(|c| ((x * 67 + y * 151 + c * 29) % 256) as u8))
+        })
+    }
+
+    fn resized(img: &image::RgbImage, w: u32, h: u32) -> Vec<u8> {
+        let mut out = vec![0; (w * h * 3) as usize];
+        resize_linear_rgb(img, &mut out, w as usize * 3, w, h);
+        out
+    }
+
+    #[test]
+    fn resize_matches_opencv_inter_linear_up_and_down() {
+        // OpenCV 5.0 (opencv-python-headless 5.0.0.93), with (W, H, w, h) = (4, 3, 7, 5) and
+        // (9, 7, 4, 3):
+        // python -c "import cv2,numpy as np; y,x,c=np.mgrid[0:H,0:W,0:3];
+        //   s=((x*67+y*151+c*29)%256).astype(np.uint8);
+        //   print(cv2.resize(s,(w,h),interpolation=cv2.INTER_LINEAR).ravel().tolist())"
+        // The upscale reaches past every edge (the top and bottom rows blend a row with itself);
+        // the downscale by 2.25 × 2.33 skips source pixels, as interpolation does.
+        #[rustfmt::skip]
+        let up: [u8; 105] = [
+            0, 29, 58, 24, 53, 82, 62, 91, 120, 100, 129, 158, 139, 168, 178, 177, 206, 70, 201,
+            230, 3, 60, 89, 118, 84, 113, 106, 123, 151, 85, 110, 138, 116, 97, 126, 144, 135, 164,
+            94, 159, 188, 63, 151, 180, 209, 175, 204, 142, 213, 242, 33, 124, 153, 54, 34, 63,
+            92, 72, 101, 130, 96, 125, 154, 88, 117, 146, 112, 141, 133, 150, 179, 113, 137, 166,
+            144, 124, 142, 171, 163, 93, 122, 186, 62, 91, 46, 75, 104, 70, 99, 128, 108, 137,
+            166, 146, 175, 204, 185, 195, 224, 223, 87, 116, 247, 20, 49,
+        ];
+        #[rustfmt::skip]
+        let down: [u8; 36] = [
+            142, 171, 94, 122, 151, 106, 167, 46, 75, 136, 165, 141, 79, 108, 137, 134, 163, 192,
+            28, 57, 86, 179, 208, 141, 143, 108, 84, 144, 174, 202, 114, 143, 97, 126, 155, 77,
+        ];
+        assert_eq!(resized(&pattern(4, 3), 7, 5), up);
+        assert_eq!(resized(&pattern(9, 7), 4, 3), down);
+    }
+
+    #[test]
+    fn same_size_is_a_copy_and_halving_averages_2x2() {
+        let img = pattern(6, 4);
+        assert_eq!(resized(&img, 6, 4), img.as_raw().as_slice());
+        // OpenCV hands an exact 2× reduction to INTER_AREA, (a + b + c + d + 2) >> 2; the
+        // fixed-point bilinear formula gives the same numbers there.
+        let half = resized(&img, 3, 2);
+        for (i, &v) in half.iter().enumerate() {
+            let (x, y, c) = ((i / 3 % 3) as u32 * 2, (i / 9) as u32 * 2, i % 3);
+            let sum: u32 = [(x, y), (x + 1, y), (x, y + 1), (x + 1, y + 1)]
+                .iter()
+                .map(|&(px, py)| u32::from(img.get_pixel(px, py)[c]))
+                .sum();
+            assert_eq!(u32::from(v), (sum + 2) >> 2, "value {i}");
+        }
+    }
+
+    #[test]
+    fn empty_image_is_an_error() {
+        assert!(letterbox_rgb(&image::RgbImage::new(0, 5), 640, 384).is_err());
     }
 
     /// The error of loading `path`; a success must not dump the frame's pixels into the log.
