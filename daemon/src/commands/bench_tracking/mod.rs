@@ -32,8 +32,10 @@ use crate::zones::CameraRules;
 use mot::{MotAccumulator, MotSummary, iou};
 use scene::{Cutout, Expect, FRAME_H, FRAME_W, HEAD_H, Scenario, Source, Sprite};
 
-/// A head is a usable person when the model is at least this sure of it in its photo.
-const SOURCE_MIN_SCORE: f32 = 0.7;
+/// A head is a candidate person when the model is at least this sure of it in its photo; the
+/// cut-out check on the background (`min_score` + [`CUTOUT_MARGIN`]) decides. Not higher: the
+/// one helmeted head of the shipped photos scores 0.70 there, on the edge of a stricter bound.
+const SOURCE_MIN_SCORE: f32 = 0.6;
 /// … and it is at least this high in the photo's pixels (smaller ones blur when scaled up).
 const SOURCE_MIN_HEIGHT: f32 = 24.0;
 /// A cut-out must be detected this far above `alerts.min_score`: a person whose score hovers at
