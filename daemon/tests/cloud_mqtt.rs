@@ -128,6 +128,7 @@ async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body()
             model,
             infer_ms,
             replica,
+            load,
         } = answer
         else {
             panic!("refused: {answer:?}\n{}", cloud.raw_log())
@@ -135,6 +136,10 @@ async fn hard_example_is_answered_in_original_pixels_with_its_correlation_body()
         assert_eq!(model, "helmet_yolov12m_640_fp32.onnx");
         assert!(replica.starts_with("helmetd-cloud-cloud-a-"), "{replica}");
         assert!(infer_ms > 0.0);
+        // One request at a time: nobody waits, and the average includes this inference.
+        let load = load.expect("helmetd cloud reports its load");
+        assert_eq!(load.queue, 0);
+        assert!(!load.recent_infer.is_zero(), "{load:?}");
         infer.push(infer_ms);
         overhead.push(rtts[rtts.len() - 1].as_secs_f64() * 1e3 - infer_ms);
         boxes = detections;
@@ -389,6 +394,92 @@ async fn client_times_out_opens_the_breaker_and_closes_it_when_the_cloud_returns
     assert!(stats.timed_out >= 3 && stats.breaker_open_skips >= 100 && stats.answered >= 2);
     driver.abort();
     assert!(cloud.terminate().success());
+}
+
+#[test]
+fn an_overloaded_cloud_paces_the_edge_instead_of_opening_its_breaker() {
+    serially(an_overloaded_cloud_paces_the_edge_instead_of_opening_its_breaker_body());
+}
+
+async fn an_overloaded_cloud_paces_the_edge_instead_of_opening_its_breaker_body() {
+    let broker = Mosquitto::start().unwrap();
+    let mut cloud = start_cloud(&broker, "cloud-p");
+    // Generous, so that what the cloud is asked can be answered in time on 2 shared cores.
+    let timeout = Duration::from_millis(3000);
+    let settings = MqttSettings {
+        node: "edge-p".into(),
+        topic_prefix: PREFIX.into(),
+        timeout,
+        jpeg_quality: 90,
+    };
+    // The daemon's breaker: before pacing, three "overloaded" in a row opened it.
+    let guard = JointSettings {
+        timeout,
+        breaker: BreakerSettings::default(),
+    };
+    let (client, driver) =
+        common::subscribed_cloud_client(options("edge-p", &broker), settings, guard).await;
+    let (frame, _, _) = hard_example(&root().join("media/overeasy_construction.jpg"), 640, 384);
+    let image = content_image(&frame);
+    let meta = HardExampleMeta::for_frame(&frame, &[]);
+    wait_ready(&mut cloud);
+
+    // Eight cameras' hard frames at once, five times a second each, for 20 s: far more than
+    // one replica runs (a queue of 4 behind one inference).
+    let started = Instant::now();
+    let (client, image, meta) = (&client, &image, &meta);
+    let camera = move |_| async move {
+        let mut seen = Vec::new();
+        while started.elapsed() < Duration::from_secs(20) {
+            let answer = client.ask(image, meta).await;
+            assert!(
+                !matches!(answer, CloudAnswer::BreakerOpen),
+                "the breaker opened: {:?}",
+                client.stats()
+            );
+            seen.push(match answer {
+                CloudAnswer::Answered(..) => "answered",
+                CloudAnswer::Late => "late",
+                CloudAnswer::Failed(_) => "refused or failed",
+                CloudAnswer::BreakerOpen => "breaker open",
+                CloudAnswer::Paced => "paced",
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    };
+    let outcomes = futures_util::future::join_all((0..8).map(camera)).await;
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    for outcome in outcomes.into_iter().flatten() {
+        *counts.entry(outcome).or_default() += 1;
+    }
+    let stats = client.stats();
+    let pacing = client.pacing();
+    println!("outcomes {counts:?}\nclient stats {stats:?}\npacing {pacing:?}");
+    assert_eq!(client.breaker_state(), BreakerState::Closed);
+    assert_eq!(stats.breaker_open_skips, 0, "{stats:?}");
+    assert!(stats.slow > 0 && stats.paced > 0, "{stats:?}");
+    assert!(
+        stats.paced > stats.asked,
+        "most hard frames were decided on the edge without asking: {stats:?}"
+    );
+    assert!(pacing.load.is_some(), "{pacing:?}");
+    driver.abort();
+
+    let stopped = {
+        assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+        cloud
+            .log_lines()
+            .into_iter()
+            .rfind(|l| message(l) == "cloud service stopped")
+            .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()))
+    };
+    println!("cloud: {}", stopped["fields"]);
+    let field = |name: &str| stopped["fields"][name].as_u64().unwrap_or(0);
+    assert!(
+        field("overloaded") + field("expired") > 0,
+        "the cloud was never too busy: {stopped}"
+    );
 }
 
 #[test]

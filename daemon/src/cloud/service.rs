@@ -5,7 +5,10 @@
 //! a time (ONNX Runtime already spreads it over `cloud.intra_threads` cores) and keeps a short
 //! queue: an edge waits about a second, so a request stuck behind several others is refused at
 //! once ("overloaded") rather than answered after the edge gave up. Every refused request that
-//! carries a reply address gets an `{"error": …}` answer so its edge stops waiting.
+//! carries a reply address gets an `{"error": …}` answer so its edge stops waiting; so does a
+//! request skipped because its deadline comes first ("expired"). Answers and refusals say how
+//! busy the replica is (`"load"`: the queue and the recent inference time), so edges slow down
+//! to what it keeps up with instead of taking a busy replica for a dead one.
 //!
 //! The queue is fair between edge nodes (the node of each request's response topic): the next
 //! request is taken from the nodes in turn, and when the queue is full the one refused is the
@@ -31,7 +34,9 @@ use tokio::task::{JoinError, JoinHandle};
 
 use super::sedna_http::{self, SednaServerSettings};
 use crate::config::Config;
-use crate::joint::protocol::{self, HardExampleRequest, RejectKind, ReplyTo, RequestError};
+use crate::joint::protocol::{
+    self, CloudLoad, HardExampleRequest, RejectKind, ReplyTo, RequestError,
+};
 use crate::systemd::Notifier;
 use crate::uplink::options::{OptionsError, mqtt_options};
 
@@ -81,7 +86,8 @@ pub struct ServiceStats {
     pub overloaded: u64,
     /// Refused because the replica was shutting down.
     pub shed: u64,
-    /// Dropped unanswered because the edge would stop waiting before an inference could end.
+    /// Refused ("expired") without inference because the edge would stop waiting before an
+    /// inference could end.
     pub expired: u64,
     /// Inference errors (answered with an error).
     pub failed: u64,
@@ -445,7 +451,7 @@ impl Service {
         }) {
             self.stats.overloaded += 1;
             tracing::debug!(node = %refused.reply.node, "overloaded: refusing the oldest request of the busiest node");
-            self.answer_error(&refused.reply, "overloaded");
+            self.answer_error(&refused.reply, protocol::OVERLOADED);
         }
     }
 
@@ -457,10 +463,17 @@ impl Service {
             return;
         };
         let (job, expired) = self.waiting.pop_usable(Instant::now() + self.recent_infer);
-        if expired > 0 {
-            // No answer: the edge already counted these as late, and a message would be waste.
-            self.stats.expired += expired;
-            tracing::debug!(expired, "dropped requests the edge no longer waits for");
+        if !expired.is_empty() {
+            self.stats.expired += expired.len() as u64;
+            tracing::debug!(
+                expired = expired.len(),
+                "refused requests the edge would stop waiting for first"
+            );
+        }
+        // Told, not dropped: the edge may still be waiting, and the refusal with the load is
+        // how it learns this replica is busy rather than gone.
+        for late in expired {
+            self.answer_error(&late.reply, protocol::EXPIRED);
         }
         let Some(job) = job else {
             self.idle = Some(detector);
@@ -491,7 +504,13 @@ impl Service {
                     infer_ms = ms,
                     "answered"
                 );
-                let body = protocol::result_json(&detections, &self.model, ms, &self.replica);
+                let body = protocol::loaded_result_json(
+                    &detections,
+                    &self.model,
+                    ms,
+                    &self.replica,
+                    Some(self.load()),
+                );
                 self.publish(&reply, body);
             }
             Err(JobError::Image(reason)) => {
@@ -537,8 +556,16 @@ impl Service {
     }
 
     fn answer_error(&mut self, reply: &ReplyTo, message: &str) {
-        let body = protocol::error_json(message, &self.replica);
+        let body = protocol::loaded_error_json(message, &self.replica, Some(self.load()));
         self.publish(reply, body);
+    }
+
+    /// How busy this replica is now, for the edges to pace themselves by.
+    fn load(&self) -> CloudLoad {
+        CloudLoad {
+            queue: u32::try_from(self.waiting.len()).unwrap_or(u32::MAX),
+            recent_infer: self.recent_infer,
+        }
     }
 
     fn publish(&mut self, reply: &ReplyTo, body: Vec<u8>) {
@@ -574,6 +601,10 @@ impl FairQueue {
         self.len == 0
     }
 
+    fn len(&self) -> usize {
+        self.len
+    }
+
     /// Queues `job`; when that makes more than [`MAX_WAITING`], takes back the oldest request
     /// of the node with the most waiting for the caller to refuse. Between nodes with as many,
     /// the oldest request goes, as without nodes: it is the likeliest to be too late anyway.
@@ -607,13 +638,13 @@ impl FairQueue {
         job
     }
 
-    /// The next request whose answer can still be used at `answer_at`, and how many were
-    /// dropped on the way because their deadline comes first.
-    fn pop_usable(&mut self, answer_at: Instant) -> (Option<Job>, u64) {
-        let mut expired = 0;
+    /// The next request whose answer can still be used at `answer_at`, and those taken out on
+    /// the way because their deadline comes first.
+    fn pop_usable(&mut self, answer_at: Instant) -> (Option<Job>, Vec<Job>) {
+        let mut expired = Vec::new();
         while let Some(job) = self.pop() {
             if job.deadline.is_some_and(|d| d <= answer_at) {
-                expired += 1;
+                expired.push(job);
                 continue;
             }
             return (Some(job), expired);
@@ -851,16 +882,24 @@ mod tests {
         for j in [late, due_now, usable, job("b", 3)] {
             assert!(queue.push(j).is_none());
         }
+        let ids = |jobs: Vec<Job>| jobs.iter().map(id).collect::<Vec<_>>();
         let (next, expired) = queue.pop_usable(now);
-        assert_eq!((next.as_ref().map(id), expired), (Some(("a".into(), 2)), 2));
+        assert_eq!(
+            (next.as_ref().map(id), ids(expired)),
+            (
+                Some(("a".into(), 2)),
+                vec![("a".into(), 0), ("b".into(), 1)]
+            ),
+            "the expired are handed back to be refused"
+        );
         let (next, expired) = queue.pop_usable(now + Duration::from_secs(60));
         assert_eq!(
-            (next.as_ref().map(id), expired),
+            (next.as_ref().map(id), expired.len()),
             (Some(("b".into(), 3)), 0),
             "no deadline: always answered"
         );
         let (next, expired) = queue.pop_usable(now);
-        assert!(next.is_none() && expired == 0);
+        assert!(next.is_none() && expired.is_empty());
     }
 
     #[test]

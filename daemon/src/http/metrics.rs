@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::telemetry::snapshot::{CameraState, Snapshot, WorkerState};
+use crate::telemetry::snapshot::{CameraState, CloudPacingSnapshot, Snapshot, WorkerState};
 
 /// The `Content-Type` of what [`Metrics::encode`] writes (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -199,6 +199,7 @@ struct FrameCounters {
     cloud_late: Counter,
     cloud_failed: Counter,
     cloud_skipped: Counter,
+    cloud_paced: Counter,
     cloud_over_budget: Counter,
     cloud_already_answered: Counter,
     cloud_off_schedule: Counter,
@@ -247,6 +248,12 @@ impl FrameCounters {
                 registry,
                 "helmetd_cloud_skipped",
                 "Hard examples not sent because the circuit breaker was open",
+                Counter::default(),
+            ),
+            cloud_paced: register(
+                registry,
+                "helmetd_cloud_paced",
+                "Hard examples not sent because the cloud reported being slow and the client paced itself",
                 Counter::default(),
             ),
             cloud_over_budget: register(
@@ -307,13 +314,16 @@ impl FrameCounters {
     }
 }
 
-/// The spool and the daemon's links to MQTT and KubeEdge.
+/// The spool and the daemon's links to MQTT, the cloud and KubeEdge.
 struct LinkFamilies {
     spool_depth: Gauge,
     spool_dropped: Counter,
     spool_bypassed: Counter,
     spool_lost: Counter,
     mqtt_connected: Gauge,
+    cloud_admitted_per_second: FloatGauge,
+    cloud_reported_queue: Gauge,
+    cloud_reported_infer: FloatGauge,
     kubeedge_connected: Gauge,
 }
 
@@ -350,6 +360,24 @@ impl LinkFamilies {
                 "1 while the MQTT session is up",
                 Gauge::default(),
             ),
+            cloud_admitted_per_second: register(
+                registry,
+                "helmetd_cloud_admitted_per_second",
+                "Hard examples a second the cloud client sends while the cloud reports being slow; 0 while it is not pacing",
+                FloatGauge::default(),
+            ),
+            cloud_reported_queue: register(
+                registry,
+                "helmetd_cloud_reported_queue",
+                "Requests waiting at the cloud replica that answered last, as it reported (0 before any report)",
+                Gauge::default(),
+            ),
+            cloud_reported_infer: register(
+                registry,
+                "helmetd_cloud_reported_infer_seconds",
+                "Recent time of one inference at the cloud replica that answered last, as it reported (0 before any report)",
+                FloatGauge::default(),
+            ),
             kubeedge_connected: register(
                 registry,
                 "helmetd_kubeedge_connected",
@@ -357,6 +385,19 @@ impl LinkFamilies {
                 Gauge::default(),
             ),
         }
+    }
+}
+
+impl LinkFamilies {
+    /// 0 for what is unknown: not pacing, or no load reported yet.
+    fn set_cloud_pacing(&self, pacing: Option<&CloudPacingSnapshot>) {
+        let pacing = pacing.cloned().unwrap_or_default();
+        self.cloud_admitted_per_second
+            .set(pacing.admitted_per_s.unwrap_or(0.0));
+        self.cloud_reported_queue
+            .set(i64::from(pacing.reported_queue.unwrap_or(0)));
+        self.cloud_reported_infer
+            .set(pacing.reported_infer_ms.unwrap_or(0.0) / 1e3);
     }
 }
 
@@ -505,6 +546,7 @@ impl Metrics {
         store(&self.frames.cloud_late, c.cloud_late);
         store(&self.frames.cloud_failed, c.cloud_failed);
         store(&self.frames.cloud_skipped, c.cloud_skipped);
+        store(&self.frames.cloud_paced, c.cloud_paced);
         store(&self.frames.cloud_over_budget, c.cloud_over_budget);
         store(
             &self.frames.cloud_already_answered,
@@ -529,6 +571,7 @@ impl Metrics {
         self.links
             .mqtt_connected
             .set(i64::from(uplink.mqtt_connected));
+        self.links.set_cloud_pacing(uplink.cloud_pacing.as_ref());
         self.links
             .kubeedge_connected
             .set(i64::from(snapshot.kubeedge_connected));
@@ -587,8 +630,8 @@ where
 mod tests {
     use super::*;
     use crate::telemetry::snapshot::{
-        CameraSnapshot, CameraState, ConditionSnapshot, CounterSnapshot, ReplicaSnapshot,
-        UplinkSnapshot, WorkerSnapshot,
+        CameraSnapshot, CameraState, CloudPacingSnapshot, ConditionSnapshot, CounterSnapshot,
+        ReplicaSnapshot, UplinkSnapshot, WorkerSnapshot,
     };
     use prometheus_parse::{Scrape, Value};
 
@@ -612,6 +655,7 @@ mod tests {
         ("helmetd_cloud_late_total", "counter"),
         ("helmetd_cloud_failed_total", "counter"),
         ("helmetd_cloud_skipped_total", "counter"),
+        ("helmetd_cloud_paced_total", "counter"),
         ("helmetd_cloud_over_budget_total", "counter"),
         ("helmetd_cloud_already_answered_total", "counter"),
         ("helmetd_cloud_off_schedule_total", "counter"),
@@ -626,6 +670,9 @@ mod tests {
         ("helmetd_spool_bypassed_total", "counter"),
         ("helmetd_spool_lost_total", "counter"),
         ("helmetd_mqtt_connected", "gauge"),
+        ("helmetd_cloud_admitted_per_second", "gauge"),
+        ("helmetd_cloud_reported_queue", "gauge"),
+        ("helmetd_cloud_reported_infer_seconds", "gauge"),
         ("helmetd_kubeedge_connected", "gauge"),
         ("helmetd_http_connections_open", "gauge"),
         ("helmetd_http_connections_refused_total", "counter"),
@@ -673,6 +720,7 @@ mod tests {
                 cloud_late: 1,
                 cloud_failed: 1,
                 cloud_skipped: 1,
+                cloud_paced: 2,
                 cloud_over_budget: 0,
                 cloud_already_answered: 0,
                 cloud_off_schedule: 0,
@@ -684,6 +732,11 @@ mod tests {
                 mqtt_connected: true,
                 spool_depth: 7,
                 spool_dropped: 2,
+                cloud_pacing: Some(CloudPacingSnapshot {
+                    admitted_per_s: Some(0.4),
+                    reported_queue: Some(4),
+                    reported_infer_ms: Some(500.0),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -766,6 +819,10 @@ mod tests {
         assert_eq!(value(&s, "helmetd_replicas_desired", &[]), 2.0);
         assert_eq!(value(&s, "helmetd_spool_depth", &[]), 7.0);
         assert_eq!(value(&s, "helmetd_mqtt_connected", &[]), 1.0);
+        assert_eq!(value(&s, "helmetd_cloud_paced_total", &[]), 2.0);
+        assert_eq!(value(&s, "helmetd_cloud_admitted_per_second", &[]), 0.4);
+        assert_eq!(value(&s, "helmetd_cloud_reported_queue", &[]), 4.0);
+        assert_eq!(value(&s, "helmetd_cloud_reported_infer_seconds", &[]), 0.5);
 
         // A removed worker slot and a camera gone down.
         snapshot.workers.clear();

@@ -8,9 +8,11 @@
 //! on it to [`MqttClient::handle_incoming`]. [`MqttClient::new`] queues on a caller's own
 //! session instead, whose event loop does both itself.
 //!
-//! The timeout, the breaker and the common counters are the [`JointClient`](super::JointClient)'s.
-//! What only MQTT has stays here: correlation ids, and the memory of ids no longer waited for, to
-//! tell a late answer from a stray or a forgery.
+//! The timeout, the breaker, the pacer and the common counters are the
+//! [`JointClient`](super::JointClient)'s. What only MQTT has stays here: correlation ids, and the
+//! memory of ids no longer waited for, to tell a late answer from a stray or a forgery. An answer
+//! to a request that timed out is the guard's sign of a slow (not a dead) cloud, so it is
+//! reported with the load its replica gave ([`LinkStats::last_late`]).
 //!
 //! # Through the uplink's spool
 //!
@@ -36,7 +38,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 
 use super::protocol::{self, CloudResponse, CorrelationId, HardExampleMeta, ResponseError};
-use super::{AskError, BigModel, LinkStats, Reply};
+use super::{AskError, BigModel, LateAnswer, LinkStats, Reply};
 use crate::config::{Config, SpoolKind};
 use crate::uplink::{Delivery, IncomingError, Outbox, Subscription, UplinkHandle};
 
@@ -105,19 +107,50 @@ enum Sent {
     Dropped,
 }
 
+/// Why a request is no longer waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// It was, until the timeout (or the caller gave up): its answer says the cloud is slow.
+    TimedOut,
+    /// It never was (spooled while offline or with the breaker open): its answer says nothing
+    /// about speed.
+    Unwaited,
+}
+
+/// Who an answer is for.
+enum Addressee {
+    Waiter(Waiter),
+    Expired(Expiry),
+    Nobody,
+}
+
 struct Shared {
     waiting: HashMap<CorrelationId, Waiter>,
-    expired: VecDeque<CorrelationId>,
+    expired: VecDeque<(CorrelationId, Expiry)>,
     stats: LinkStats,
 }
 
 impl Shared {
     /// Remembers a request no longer waited for, so its answer counts as late.
-    fn expire(&mut self, id: CorrelationId) {
+    fn expire(&mut self, id: CorrelationId, why: Expiry) {
         if self.expired.len() == EXPIRED_MEMORY {
             self.expired.pop_front();
         }
-        self.expired.push_back(id);
+        self.expired.push_back((id, why));
+    }
+
+    /// Forgets who `id` was for once told: a QoS 1 duplicate then counts as unmatched.
+    fn addressee(&mut self, id: &CorrelationId) -> Addressee {
+        if let Some(waiter) = self.waiting.remove(id) {
+            return Addressee::Waiter(waiter);
+        }
+        match self.expired.iter().position(|(e, _)| e == id) {
+            Some(pos) => self
+                .expired
+                .remove(pos)
+                .map_or(Addressee::Nobody, |(_, why)| Addressee::Expired(why)),
+            None => Addressee::Nobody,
+        }
     }
 }
 
@@ -235,6 +268,7 @@ impl MqttClient {
             Ok(Ok(CloudResponse::Result {
                 detections,
                 replica,
+                load,
                 ..
             })) => {
                 let (boxes, fixes) = protocol::checked_boxes(detections, meta.orig_w, meta.orig_h);
@@ -242,11 +276,18 @@ impl MqttClient {
                     boxes,
                     fixes,
                     source: replica,
+                    load,
                 })
             }
-            Ok(Ok(CloudResponse::Error { message, replica })) => {
-                Err(AskError::Refused { message, replica })
-            }
+            Ok(Ok(CloudResponse::Error {
+                message,
+                replica,
+                load,
+            })) => Err(AskError::Refused {
+                message,
+                replica,
+                load,
+            }),
             Ok(Err(e)) => Err(AskError::BadResponse(e)),
             // The waiter is only dropped by `Pending`, which we still hold.
             Err(_) => Err(AskError::Publish("request was abandoned".into())),
@@ -311,7 +352,7 @@ impl MqttClient {
             }
         };
         let id = protocol::new_correlation_id();
-        self.lock().expire(id);
+        self.lock().expire(id, Expiry::Unwaited);
         match self.send(jpeg, meta, &id).await {
             Ok(_) => self.lock().stats.spooled_unwaited += 1,
             Err(e) => tracing::warn!(error = %e, "hard example not spooled"),
@@ -324,22 +365,32 @@ impl MqttClient {
         if publish.topic != self.response_topic.as_bytes() {
             return false;
         }
-        let id = protocol::response_correlation(publish);
-        let mut shared = self.lock();
-        let Some(id) = id else {
-            shared.stats.unmatched += 1;
+        let Some(id) = protocol::response_correlation(publish) else {
+            self.lock().stats.unmatched += 1;
             tracing::debug!("cloud answer without our correlation data, ignored");
             return true;
         };
-        if let Some(waiter) = shared.waiting.remove(&id) {
+        let addressee = self.lock().addressee(&id);
+        match addressee {
             // The asker may have just timed out and dropped the receiver; the guard counted that.
-            let _ = waiter.send(protocol::parse_response(publish));
-        } else if let Some(pos) = shared.expired.iter().position(|e| *e == id) {
-            // Forgotten once counted, so a QoS 1 duplicate does not count twice.
-            shared.expired.remove(pos);
-            shared.stats.late += 1;
-        } else {
-            shared.stats.unmatched += 1;
+            Addressee::Waiter(waiter) => {
+                let _ = waiter.send(protocol::parse_response(publish));
+            }
+            Addressee::Expired(Expiry::Unwaited) => self.lock().stats.late += 1,
+            Addressee::Expired(Expiry::TimedOut) => {
+                // Read only for the load; parsed outside the lock (up to 64 KiB of JSON).
+                let load = protocol::parse_response(publish)
+                    .ok()
+                    .and_then(|r| r.load());
+                let mut shared = self.lock();
+                shared.stats.late += 1;
+                shared.stats.late_after_timeout += 1;
+                shared.stats.last_late = Some(LateAnswer {
+                    at: tokio::time::Instant::now(),
+                    load,
+                });
+            }
+            Addressee::Nobody => self.lock().stats.unmatched += 1,
         }
         true
     }
@@ -399,7 +450,7 @@ impl<'a> Pending<'a> {
         self.finished = true;
         let mut shared = self.client.lock();
         shared.waiting.remove(&self.id);
-        shared.expire(self.id);
+        shared.expire(self.id, Expiry::Unwaited);
         shared.stats.spooled_unwaited += 1;
     }
 }
@@ -411,7 +462,7 @@ impl Drop for Pending<'_> {
         }
         let mut shared = self.client.lock();
         shared.waiting.remove(&self.id);
-        shared.expire(self.id);
+        shared.expire(self.id, Expiry::TimedOut);
     }
 }
 
@@ -426,7 +477,9 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, MqttConfig};
-    use crate::joint::{BreakerSettings, BreakerState, CloudAnswer, JointClient, JointSettings};
+    use crate::joint::{
+        BreakerSettings, BreakerState, CloudAnswer, CloudLoad, JointClient, JointSettings,
+    };
     use crate::spool::FsyncPolicy;
     use crate::uplink::{SPOOL_ID_PROPERTY, Uplink, UplinkSettings};
 
@@ -453,7 +506,8 @@ mod tests {
 
     /// A client whose requests pile up in the (never polled) event loop's queue, and its guard.
     fn client() -> (Arc<MqttClient>, JointClient, EventLoop) {
-        let (mqtt, eventloop) = AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 10);
+        // Room for every request a test sends: a full queue would be a publish failure.
+        let (mqtt, eventloop) = AsyncClient::new(MqttOptions::new("test", "127.0.0.1", 1), 1000);
         let client = Arc::new(MqttClient::new(mqtt, settings()));
         (client.clone(), guarded(client), eventloop)
     }
@@ -537,7 +591,8 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::ZERO);
 
         // The late answer to the first request is counted, once, and not returned.
-        let first = *client.lock().expired.front().unwrap();
+        let (first, why) = *client.lock().expired.front().unwrap();
+        assert_eq!(why, Expiry::TimedOut);
         let late = answer(&client, Some(first), protocol::error_json("x", "r"));
         assert!(client.handle_incoming(&late));
         assert!(client.handle_incoming(&late));
@@ -559,7 +614,7 @@ mod tests {
         let (image, meta) = (image(), meta(1));
         for _ in 0..3 {
             let (outcome, _) = tokio::join!(guard.ask(&image, &meta), async {
-                let body = protocol::error_json("overloaded", "r");
+                let body = protocol::error_json("inference failed", "r");
                 client.handle_incoming(&answer(&client, Some(pending(&client)), body))
             });
             assert!(
@@ -575,6 +630,114 @@ mod tests {
         });
         assert!(matches!(outcome, CloudAnswer::Answered(..)), "{outcome:?}");
         assert_eq!(guard.breaker_state(), BreakerState::Closed);
+    }
+
+    /// Asks once; `reply` (if any) is what the cloud sends back after `after`.
+    async fn ask_answered(
+        client: &MqttClient,
+        guard: &JointClient,
+        after: Duration,
+        reply: Option<Vec<u8>>,
+    ) -> CloudAnswer {
+        let (image, meta) = (image(), meta(1));
+        let (outcome, ()) = tokio::join!(guard.ask(&image, &meta), async {
+            tokio::time::sleep(after).await;
+            if let Some(body) = reply {
+                let waiting = client.lock().waiting.keys().next().copied();
+                if let Some(id) = waiting {
+                    client.handle_incoming(&answer(client, Some(id), body));
+                }
+            }
+        });
+        outcome
+    }
+
+    fn busy(queue: u32, infer_ms: u64) -> Option<CloudLoad> {
+        Some(CloudLoad {
+            queue,
+            recent_infer: Duration::from_millis(infer_ms),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_cloud_paces_the_client_and_leaves_the_breaker_closed() {
+        let (client, guard, _eventloop) = client();
+        let overloaded = || protocol::loaded_error_json(protocol::OVERLOADED, "r", busy(4, 500));
+        for _ in 0..3 {
+            let outcome = ask_answered(&client, &guard, Duration::ZERO, Some(overloaded())).await;
+            assert!(
+                matches!(outcome, CloudAnswer::Failed(AskError::Refused { .. })),
+                "{outcome:?}"
+            );
+            // Asked again at once: the first refusal set the pace, so these stay local.
+            let outcome = ask_answered(&client, &guard, Duration::ZERO, None).await;
+            assert!(matches!(outcome, CloudAnswer::Paced), "{outcome:?}");
+            // Long enough for the next request at the lowest pace so far.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        let pacing = guard.pacing();
+        assert_eq!(pacing.load, busy(4, 500));
+        let rate = pacing.admitted_per_s.unwrap();
+        assert!(rate > 0.0 && rate <= 0.4, "{rate}");
+        let stats = guard.stats();
+        assert_eq!(
+            (stats.asked, stats.failed, stats.paced, stats.slow),
+            (3, 3, 3, 3)
+        );
+        assert_eq!(stats.breaker_open_skips, 0);
+
+        // The queue drained: answers in time raise the pace until pacing ends.
+        let mut answered = 0;
+        while guard.pacing().admitted_per_s.is_some() {
+            let body = protocol::loaded_result_json(&[], "m", 1.0, "r", busy(0, 200));
+            match ask_answered(&client, &guard, Duration::from_millis(250), Some(body)).await {
+                CloudAnswer::Answered(..) => answered += 1,
+                CloudAnswer::Paced => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(answered < 200, "{:?}", guard.pacing());
+        }
+        assert!(answered > 3, "{answered}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_answers_pace_instead_of_opening_the_breaker() {
+        let (client, guard, _eventloop) = client();
+        for round in 0..6u64 {
+            // Nobody answers within the timeout...
+            let outcome = ask_answered(&client, &guard, Duration::ZERO, None).await;
+            assert!(
+                matches!(outcome, CloudAnswer::Late | CloudAnswer::Paced),
+                "{round}: {outcome:?}"
+            );
+            // ...but the answer comes, late, with a load that explains why.
+            let expired = client.lock().expired.back().copied();
+            if let Some((id, Expiry::TimedOut)) = expired {
+                let body = protocol::loaded_result_json(&[], "m", 1.0, "r", busy(3, 600));
+                assert!(client.handle_incoming(&answer(&client, Some(id), body)));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        let stats = guard.stats();
+        assert!(stats.late >= 2 && stats.slow >= 2, "{stats:?}");
+        assert!(stats.paced >= 1, "{stats:?}");
+        assert_eq!(guard.pacing().load, busy(3, 600));
+
+        // Silence with no sign of life at all is an outage: the breaker opens.
+        let mut outcomes = Vec::new();
+        for _ in 0..20 {
+            outcomes.push(ask_answered(&client, &guard, Duration::ZERO, None).await);
+            if matches!(guard.breaker_state(), BreakerState::Open { .. }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        assert!(
+            matches!(guard.breaker_state(), BreakerState::Open { .. }),
+            "{outcomes:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

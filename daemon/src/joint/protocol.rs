@@ -18,8 +18,15 @@
 //!
 //! Response on the request's response topic, with the same correlation data and content type
 //! `application/json`: `{"result":[[x1,y1,x2,y2,score,class],…],"model":…,"infer_ms":…,
-//! "replica":…}` with boxes in original-frame pixels, or `{"error":…,"replica":…}` when the
-//! request cannot be served, so the edge stops waiting at once.
+//! "replica":…,"load":{"queue":…,"infer_ms":…}}` with boxes in original-frame pixels, or
+//! `{"error":…,"replica":…,"load":…}` when the request cannot be served, so the edge stops
+//! waiting at once. `"overloaded"` (the queue is full) and `"expired"` (the edge's deadline comes
+//! before an inference could end) say the replica is busy, not broken.
+//!
+//! `load` is how busy the answering replica is: requests waiting behind its running inference,
+//! and its recent time for one inference (a moving average). The edge paces itself by it
+//! ([`super::pacer`]). It is optional both ways: older edges ignore unknown fields, and answers
+//! without it (older clouds) are read as before.
 
 use std::time::{Duration, SystemTime};
 
@@ -62,6 +69,37 @@ const MAX_ANSWER_TEXT_CHARS: usize = 200;
 const MAX_INFER_MS: f64 = 3_600_000.0;
 /// The JPEG size must match `orig × scale` within this many pixels (rounding of the content).
 const SIZE_TOLERANCE_PX: f64 = 2.0;
+/// A replica's queue is a handful of requests (`helmetd cloud` keeps 4); beyond this a reported
+/// depth is not a measurement.
+pub const MAX_REPORTED_QUEUE: u32 = 100_000;
+/// The refusal of a replica whose queue is full.
+pub const OVERLOADED: &str = "overloaded";
+/// The refusal of a request whose deadline comes before the replica could answer it.
+pub const EXPIRED: &str = "expired";
+
+/// Whether a refusal's message says the replica is busy (slow down) rather than unable to serve
+/// the request (back off).
+pub fn is_busy_refusal(message: &str) -> bool {
+    message == OVERLOADED || message == EXPIRED
+}
+
+/// How busy a cloud replica is, as its answers and refusals report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloudLoad {
+    /// Requests waiting behind the running inference when the replica answered.
+    pub queue: u32,
+    /// The replica's recent time for one inference (a moving average).
+    pub recent_infer: Duration,
+}
+
+impl CloudLoad {
+    /// How long a request sent now would take to be answered: everyone waiting first, then its
+    /// own inference. Transfer times are not included.
+    pub fn expected_wait(&self) -> Duration {
+        self.recent_infer
+            .saturating_mul(self.queue.saturating_add(1))
+    }
+}
 
 /// `<prefix>/hard-example`
 pub fn request_topic(prefix: &str) -> String {
@@ -552,11 +590,22 @@ pub enum CloudResponse {
         model: String,
         infer_ms: f64,
         replica: String,
+        /// `None` from a cloud that does not report it.
+        load: Option<CloudLoad>,
     },
     Error {
         message: String,
         replica: String,
+        load: Option<CloudLoad>,
     },
+}
+
+impl CloudResponse {
+    pub fn load(&self) -> Option<CloudLoad> {
+        match self {
+            Self::Result { load, .. } | Self::Error { load, .. } => *load,
+        }
+    }
 }
 
 /// Why an answer could not be read.
@@ -586,6 +635,44 @@ struct WireResponse {
     infer_ms: Option<f64>,
     #[serde(default)]
     replica: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    load: Option<WireLoad>,
+}
+
+/// `"load":{"queue":…,"infer_ms":…}`
+#[derive(Serialize, Deserialize)]
+struct WireLoad {
+    queue: u32,
+    infer_ms: f64,
+}
+
+impl WireLoad {
+    fn from_load(load: CloudLoad) -> Self {
+        Self {
+            queue: load.queue,
+            infer_ms: (load.recent_infer.as_secs_f64() * 1e4).round() / 10.0,
+        }
+    }
+
+    fn checked(&self) -> Result<CloudLoad, ResponseError> {
+        if self.queue > MAX_REPORTED_QUEUE {
+            return Err(ResponseError::Json(format!(
+                "load.queue {} exceeds {MAX_REPORTED_QUEUE}",
+                self.queue
+            )));
+        }
+        if !(0.0..=MAX_INFER_MS).contains(&self.infer_ms) {
+            return Err(ResponseError::Json(format!(
+                "load.infer_ms {} is not within 0..={MAX_INFER_MS}",
+                self.infer_ms
+            )));
+        }
+        Ok(CloudLoad {
+            queue: self.queue,
+            // In range (checked above), so the cast neither saturates nor wraps.
+            recent_infer: Duration::from_nanos((self.infer_ms * 1e6).round() as u64),
+        })
+    }
 }
 
 /// Boxes as Sedna lists, rounded to 0.1 px and 4 score digits: more is noise on the wire.
@@ -698,25 +785,43 @@ pub fn checked_boxes(
     (kept, fixes)
 }
 
-/// `{"result":…,"model":…,"infer_ms":…,"replica":…}`
+/// `{"result":…,"model":…,"infer_ms":…,"replica":…}`, as a cloud that reports no load answers.
 pub fn result_json(detections: &[Detection], model: &str, infer_ms: f64, replica: &str) -> Vec<u8> {
+    loaded_result_json(detections, model, infer_ms, replica, None)
+}
+
+/// `{"result":…,"model":…,"infer_ms":…,"replica":…,"load":…}`
+pub fn loaded_result_json(
+    detections: &[Detection],
+    model: &str,
+    infer_ms: f64,
+    replica: &str,
+    load: Option<CloudLoad>,
+) -> Vec<u8> {
     to_json(&WireResponse {
         result: Some(sedna_boxes(detections)),
         error: None,
         model: Some(model.to_string()),
         infer_ms: Some((infer_ms * 10.0).round() / 10.0),
         replica: replica.to_string(),
+        load: load.map(WireLoad::from_load),
     })
 }
 
-/// `{"error":…,"replica":…}`
+/// `{"error":…,"replica":…}`, as a cloud that reports no load refuses.
 pub fn error_json(message: &str, replica: &str) -> Vec<u8> {
+    loaded_error_json(message, replica, None)
+}
+
+/// `{"error":…,"replica":…,"load":…}`
+pub fn loaded_error_json(message: &str, replica: &str, load: Option<CloudLoad>) -> Vec<u8> {
     to_json(&WireResponse {
         result: None,
         error: Some(message.to_string()),
         model: None,
         infer_ms: None,
         replica: replica.to_string(),
+        load: load.map(WireLoad::from_load),
     })
 }
 
@@ -758,6 +863,7 @@ pub fn parse_response(publish: &Publish) -> Result<CloudResponse, ResponseError>
     let wire: WireResponse =
         serde_json::from_slice(&publish.payload).map_err(|e| ResponseError::Json(e.to_string()))?;
     let replica = answer_text(&wire.replica);
+    let load = wire.load.as_ref().map(WireLoad::checked).transpose()?;
     match (wire.result, wire.error) {
         (Some(boxes), _) => {
             let infer_ms = wire.infer_ms.unwrap_or_default();
@@ -778,11 +884,13 @@ pub fn parse_response(publish: &Publish) -> Result<CloudResponse, ResponseError>
                 model: answer_text(wire.model.as_deref().unwrap_or_default()),
                 infer_ms,
                 replica,
+                load,
             })
         }
         (None, Some(message)) => Ok(CloudResponse::Error {
             message: answer_text(&message),
             replica,
+            load,
         }),
         (None, None) => Err(ResponseError::Empty),
     }
@@ -1070,14 +1178,15 @@ mod tests {
             model,
             infer_ms,
             replica,
+            load,
         } = parse_response(&p).unwrap()
         else {
             panic!("not a result")
         };
         assert_eq!((detections.len(), detections[0].class), (1, 1));
         assert_eq!(
-            (model.as_str(), infer_ms, replica.as_str()),
-            ("big.onnx", 123.5, "r1")
+            (model.as_str(), infer_ms, replica.as_str(), load),
+            ("big.onnx", 123.5, "r1", None)
         );
 
         let p = response(error_json("overloaded", "r2"), Some(JSON_CONTENT_TYPE));
@@ -1085,7 +1194,8 @@ mod tests {
             parse_response(&p),
             Ok(CloudResponse::Error {
                 message: "overloaded".into(),
-                replica: "r2".into()
+                replica: "r2".into(),
+                load: None,
             })
         );
 
@@ -1103,6 +1213,55 @@ mod tests {
             parse_response(&p),
             Err(ResponseError::BadBox { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn the_load_rides_along_and_stays_optional_and_bounded() {
+        let load = CloudLoad {
+            queue: 3,
+            recent_infer: Duration::from_micros(412_540),
+        };
+        assert_eq!(load.expected_wait(), Duration::from_micros(1_650_160));
+        let parsed = |body: Vec<u8>| parse_response(&response(body, Some(JSON_CONTENT_TYPE)));
+        // Rounded to 0.1 ms on the wire.
+        let sent = CloudLoad {
+            recent_infer: Duration::from_micros(412_500),
+            ..load
+        };
+        let answer = parsed(loaded_result_json(&[], "m", 1.0, "r", Some(load))).unwrap();
+        assert_eq!(answer.load(), Some(sent));
+        let refusal = parsed(loaded_error_json(OVERLOADED, "r", Some(load))).unwrap();
+        assert_eq!(refusal.load(), Some(sent));
+        assert!(is_busy_refusal(OVERLOADED) && is_busy_refusal(EXPIRED));
+        assert!(!is_busy_refusal("inference failed"));
+
+        // What an older edge reads: the same fields, the load ignored.
+        #[derive(serde::Deserialize)]
+        struct OldWire {
+            result: Option<Vec<[f64; 6]>>,
+            replica: String,
+        }
+        let body = loaded_result_json(&meta().edge_result, "m", 1.0, "r", Some(load));
+        let old: OldWire = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (old.result.map(|r| r.len()), old.replica.as_str()),
+            (Some(1), "r")
+        );
+
+        for junk in [
+            &br#"{"result":[],"load":{"queue":-1,"infer_ms":1}}"#[..],
+            br#"{"result":[],"load":{"queue":100001,"infer_ms":1}}"#,
+            br#"{"result":[],"load":{"queue":1,"infer_ms":-1}}"#,
+            br#"{"result":[],"load":{"queue":1,"infer_ms":3600001}}"#,
+            br#"{"error":"overloaded","load":{"queue":1}}"#,
+            br#"{"error":"overloaded","load":"busy"}"#,
+        ] {
+            assert!(
+                parsed(junk.to_vec()).is_err(),
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,19 @@ pub enum SednaHttpError {
     BadResponse { authority: String, reason: String },
 }
 
+impl SednaHttpError {
+    /// 503 and 429 say the service is there but busy (`helmetd cloud --sedna-http` answers 503
+    /// while the bodies in memory are at their budget): slow down rather than back off.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Status { status, .. }
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SednaHttpSettings {
     /// `cloud.url`, e.g. `http://10.0.0.5:5000`.
@@ -127,6 +140,8 @@ impl SednaHttpClient {
             boxes: meta.to_original(&boxes),
             fixes,
             source: self.authority.clone(),
+            // Sedna says nothing about its load: the guard paces by the round trips it sees.
+            load: None,
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use helmet_pipelines::hem::HardExampleMining;
+use helmet_pipelines::hem::{HardExampleMining, margin_hardness};
 use helmet_pipelines::output::{Outcome, annotate, content_image, draw_label, encode_jpeg};
 use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::hardest::HardestFirst;
 use crate::alerts::{
     AlertEvent, AlertSettings, DecisionSource, EpisodeTracker, FrameInput, NoQuestion,
 };
@@ -158,6 +159,7 @@ async fn camera_task(
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut budget = Budget::per_second(shared.budget_per_s);
+    let mut hardest = HardestFirst::new(shared.budget_per_s);
     // Frames whose final result is being decided (the cloud asked), concluded in capture order.
     let mut deciding = FuturesOrdered::new();
     let mut receiving = true;
@@ -179,7 +181,7 @@ async fn camera_task(
                     let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
                     let ask = hard && shared.cloud.is_some()
                         && worth_asking(&shared, &tracker, &result)
-                        && within_budget(&shared, &mut budget);
+                        && within_budget(&shared, &mut hardest, &mut budget, &result);
                     deciding.push_back(decide(shared.clone(), result, hard, ask));
                 }
                 None => receiving = false,
@@ -218,8 +220,15 @@ fn worth_asking(shared: &FinalizeShared, tracker: &EpisodeTracker, result: &Infe
     false
 }
 
-fn within_budget(shared: &FinalizeShared, budget: &mut Budget) -> bool {
-    let within = budget.take(Instant::now());
+/// A token of the camera's budget, for a frame among the hardest the budget can pay for.
+fn within_budget(
+    shared: &FinalizeShared,
+    hardest: &mut HardestFirst,
+    budget: &mut Budget,
+    result: &Inferred,
+) -> bool {
+    let hardness = margin_hardness(&result.detections, shared.alert_settings.min_score);
+    let within = hardest.admits(result.frame.capture_time, hardness) && budget.take(Instant::now());
     if !within {
         Counters::add(&shared.counters.cloud_over_budget);
     }
@@ -314,7 +323,17 @@ async fn ask_cloud(
     let counters = &shared.counters;
     let image = content_image(&r.frame);
     let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
-    match cloud.ask(&image, &meta).await {
+    let answer = cloud.ask(&image, &meta).await;
+    // The pace changes only with asks: storing it here keeps the snapshot's copy current.
+    let pacing = cloud.pacing();
+    counters
+        .cloud_pacing
+        .store(&crate::telemetry::snapshot::CloudPacingSnapshot {
+            admitted_per_s: pacing.admitted_per_s,
+            reported_queue: pacing.load.map(|l| l.queue),
+            reported_infer_ms: pacing.load.map(|l| l.recent_infer.as_secs_f64() * 1e3),
+        });
+    match answer {
         CloudAnswer::Answered(boxes, rtt) => {
             Counters::add(&counters.cloud_answered);
             if let Some(t) = &shared.telemetry {
@@ -335,6 +354,10 @@ async fn ask_cloud(
         }
         CloudAnswer::BreakerOpen => {
             Counters::add(&counters.cloud_skipped);
+            None
+        }
+        CloudAnswer::Paced => {
+            Counters::add(&counters.cloud_paced);
             None
         }
     }

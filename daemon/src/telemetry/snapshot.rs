@@ -104,6 +104,7 @@ impl Snapshot {
             "cloud_answered_ratio": c.answered_in_time_ratio(),
             "cloud_answered": c.cloud_answered, "cloud_late": c.cloud_late,
             "cloud_failed": c.cloud_failed, "cloud_skipped": c.cloud_skipped,
+            "cloud_paced": c.cloud_paced,
             "cloud_over_budget": c.cloud_over_budget,
             "cloud_already_answered": c.cloud_already_answered,
             "cloud_off_schedule": c.cloud_off_schedule,
@@ -118,6 +119,12 @@ impl Snapshot {
                 "spool_dropped": u.spool_dropped, "once_dropped": u.once_dropped,
                 "volatile_dropped": u.volatile_dropped, "spool_bypassed": u.spool_bypassed,
                 "spool_lost": u.spool_lost,
+            });
+        }
+        if let Some(p) = self.uplink.as_ref().and_then(|u| u.cloud_pacing.as_ref()) {
+            stats["cloud_pacing"] = serde_json::json!({
+                "admitted_per_s": p.admitted_per_s, "reported_queue": p.reported_queue,
+                "reported_infer_ms": p.reported_infer_ms,
             });
         }
         if let Some(k) = &self.kubeedge {
@@ -300,6 +307,9 @@ pub struct CounterSnapshot {
     pub cloud_late: u64,
     pub cloud_failed: u64,
     pub cloud_skipped: u64,
+    /// Hard frames not asked because the cloud reported being slow and the client paced itself.
+    #[serde(default)]
+    pub cloud_paced: u64,
     #[serde(default)]
     pub cloud_over_budget: u64,
     #[serde(default)]
@@ -332,6 +342,7 @@ impl CounterSnapshot {
             cloud_late: get(&counters.cloud_late),
             cloud_failed: get(&counters.cloud_failed),
             cloud_skipped: get(&counters.cloud_skipped),
+            cloud_paced: get(&counters.cloud_paced),
             cloud_over_budget: get(&counters.cloud_over_budget),
             cloud_already_answered: get(&counters.cloud_already_answered),
             cloud_off_schedule: get(&counters.cloud_off_schedule),
@@ -369,6 +380,21 @@ pub struct UplinkSnapshot {
     pub volatile_dropped: u64,
     /// The cloud client's circuit breaker (`closed`, `open`, `half-open`); `None` without a cloud.
     pub cloud_breaker: Option<String>,
+    /// The cloud client's pacing for a slow cloud; `None` without a cloud.
+    #[serde(default)]
+    pub cloud_pacing: Option<CloudPacingSnapshot>,
+}
+
+/// How the cloud client paces itself (`joint::pacer`): a cloud that reports being slow gets
+/// `admitted_per_s` hard examples a second, the rest are decided on the edge (`cloud_paced`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CloudPacingSnapshot {
+    /// `None` while the client is not pacing.
+    pub admitted_per_s: Option<f64>,
+    /// Requests waiting at the replica that reported last, behind its running inference.
+    pub reported_queue: Option<u32>,
+    /// That replica's recent time for one inference, ms.
+    pub reported_infer_ms: Option<f64>,
 }
 
 impl UplinkSnapshot {
@@ -388,6 +414,7 @@ impl UplinkSnapshot {
             once_dropped: stats.once_dropped,
             volatile_dropped: stats.volatile_dropped,
             cloud_breaker: cloud_breaker.map(str::to_string),
+            cloud_pacing: None,
         }
     }
 }
@@ -493,9 +520,13 @@ impl SnapshotBuilder {
             workers,
             pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
             counters: CounterSnapshot::read(sources.counters),
-            uplink: sources
-                .uplink
-                .map(|u| UplinkSnapshot::read(u, sources.cloud_breaker)),
+            uplink: sources.uplink.map(|u| UplinkSnapshot {
+                // Stored by finalize after each hard frame; only meaningful with a cloud.
+                cloud_pacing: sources
+                    .cloud_breaker
+                    .map(|_| sources.counters.cloud_pacing.load()),
+                ..UplinkSnapshot::read(u, sources.cloud_breaker)
+            }),
             kubeedge_connected: sources
                 .kubeedge
                 .as_ref()
@@ -571,5 +602,36 @@ mod tests {
         assert_eq!(s.state, CameraState::Streaming);
         assert_eq!((s.frames_processed, s.frames_dropped), (40, 7));
         assert_eq!(camera_snapshot("gate", &camera, None).frames_processed, 0);
+    }
+
+    #[test]
+    fn cloud_pacing_goes_through_the_counters_into_the_stats() {
+        let counters = Counters::default();
+        assert_eq!(
+            counters.cloud_pacing.load(),
+            CloudPacingSnapshot::default(),
+            "nothing reported yet"
+        );
+        let pacing = CloudPacingSnapshot {
+            admitted_per_s: Some(0.4),
+            reported_queue: Some(0),
+            reported_infer_ms: Some(512.25),
+        };
+        counters.cloud_pacing.store(&pacing);
+        assert_eq!(counters.cloud_pacing.load(), pacing);
+        Counters::add(&counters.cloud_paced);
+        let snapshot = Snapshot {
+            counters: CounterSnapshot::read(&counters),
+            uplink: Some(UplinkSnapshot {
+                cloud_pacing: Some(pacing),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stats = snapshot.stats_json();
+        assert_eq!(stats["cloud_paced"], 1);
+        assert_eq!(stats["cloud_pacing"]["admitted_per_s"], 0.4);
+        assert_eq!(stats["cloud_pacing"]["reported_queue"], 0);
+        assert_eq!(stats["cloud_pacing"]["reported_infer_ms"], 512.25);
     }
 }
