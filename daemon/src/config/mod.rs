@@ -278,6 +278,8 @@ pub struct CloudConfig {
     /// A person the cloud answered about is not asked about again for this long while the edge
     /// model sees them the same; 0 asks about every hard frame.
     pub ask_again_after_s: f64,
+    /// Which hard frames the budget goes to.
+    pub budget_order: BudgetOrder,
     pub model: PathBuf,
     pub model_input: [u32; 2],
     pub intra_threads: usize,
@@ -285,6 +287,16 @@ pub struct CloudConfig {
     pub jpeg_quality: u8,
     /// The largest JPEG side `helmetd cloud` decodes, checked in the header first.
     pub max_image_side: u32,
+}
+
+/// Which hard frames a camera's cloud budget is spent on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetOrder {
+    /// The first hard frames of each second.
+    First,
+    /// The hardest of the recent hard frames (`hem::margin_hardness`).
+    Hardest,
 }
 
 #[derive(Debug, Clone, Deserialize)]

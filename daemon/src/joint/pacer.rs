@@ -161,10 +161,13 @@ impl Pacer {
         if load.is_some() {
             self.load = load;
         }
-        let threshold = self.settings.deadline.mul_f64(self.settings.near_deadline);
+        // A reported load is the cloud's own account: only a wait past the whole deadline is
+        // too late (the cloud also skips what it cannot finish in time). A round trip is a
+        // guess from outside and every answer in time is shorter than the deadline, so it is
+        // judged against a share of it.
         let next_too_late = match load {
-            Some(load) => load.expected_wait() > threshold,
-            None => rtt > threshold,
+            Some(load) => load.expected_wait() > self.settings.deadline,
+            None => rtt > self.settings.deadline.mul_f64(self.settings.near_deadline),
         };
         if next_too_late {
             self.on_slow(now, load);

@@ -59,6 +59,8 @@ pub struct FinalizeShared {
     /// `cloud.ask_again_after_s`: a person the cloud answered about is not asked about again
     /// for this long while the edge model sees them the same; zero asks every hard frame.
     pub ask_again_after: Duration,
+    /// `cloud.budget_order = "hardest"`: the budget goes to the hardest recent hard frames.
+    pub budget_hardest_first: bool,
     /// Alerts and snapshots go out here, through the spool for the kinds `mqtt.spool_kinds` lists.
     pub uplink: Option<UplinkHandle>,
     pub watcher: Option<AlertWatcher>,
@@ -228,7 +230,9 @@ fn within_budget(
     result: &Inferred,
 ) -> bool {
     let hardness = margin_hardness(&result.detections, shared.alert_settings.min_score);
-    let within = hardest.admits(result.frame.capture_time, hardness) && budget.take(Instant::now());
+    let ranked =
+        !shared.budget_hardest_first || hardest.admits(result.frame.capture_time, hardness);
+    let within = ranked && budget.take(Instant::now());
     if !within {
         Counters::add(&shared.counters.cloud_over_budget);
     }
@@ -478,6 +482,7 @@ mod tests {
             cloud: None,
             budget_per_s: 0.0,
             ask_again_after: Duration::ZERO,
+            budget_hardest_first: false,
             uplink: None,
             watcher: Some(Arc::new(move |e: &AlertEvent| {
                 seen.lock().unwrap().push(e.kind)

@@ -513,6 +513,7 @@ fn finalize_shared(
         cloud: JointClient::from_config(cfg, uplink.as_ref())?.map(Arc::new),
         budget_per_s: cfg.cloud.budget_per_s,
         ask_again_after: Duration::from_secs_f64(cfg.cloud.ask_again_after_s),
+        budget_hardest_first: cfg.cloud.budget_order == crate::config::BudgetOrder::Hardest,
         uplink: uplink.clone(),
         watcher,
         snapshot_jpeg_quality: cfg.output.jpeg_quality,
