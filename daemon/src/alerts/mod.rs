@@ -157,7 +157,6 @@ pub struct EpisodeTracker {
     people: Vec<Person>,
     cloud_answers: CloudAnswers,
     counts: EventCounts,
-    in_schedule: bool,
 }
 
 /// Why a hard frame is not worth the big model's time.
@@ -194,7 +193,6 @@ impl EpisodeTracker {
             people: Vec::new(),
             cloud_answers: CloudAnswers::default(),
             counts: EventCounts::default(),
-            in_schedule: true,
         }
     }
 
@@ -210,14 +208,13 @@ impl EpisodeTracker {
     /// Feeds one processed frame. Returns the events it caused, `end`s first.
     pub fn observe(&mut self, frame: &FrameInput<'_>) -> Vec<AlertEvent> {
         let mut events = self.expire(frame.time);
-        let unmasked = self.unmasked(frame);
+        let unmasked = self.unmasked(frame.detections, frame.width, frame.height);
         let evidence = match frame.source {
             DecisionSource::Edge => Evidence::Edge,
             DecisionSource::Cloud => Evidence::Cloud,
         };
         self.tracker.update(frame.time, &unmasked, evidence);
-        self.in_schedule = self.rules.schedule.is_active(frame.time);
-        if !self.in_schedule {
+        if !self.rules.schedule.is_active(frame.time) {
             events.extend(self.close());
             return events;
         }
@@ -255,15 +252,7 @@ impl EpisodeTracker {
         if !self.rules.schedule.is_active(time) {
             return Some(NoQuestion::OffSchedule);
         }
-        let frame = FrameInput {
-            time,
-            seq: 0,
-            width: frame_size.0,
-            height: frame_size.1,
-            detections: edge,
-            source: DecisionSource::Edge,
-        };
-        let unmasked = self.unmasked(&frame);
+        let unmasked = self.unmasked(edge, frame_size.0, frame_size.1);
         (!fresh_for.is_zero()
             && self
                 .cloud_answers
@@ -283,8 +272,7 @@ impl EpisodeTracker {
     /// drive `observe`.
     pub fn tick(&mut self, now: SystemTime) -> Vec<AlertEvent> {
         let mut events = self.expire(now);
-        self.in_schedule = self.rules.schedule.is_active(now);
-        if !self.in_schedule {
+        if !self.rules.schedule.is_active(now) {
             events.extend(self.close());
         }
         events
@@ -319,20 +307,13 @@ impl EpisodeTracker {
         self.tracker.tracks()
     }
 
-    /// Whether the last frame or tick fell inside the camera's schedule.
-    pub fn in_schedule(&self) -> bool {
-        self.in_schedule
-    }
-
-    /// The frame's boxes without those whose foot point lies in a mask.
-    fn unmasked(&self, frame: &FrameInput<'_>) -> Detections {
-        frame
-            .detections
+    /// The boxes of a `width × height` frame without those whose foot point lies in a mask.
+    fn unmasked(&self, detections: &[Detection], width: u32, height: u32) -> Detections {
+        detections
             .iter()
             .filter(|d| {
                 self.rules.masks.is_empty()
-                    || foot_point(d, frame.width, frame.height)
-                        .is_none_or(|foot| !self.rules.is_masked(foot))
+                    || foot_point(d, width, height).is_none_or(|foot| !self.rules.is_masked(foot))
             })
             .take(helmet_pipelines::MAX_DETECTIONS)
             .copied()

@@ -280,7 +280,7 @@ fn no_alert_outside_the_schedule_and_open_episodes_end_when_it_closes() {
     );
     let frames: &[&[Detection]] = &[&[head(0.9)], &[head(0.9)], &[head(0.9)]];
     assert!(feed(&mut closed, frames).is_empty());
-    assert!(!closed.in_schedule());
+    assert!(!closed.rules().schedule.is_active(at(1_000)));
 
     let mut open = EpisodeTracker::new(
         CAMERA,
@@ -288,7 +288,7 @@ fn no_alert_outside_the_schedule_and_open_episodes_end_when_it_closes() {
         rules("[[schedule]]\ndays = [\"daily\"]\nstart = \"00:00\"\nend = \"24:00\"\n"),
     );
     assert_eq!(event_kinds(&feed(&mut open, frames)), [(1, EventKind::New)]);
-    assert!(open.in_schedule());
+    assert!(open.rules().schedule.is_active(at(1_000)));
     // The window closes (a reload here; the clock passing its end works the same way).
     open.set_rules(rules(
         "[[schedule]]\ndays = [\"sat\", \"sun\", \"mon\"]\nstart = \"00:00\"\nend = \"24:00\"\n",

@@ -222,16 +222,18 @@ fn worth_asking(shared: &FinalizeShared, tracker: &EpisodeTracker, result: &Infe
     false
 }
 
-/// A token of the camera's budget, for a frame among the hardest the budget can pay for.
+/// A token of the camera's budget; with `budget_order = "hardest"` only for a frame among the
+/// hardest the budget can pay for.
 fn within_budget(
     shared: &FinalizeShared,
     hardest: &mut HardestFirst,
     budget: &mut Budget,
     result: &Inferred,
 ) -> bool {
-    let hardness = margin_hardness(&result.detections, shared.alert_settings.min_score);
-    let ranked =
-        !shared.budget_hardest_first || hardest.admits(result.frame.capture_time, hardness);
+    let ranked = !shared.budget_hardest_first || {
+        let hardness = margin_hardness(&result.detections, shared.alert_settings.min_score);
+        hardest.admits(result.frame.capture_time, hardness)
+    };
     let within = ranked && budget.take(Instant::now());
     if !within {
         Counters::add(&shared.counters.cloud_over_budget);
