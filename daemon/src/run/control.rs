@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::http::Telemetry;
 use crate::supervisor::{Host, PoolName, Supervisor, WorkerLauncher, WorkerState};
 use crate::systemd::{Notifier, StartTimeout};
-use crate::telemetry::{Counters, KubeEdgeSnapshot, SnapshotBuilder, SnapshotSender, Sources};
+use crate::telemetry::{
+    CloudClientState, Counters, KubeEdgeSnapshot, SnapshotBuilder, SnapshotSender, Sources,
+};
 use crate::uplink::UplinkHandle;
 use crate::worker::{DispatchEvent, Dispatcher, Waker, WorkerArgs, WorkerKey};
 
@@ -48,8 +50,8 @@ pub trait Launcher: WorkerLauncher {
 #[derive(Default)]
 pub struct Probes {
     pub uplink: Option<UplinkHandle>,
-    /// The joint-inference breaker's state name.
-    pub cloud_breaker: Option<Box<dyn Fn() -> &'static str + Send>>,
+    /// The joint-inference client's breaker and pacing.
+    pub cloud: Option<Box<dyn Fn() -> CloudClientState + Send>>,
     pub kubeedge: Option<Box<dyn Fn() -> KubeEdgeSnapshot + Send>>,
     /// `[http] listen`: the loop proves it is alive to `/healthz` every time it wakes.
     pub health: Option<Arc<Telemetry>>,
@@ -348,7 +350,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 desired_replicas: self.desired_replicas(),
                 counters: &self.counters,
                 uplink: self.probes.uplink.as_ref(),
-                cloud_breaker: self.probes.cloud_breaker.as_ref().map(|state| state()),
+                cloud: self.probes.cloud.as_ref().map(|state| state()),
                 kubeedge: self.probes.kubeedge.as_ref().map(|state| state()),
             },
         );

@@ -329,17 +329,7 @@ async fn ask_cloud(
     let counters = &shared.counters;
     let image = content_image(&r.frame);
     let meta = HardExampleMeta::for_frame(&r.frame, &r.detections);
-    let answer = cloud.ask(&image, &meta).await;
-    // The pace changes only with asks: storing it here keeps the snapshot's copy current.
-    let pacing = cloud.pacing();
-    counters
-        .cloud_pacing
-        .store(&crate::telemetry::snapshot::CloudPacingSnapshot {
-            admitted_per_s: pacing.admitted_per_s,
-            reported_queue: pacing.load.map(|l| l.queue),
-            reported_infer_ms: pacing.load.map(|l| l.recent_infer.as_secs_f64() * 1e3),
-        });
-    match answer {
+    match cloud.ask(&image, &meta).await {
         CloudAnswer::Answered(boxes, rtt) => {
             Counters::add(&counters.cloud_answered);
             if let Some(t) = &shared.telemetry {

@@ -50,7 +50,9 @@ use crate::joint::JointClient;
 use crate::kubeedge::{KubeEdge, KubeEdgeHandle, KubeEdgeSettings, NodeHealth};
 use crate::sedna::lc::{LcReporter, LcSettings, Totals};
 use crate::supervisor::{RealHost, RealHostConfig, Supervisor};
-use crate::telemetry::{Counters, KubeEdgeSnapshot, Snapshot, SnapshotReceiver};
+use crate::telemetry::{
+    CloudClientState, CloudPacingSnapshot, Counters, KubeEdgeSnapshot, Snapshot, SnapshotReceiver,
+};
 use crate::uplink::{Uplink, UplinkHandle};
 use crate::worker::Waker;
 use finalize::Finalize;
@@ -254,9 +256,9 @@ impl Daemon {
         });
         let probes = Probes {
             uplink: uplink.clone(),
-            cloud_breaker: shared.cloud.clone().map(|cloud| {
-                Box::new(move || cloud.breaker_state().as_str())
-                    as Box<dyn Fn() -> &'static str + Send>
+            cloud: shared.cloud.clone().map(|cloud| {
+                Box::new(move || cloud_client_state(&cloud))
+                    as Box<dyn Fn() -> CloudClientState + Send>
             }),
             kubeedge: kubeedge.as_ref().map(|k| {
                 let link = k.subscribe();
@@ -520,6 +522,18 @@ fn finalize_shared(
         counters: counters.clone(),
         telemetry: telemetry.clone(),
     })
+}
+
+fn cloud_client_state(cloud: &JointClient) -> CloudClientState {
+    let pacing = cloud.pacing();
+    CloudClientState {
+        breaker: cloud.breaker_state().as_str(),
+        pacing: CloudPacingSnapshot {
+            admitted_per_s: pacing.admitted_per_s,
+            reported_queue: pacing.load.map(|l| l.queue),
+            reported_infer_ms: pacing.load.map(|l| l.recent_infer.as_secs_f64() * 1e3),
+        },
+    }
 }
 
 fn kubeedge_snapshot(link: &crate::kubeedge::LinkState) -> KubeEdgeSnapshot {

@@ -397,9 +397,17 @@ pub struct CloudPacingSnapshot {
     pub reported_infer_ms: Option<f64>,
 }
 
+/// The joint-inference client as the snapshot shows it, read from it when the snapshot is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudClientState {
+    /// The circuit breaker's state name (`closed`, `open`, `half-open`).
+    pub breaker: &'static str,
+    pub pacing: CloudPacingSnapshot,
+}
+
 impl UplinkSnapshot {
-    /// `cloud_breaker` is the joint-inference breaker's state name, when a cloud is configured.
-    pub fn read(uplink: &UplinkHandle, cloud_breaker: Option<&str>) -> Self {
+    /// `cloud` is the joint-inference client's state, when a cloud is configured.
+    pub fn read(uplink: &UplinkHandle, cloud: Option<&CloudClientState>) -> Self {
         let stats = uplink.stats();
         Self {
             mqtt_connected: stats.connected,
@@ -413,8 +421,8 @@ impl UplinkSnapshot {
             spool_lost: stats.spool_lost,
             once_dropped: stats.once_dropped,
             volatile_dropped: stats.volatile_dropped,
-            cloud_breaker: cloud_breaker.map(str::to_string),
-            cloud_pacing: None,
+            cloud_breaker: cloud.map(|c| c.breaker.to_string()),
+            cloud_pacing: cloud.map(|c| c.pacing.clone()),
         }
     }
 }
@@ -430,8 +438,8 @@ pub struct Sources<'a> {
     pub desired_replicas: u32,
     pub counters: &'a Counters,
     pub uplink: Option<&'a UplinkHandle>,
-    /// The joint-inference breaker (`closed`, `open`, `half-open`), when a cloud is configured.
-    pub cloud_breaker: Option<&'static str>,
+    /// The joint-inference client's breaker and pacing, when a cloud is configured.
+    pub cloud: Option<CloudClientState>,
     pub kubeedge: Option<KubeEdgeSnapshot>,
 }
 
@@ -520,13 +528,9 @@ impl SnapshotBuilder {
             workers,
             pool_cpu_pressure: sample.pool_pressure.map(|p| p.percent() / 100.0),
             counters: CounterSnapshot::read(sources.counters),
-            uplink: sources.uplink.map(|u| UplinkSnapshot {
-                // Stored by finalize after each hard frame; only meaningful with a cloud.
-                cloud_pacing: sources
-                    .cloud_breaker
-                    .map(|_| sources.counters.cloud_pacing.load()),
-                ..UplinkSnapshot::read(u, sources.cloud_breaker)
-            }),
+            uplink: sources
+                .uplink
+                .map(|u| UplinkSnapshot::read(u, sources.cloud.as_ref())),
             kubeedge_connected: sources
                 .kubeedge
                 .as_ref()
@@ -605,20 +609,13 @@ mod tests {
     }
 
     #[test]
-    fn cloud_pacing_goes_through_the_counters_into_the_stats() {
+    fn cloud_pacing_goes_into_the_stats() {
         let counters = Counters::default();
-        assert_eq!(
-            counters.cloud_pacing.load(),
-            CloudPacingSnapshot::default(),
-            "nothing reported yet"
-        );
         let pacing = CloudPacingSnapshot {
             admitted_per_s: Some(0.4),
             reported_queue: Some(0),
             reported_infer_ms: Some(512.25),
         };
-        counters.cloud_pacing.store(&pacing);
-        assert_eq!(counters.cloud_pacing.load(), pacing);
         Counters::add(&counters.cloud_paced);
         let snapshot = Snapshot {
             counters: CounterSnapshot::read(&counters),
