@@ -190,6 +190,9 @@ pub fn run(
         cfg.cloud.model.display()
     );
     println!("  config   {}", config_path.display());
+    if !cfg.http.listen.is_empty() {
+        println!("  page     http://{}/", cfg.http.listen);
+    }
 
     let cloud = InProcessCloud::start(&cfg, "demo-cloud")?;
 

@@ -1,6 +1,8 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`, served by axum on the
-//! daemon's tokio runtime behind [`super::guard`] (connection cap and deadlines). Handlers read
-//! only [`Telemetry`]: atomics and the last snapshot.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`, and the page (`/`,
+//! `/history`, `/cameras/<name>/latest.jpg`, `/alerts/<id>/snapshot.jpg`), served by axum on
+//! the daemon's tokio runtime behind [`super::guard`] (connection cap and deadlines). Handlers
+//! read only [`Telemetry`]: atomics, the last snapshot and the [`PageBoard`]. Every route is a
+//! GET: nothing served here changes the daemon.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use super::guard::{self, ConnectionLimits, ConnectionStats};
 use super::metrics::{CONTENT_TYPE, Metrics};
 use super::status::StatusReport;
+use crate::page::{INDEX_HTML, PageBoard};
 use crate::telemetry::snapshot::{CameraState, Snapshot, WorkerState};
 
 /// `/healthz` fails once the control loop has not ticked for this long: the loop ticks every
@@ -99,6 +102,8 @@ pub struct Telemetry {
     pub health: Health,
     /// The server's own: refused and timed-out connections, for `/metrics`.
     pub connections: Arc<ConnectionStats>,
+    /// What the page shows beyond the snapshot: latest frames, alert episodes, history.
+    pub page: PageBoard,
 }
 
 impl Telemetry {
@@ -108,6 +113,7 @@ impl Telemetry {
             metrics: Metrics::new(),
             health: Health::new(health_timeout),
             connections: Arc::default(),
+            page: PageBoard::default(),
         }
     }
 
@@ -119,6 +125,7 @@ impl Telemetry {
             live: self.health.is_live(),
             missing: readiness(Some(&snapshot)),
             cpu: helmet_pipelines::cpu::CpuFeatures::detect(),
+            alerts: self.page.episodes(),
             snapshot: Snapshot::clone(&snapshot),
         })
     }
@@ -184,6 +191,10 @@ impl HttpServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/status", get(status))
+            .route("/", get(page))
+            .route("/history", get(history))
+            .route("/cameras/:camera/latest.jpg", get(camera_frame))
+            .route("/alerts/:id/snapshot.jpg", get(alert_snapshot))
             .with_state(telemetry.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = runtime.spawn(guard::serve(
@@ -197,7 +208,7 @@ impl HttpServer {
                 let _ = stopped.await;
             },
         ));
-        tracing::info!(%addr, "HTTP endpoint: /metrics /healthz /readyz /status");
+        tracing::info!(%addr, "HTTP endpoint: the page at http://{addr}/, /metrics /healthz /readyz /status");
         Ok(Self { addr, stop, task })
     }
 
@@ -267,6 +278,61 @@ async fn status(State(telemetry): State<Arc<Telemetry>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
     }
+}
+
+/// The page's script and style are inline and it loads nothing from elsewhere; the policy says
+/// so, so that nothing injected into a camera name or an error could load or send anything.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn history(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    axum::Json(json!({ "points": telemetry.page.history() })).into_response()
+}
+
+/// The camera's latest frame, drawn and encoded on a blocking thread (milliseconds of CPU).
+async fn camera_frame(
+    State(telemetry): State<Arc<Telemetry>>,
+    Path(camera): Path<String>,
+) -> Response {
+    let encoded = tokio::task::spawn_blocking(move || telemetry.page.frame_jpeg(&camera)).await;
+    match encoded {
+        Ok(Some(jpeg)) => jpeg_response(jpeg),
+        Ok(None) => (StatusCode::NOT_FOUND, "no frame from this camera yet\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn alert_snapshot(
+    State(telemetry): State<Arc<Telemetry>>,
+    Path(id): Path<String>,
+) -> Response {
+    match telemetry.page.alert_snapshot(&id) {
+        Some(jpeg) => jpeg_response(jpeg),
+        None => (StatusCode::NOT_FOUND, "no snapshot for this alert\n").into_response(),
+    }
+}
+
+fn jpeg_response(jpeg: bytes::Bytes) -> Response {
+    let mut response = jpeg.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
+use crate::page::EpisodesView;
 use crate::telemetry::snapshot::{Snapshot, WorkerState};
 
 /// `helmetd status`'s default: the daemon's default `[http] listen`.
@@ -28,6 +29,9 @@ pub struct StatusReport {
     pub missing: Vec<String>,
     /// Which INT8 kernels this gateway's CPU runs: scores and timings depend on it.
     pub cpu: CpuFeatures,
+    /// Open and recently ended alert episodes.
+    #[serde(default)]
+    pub alerts: EpisodesView,
     #[serde(flatten)]
     pub snapshot: Snapshot,
 }
@@ -169,6 +173,7 @@ pub fn render(report: &StatusReport) -> String {
         "frames {}, hard {}, cloud {} answered / {} late / {} failed / {} skipped, alerts {}",
         c.frames, c.hard, c.cloud_answered, c.cloud_late, c.cloud_failed, c.cloud_skipped, c.alerts
     );
+    render_alerts(&mut out, &report.alerts);
     let _ = match &s.uplink {
         Some(u) => writeln!(
             out,
@@ -188,6 +193,53 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
+/// Unix milliseconds as RFC 3339 UTC; the number itself when it is no time humantime can write
+/// (it comes from the network).
+fn utc(ms: u64) -> String {
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    match std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+        Some(t) if ms < YEAR_10000_MS => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => format!("{ms} ms after 1970"),
+    }
+}
+
+/// Open alerts listed on the console; the page shows them all.
+const OPEN_ALERTS_LISTED: usize = 10;
+
+fn render_alerts(out: &mut String, alerts: &EpisodesView) {
+    use std::fmt::Write;
+
+    let _ = writeln!(
+        out,
+        "alerts: {} open, {} ended recently",
+        alerts.open.len(),
+        alerts.recent.len()
+    );
+    for e in alerts.open.iter().rev().take(OPEN_ALERTS_LISTED) {
+        let zones = match e.zones.is_empty() {
+            true => String::new(),
+            false => format!(" in {}", e.zones.join(", ")),
+        };
+        let _ = writeln!(
+            out,
+            "  {} #{}  {} {:.2}{zones}, since {}, {} frames",
+            e.camera,
+            e.track_id,
+            e.label,
+            e.top_score,
+            utc(e.start_ms),
+            e.frames,
+        );
+    }
+    if alerts.open.len() > OPEN_ALERTS_LISTED {
+        let _ = writeln!(
+            out,
+            "  … and {} more (oldest not listed)",
+            alerts.open.len() - OPEN_ALERTS_LISTED
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +255,19 @@ mod tests {
                 arch: "x86_64".into(),
                 features: vec!["avx2".into()],
                 int8_kernels: "avx2".into(),
+            },
+            alerts: EpisodesView {
+                open: vec![crate::page::EpisodeView {
+                    camera: "gate".into(),
+                    track_id: 4,
+                    label: "Without Helmet".into(),
+                    top_score: 0.812,
+                    zones: vec!["scaffold".into()],
+                    start_ms: 1_700_000_000_000,
+                    frames: 9,
+                    ..Default::default()
+                }],
+                ..Default::default()
             },
             snapshot: Snapshot {
                 node: "gw-1".into(),
@@ -230,9 +295,17 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains(
+                "alerts: 1 open, 0 ended recently\n  gate #4  Without Helmet 0.81 in scaffold, \
+                 since 2023-11-14T22:13:20Z, 9 frames\n"
+            ),
+            "{text}"
+        );
+        assert!(
             text.contains("mqtt: DISCONNECTED (0 reconnects), spool 7 waiting"),
             "{text}"
         );
+        assert_eq!(utc(u64::MAX), format!("{} ms after 1970", u64::MAX));
         let json = serde_json::to_string(&report).expect("serializes");
         assert_eq!(
             serde_json::from_str::<StatusReport>(&json).expect("reads back"),

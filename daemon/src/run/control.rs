@@ -209,8 +209,12 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             self.due.reconcile = now + RECONCILE_EVERY;
         }
         if now >= self.due.snapshot {
-            self.scale(now)?;
-            self.publish_snapshot(now);
+            // Rates are cumulative counters over elapsed time: each reading gets the instant it
+            // is taken at, not the iteration's, which a reconcile that started a worker (tens of
+            // milliseconds) has made stale; a stale instant shrinks the window and inflates the
+            // rate (a worker "using" 25 cores).
+            self.scale(Instant::now())?;
+            self.publish_snapshot(Instant::now());
             self.due.snapshot = now + SNAPSHOT_EVERY;
         }
         Ok(())

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::{HardExampleMining, margin_hardness};
-use helmet_pipelines::output::{Outcome, annotate, content_image, draw_label, encode_jpeg};
+use helmet_pipelines::output::{Outcome, content_image, encode_jpeg};
 use helmet_pipelines::output_dir::CappedOutputs;
 use helmet_pipelines::{Detection, Detections, Frame};
-use image::Rgb;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,9 +28,10 @@ use crate::alerts::{
 use crate::config::SpoolKind;
 use crate::joint::budget::Budget;
 use crate::joint::{AskError, CloudAnswer, HardExampleMeta, JointClient};
+use crate::page::{Scene, TrackLabel, scene};
 use crate::telemetry::Counters;
 use crate::uplink::{MessageProperties, UplinkHandle};
-use crate::zones::{CameraRules, draw_areas};
+use crate::zones::CameraRules;
 
 /// A model result on its way to the final decision.
 pub struct Inferred {
@@ -49,7 +49,7 @@ pub type AlertWatcher = Arc<dyn Fn(&AlertEvent) + Send + Sync>;
 pub struct FinalizeShared {
     pub hem: HardExampleMining,
     pub num_classes: usize,
-    pub class_names: Vec<String>,
+    pub class_names: Arc<[String]>,
     pub alert_settings: AlertSettings,
     pub outputs: Option<CappedOutputs>,
     /// Where hard examples go, `[cloud] protocol`'s way; answers in camera-frame pixels.
@@ -66,7 +66,8 @@ pub struct FinalizeShared {
     pub watcher: Option<AlertWatcher>,
     pub snapshot_jpeg_quality: u8,
     pub counters: Arc<Counters>,
-    /// Cloud round trips for `/metrics`; `None` without `[http] listen`.
+    /// Cloud round trips for `/metrics`, the latest frames and the alerts for the page; `None`
+    /// without `[http] listen`.
     pub telemetry: Option<Arc<crate::http::Telemetry>>,
 }
 
@@ -318,6 +319,23 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
             .flatten();
         emit(shared, &event, snapshot).await;
     }
+    if let Some(telemetry) = &shared.telemetry {
+        let boxes = final_result.iter().copied().collect();
+        let scene = Scene {
+            labels: tracker
+                .tracks()
+                .iter()
+                .filter(|t| t.matched)
+                .map(TrackLabel::of)
+                .collect(),
+            boxes,
+            frame: r.frame,
+            rules: tracker.rules().clone(),
+            class_names: shared.class_names.clone(),
+        };
+        let camera = scene.frame.camera.clone();
+        telemetry.page.show(&camera, scene);
+    }
 }
 
 /// Asks about the frame's letterbox content; each protocol encodes it its own way.
@@ -368,23 +386,11 @@ fn snapshot_jpeg(
     event: &AlertEvent,
     rules: &CameraRules,
 ) -> Option<Vec<u8>> {
-    let mut image = content_image(frame);
-    draw_areas(&mut image, rules);
-    annotate(
-        &mut image,
-        frame.letterbox.scale,
-        boxes,
-        &shared.class_names,
-    );
-    let scale = frame.letterbox.scale;
-    let [x1, _, _, y2] = event.bbox.map(|v| (f64::from(v) * scale).round() as i64);
-    draw_label(
-        &mut image,
-        x1,
-        y2 + 3,
-        &format!("#{}", event.track_id),
-        Rgb([255, 255, 255]),
-    );
+    let person = TrackLabel {
+        track_id: event.track_id,
+        bbox: event.bbox,
+    };
+    let image = scene::draw(frame, boxes, &[person], rules, &shared.class_names);
     encode_jpeg(&image, shared.snapshot_jpeg_quality).ok()
 }
 
@@ -398,6 +404,9 @@ async fn emit(shared: &FinalizeShared, event: &AlertEvent, snapshot: Option<Vec<
         }
     };
     tracing::info!(target: "helmetd::alert", "{}", String::from_utf8_lossy(&json));
+    if let Some(telemetry) = &shared.telemetry {
+        telemetry.page.record_alert(event, snapshot.as_deref());
+    }
     if let Some(watch) = &shared.watcher {
         watch(event);
     }
@@ -462,7 +471,7 @@ mod tests {
             .build()
             .unwrap(),
             num_classes: 2,
-            class_names: vec!["With Helmet".into(), "Without Helmet".into()],
+            class_names: ["With Helmet".to_string(), "Without Helmet".to_string()].into(),
             alert_settings: AlertSettings {
                 classes: vec![1],
                 class_names: vec!["With Helmet".into(), "Without Helmet".into()],

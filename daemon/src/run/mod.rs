@@ -381,7 +381,8 @@ impl Services {
         if let Some(t) = telemetry {
             self.readers.spawn_on(
                 each_snapshot(snapshots.clone(), stop.clone(), move |s| {
-                    t.metrics.update(s)
+                    t.metrics.update(s);
+                    t.page.observe(s, std::time::SystemTime::now());
                 }),
                 runtime,
             );
@@ -509,7 +510,7 @@ fn finalize_shared(
     Ok(FinalizeShared {
         hem: cfg.edge.hard_example_mining.build()?,
         num_classes: classes.len(),
-        class_names: classes.clone(),
+        class_names: classes.clone().into(),
         alert_settings: AlertSettings::from_config(&cfg.alerts, classes)?,
         outputs,
         cloud: JointClient::from_config(cfg, uplink.as_ref())?.map(Arc::new),
