@@ -10,6 +10,7 @@ pub mod http;
 pub mod joint;
 pub mod kubeedge;
 pub mod logging;
+pub mod motion;
 pub mod page;
 pub mod run;
 pub mod sedna;

@@ -113,6 +113,46 @@ pub struct CameraConfig {
     /// `[[camera.schedule]]`: when the camera raises alerts, in local time; none: always.
     #[serde(default)]
     pub schedule: Vec<ScheduleWindowConfig>,
+    /// `[camera.motion]`: the model runs only where something moved (`motion/`).
+    #[serde(default)]
+    pub motion: MotionConfig,
+}
+
+/// `[camera.motion]`; see [`crate::motion`] for what the numbers mean.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MotionConfig {
+    pub enabled: bool,
+    /// Grey levels (0–255) a grid cell's average must move from its background.
+    pub threshold: f64,
+    /// Share of the unmasked frame (0–1) that must change.
+    pub min_area: f64,
+    /// Seconds after which a still camera's frame is analysed anyway.
+    pub max_skip_s: f64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        let d = crate::motion::MotionSettings::default();
+        Self {
+            enabled: d.enabled,
+            threshold: f64::from(d.threshold),
+            min_area: d.min_area,
+            max_skip_s: d.max_skip.as_secs_f64(),
+        }
+    }
+}
+
+impl MotionConfig {
+    /// Validated settings ([`Config::validate`] checks the ranges).
+    pub fn settings(&self) -> crate::motion::MotionSettings {
+        crate::motion::MotionSettings {
+            enabled: self.enabled,
+            threshold: self.threshold as f32,
+            min_area: self.min_area,
+            max_skip: std::time::Duration::try_from_secs_f64(self.max_skip_s).unwrap_or_default(),
+        }
+    }
 }
 
 /// A named polygon in fractions of the frame (`[x, y]`, 0–1), so it survives a resolution change.

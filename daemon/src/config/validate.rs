@@ -310,6 +310,11 @@ impl Config {
                 cam.stall_timeout_s,
                 0.5..=600.0,
             ));
+            let motion = |k: &str| at("motion").key(k);
+            let m = &cam.motion;
+            n.push(number(motion("threshold"), m.threshold, 1.0..=255.0));
+            n.push(number(motion("min_area"), m.min_area, 0.0..=1.0));
+            n.push(number(motion("max_skip_s"), m.max_skip_s, 0.5..=3600.0));
         }
         n
     }
@@ -829,6 +834,9 @@ mod tests {
         keys.extend([
             "camera[0].detect_fps".into(),
             "camera[0].stall_timeout_s".into(),
+            "camera[0].motion.threshold".into(),
+            "camera[0].motion.min_area".into(),
+            "camera[0].motion.max_skip_s".into(),
         ]);
         for key in &keys {
             let set = key.replace("[0]", ".0");

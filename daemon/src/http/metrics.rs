@@ -83,6 +83,7 @@ struct CameraFamilies {
     frames_in: Family<CameraLabels, Counter>,
     frames_processed: Family<CameraLabels, Counter>,
     frames_dropped: Family<CameraLabels, Counter>,
+    frames_still: Family<CameraLabels, Counter>,
     reconnects: Family<CameraLabels, Counter>,
     up: Family<CameraLabels, Gauge>,
     in_schedule: Family<CameraLabels, Gauge>,
@@ -107,6 +108,12 @@ impl CameraFamilies {
                 registry,
                 "helmetd_camera_frames_dropped",
                 "Sampled frames replaced by a newer one before a worker took them",
+                Family::default(),
+            ),
+            frames_still: register(
+                registry,
+                "helmetd_camera_frames_still",
+                "Sampled frames the motion gate kept from the model: nothing moved",
                 Family::default(),
             ),
             reconnects: register(
@@ -475,6 +482,7 @@ impl Metrics {
                 camera.frames_processed,
             );
             set(&self.cameras.frames_dropped, &labels, camera.frames_dropped);
+            set(&self.cameras.frames_still, &labels, camera.frames_still);
             set(&self.cameras.reconnects, &labels, camera.reconnects);
             self.cameras
                 .up
@@ -640,6 +648,7 @@ mod tests {
         ("helmetd_camera_frames_in_total", "counter"),
         ("helmetd_camera_frames_processed_total", "counter"),
         ("helmetd_camera_frames_dropped_total", "counter"),
+        ("helmetd_camera_frames_still_total", "counter"),
         ("helmetd_camera_reconnects_total", "counter"),
         ("helmetd_camera_up", "gauge"),
         ("helmetd_worker_cpu_cores", "gauge"),
@@ -692,6 +701,7 @@ mod tests {
                 fps: 5.0,
                 last_error: None,
                 in_schedule: true,
+                frames_still: 7,
             }],
             workers: vec![WorkerSnapshot {
                 pool: "edge".into(),
@@ -724,6 +734,7 @@ mod tests {
                 cloud_over_budget: 0,
                 cloud_already_answered: 0,
                 cloud_off_schedule: 0,
+                frames_still: 7,
                 alerts: 3,
                 finalize_dropped: 0,
                 output_errors: 0,

@@ -144,10 +144,11 @@ pub fn render(report: &StatusReport) -> String {
     for c in &s.cameras {
         let _ = writeln!(
             out,
-            "  {:width$}  {:9}  {:5.1} fps  ({} dropped, {} reconnects){}",
+            "  {:width$}  {:9}  {:5.1} fps  ({} still, {} dropped, {} reconnects){}",
             c.name,
             c.state.as_str(),
             c.fps,
+            c.frames_still,
             c.frames_dropped,
             c.reconnects,
             if c.in_schedule {

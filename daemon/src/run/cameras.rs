@@ -5,7 +5,8 @@
 //! restart. A camera keeps its finalize task across a restart, so an open violation episode
 //! carries on instead of ending and starting again. Zones, masks and schedules are not part of
 //! the stream: a change to them reaches the camera's finalize task on a `watch`, and the stream
-//! and its tracks carry on.
+//! and its tracks carry on. Nor is motion gating: each camera's [`MotionGate`] sits here, between
+//! its stream and dispatch, and a reload changes its settings and masks in place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use std::time::SystemTime;
 use helmet_pipelines::ingest::{Camera, FrameHook};
 use tokio::sync::{mpsc, watch};
 
-use super::finalize::{Finalize, Inferred};
+use super::finalize::{self, CameraFrame, Finalize};
 use super::settings::camera_settings;
-use crate::config::{CameraConfig, Config};
+use crate::config::{CameraConfig, Config, MotionConfig};
+use crate::motion::MotionGate;
+use crate::telemetry::Counters;
 use crate::worker::Dispatcher;
 use crate::zones::CameraRules;
 
@@ -28,7 +31,7 @@ struct StreamKey {
 }
 
 impl StreamKey {
-    /// The camera's table without the rules, which change without a restart.
+    /// The camera's table without the rules and motion settings, which change without a restart.
     fn of(cfg: &Config, camera: &CameraConfig) -> Self {
         Self {
             camera: CameraConfig {
@@ -36,6 +39,7 @@ impl StreamKey {
                 mask: Vec::new(),
                 required_zones: Vec::new(),
                 schedule: Vec::new(),
+                motion: MotionConfig::default(),
                 ..camera.clone()
             },
             input: cfg.edge.model.input,
@@ -74,9 +78,11 @@ pub struct CameraSet {
     /// In config order; parallel to `keys`.
     cameras: Vec<Camera>,
     keys: Vec<StreamKey>,
-    queues: HashMap<String, mpsc::Sender<Inferred>>,
+    queues: HashMap<String, mpsc::Sender<CameraFrame>>,
     /// Each camera's zones, masks and schedule, as its finalize task sees them.
     rules: HashMap<String, watch::Sender<Arc<CameraRules>>>,
+    /// Each camera's motion gate; kept across a stream restart, as its finalize task is.
+    gates: HashMap<String, MotionGate>,
     finalize: Finalize,
     /// Given to every camera: wakes the control loop when a frame is waiting.
     on_frame: Option<FrameHook>,
@@ -95,6 +101,7 @@ impl CameraSet {
             keys: Vec::new(),
             queues: HashMap::new(),
             rules: HashMap::new(),
+            gates: HashMap::new(),
             finalize,
             on_frame,
         };
@@ -134,14 +141,20 @@ impl CameraSet {
                     // Its task finishes what is queued, then ends.
                     self.queues.remove(&name);
                     self.rules.remove(&name);
+                    self.gates.remove(&name);
                     changes.stopped.push(name);
                 }
             }
         }
         self.cameras = kept_cameras;
         self.keys = kept_keys;
-        for key in &self.keys {
-            self.update_rules(cfg, &key.camera.name);
+        for name in self
+            .keys
+            .iter()
+            .map(|k| k.camera.name.clone())
+            .collect::<Vec<_>>()
+        {
+            self.update_rules(cfg, &name);
         }
         for want in &wanted {
             let name = &want.camera.name;
@@ -158,6 +171,7 @@ impl CameraSet {
                         dispatcher.remove_camera(name);
                         self.queues.remove(name);
                         self.rules.remove(name);
+                        self.gates.remove(name);
                     }
                     changes.failed.push((name.clone(), format!("{e:#}")));
                 }
@@ -175,6 +189,13 @@ impl CameraSet {
     ) -> anyhow::Result<()> {
         let rules = Arc::new(CameraRules::from_config(cam)?);
         let camera = Camera::start(camera_settings(cfg, cam, self.on_frame.clone())?)?;
+        match self.gates.get_mut(&cam.name) {
+            Some(gate) => gate.update(cam.motion.settings(), rules.clone()),
+            None => {
+                let gate = MotionGate::new(cam.motion.settings(), rules.clone());
+                self.gates.insert(cam.name.clone(), gate);
+            }
+        }
         if let Some(sender) = self.rules.get(&cam.name) {
             sender.send_if_modified(|current| replace_if_changed(current, rules));
         } else {
@@ -191,8 +212,8 @@ impl CameraSet {
         Ok(())
     }
 
-    /// Hands a kept camera its rules from the new config when they changed.
-    fn update_rules(&self, cfg: &Config, name: &str) {
+    /// Hands a kept camera its rules and motion settings from the new config when they changed.
+    fn update_rules(&mut self, cfg: &Config, name: &str) {
         let (Some(sender), Some(cam)) = (
             self.rules.get(name),
             cfg.cameras.iter().find(|c| c.name == name),
@@ -201,7 +222,11 @@ impl CameraSet {
         };
         match CameraRules::from_config(cam) {
             Ok(rules) => {
-                if sender.send_if_modified(|current| replace_if_changed(current, Arc::new(rules))) {
+                let rules = Arc::new(rules);
+                if let Some(gate) = self.gates.get_mut(name) {
+                    gate.update(cam.motion.settings(), rules.clone());
+                }
+                if sender.send_if_modified(|current| replace_if_changed(current, rules)) {
                     tracing::info!(camera = name, "zones, masks and schedule reloaded");
                 }
             }
@@ -235,8 +260,33 @@ impl CameraSet {
         &self.cameras
     }
 
-    pub fn queues(&self) -> &HashMap<String, mpsc::Sender<Inferred>> {
+    pub fn queues(&self) -> &HashMap<String, mpsc::Sender<CameraFrame>> {
         &self.queues
+    }
+
+    /// Takes each camera's waiting frame: to dispatch when its motion gate lets it through,
+    /// else straight to its finalize task, where the camera's last result stands for it.
+    pub fn hand_over_frames(&mut self, dispatcher: &mut Dispatcher, counters: &Counters) {
+        for camera in &self.cameras {
+            let Some(frame) = camera.take_latest() else {
+                continue;
+            };
+            let analyse = self
+                .gates
+                .get_mut(camera.name())
+                .is_none_or(|gate| gate.check(&frame).analyses());
+            if !analyse {
+                Counters::add(&counters.frames_still);
+                finalize::hand_over(&self.queues, CameraFrame::Still(frame), counters);
+            } else if let Err(e) = dispatcher.offer(frame) {
+                tracing::warn!(error = %e, "frame refused by dispatch");
+            }
+        }
+    }
+
+    /// Frames of the camera its motion gate kept from the model.
+    pub fn still_frames(&self, camera: &str) -> u64 {
+        self.gates.get(camera).map_or(0, MotionGate::skipped)
     }
 
     /// Stops every stream; the finalize queues stay open, so results still on the workers can

@@ -25,7 +25,7 @@ use crate::uplink::UplinkHandle;
 use crate::worker::{DispatchEvent, Dispatcher, Waker, WorkerArgs, WorkerKey};
 
 use super::cameras::{CameraChanges, CameraSet};
-use super::finalize::{self, Finalize, Inferred};
+use super::finalize::{self, CameraFrame, Finalize, Inferred};
 use super::launcher::{Link, NewWorker};
 use super::settings::{
     CgroupFiles, EDGE_POOL, EdgeAutoscaler, desired_pools, initial_replicas, new_autoscaler,
@@ -194,7 +194,8 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         if reload {
             self.reload()?;
         }
-        self.hand_over_frames();
+        self.cameras
+            .hand_over_frames(&mut self.dispatcher, &self.counters);
         self.take_new_workers();
         let wake_at = until.map_or(self.due.next(), |u| u.min(self.due.next()));
         for event in self
@@ -218,16 +219,6 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             self.due.snapshot = now + SNAPSHOT_EVERY;
         }
         Ok(())
-    }
-
-    fn hand_over_frames(&mut self) {
-        for camera in self.cameras.cameras() {
-            if let Some(frame) = camera.take_latest()
-                && let Err(e) = self.dispatcher.offer(frame)
-            {
-                tracing::warn!(error = %e, "frame refused by dispatch");
-            }
-        }
     }
 
     fn take_new_workers(&mut self) {
@@ -263,7 +254,11 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 if let Some(observe) = &self.probes.result_observer {
                     observe(&result);
                 }
-                finalize::hand_over(self.cameras.queues(), result, &self.counters);
+                finalize::hand_over(
+                    self.cameras.queues(),
+                    CameraFrame::Analysed(Box::new(result)),
+                    &self.counters,
+                );
             }
             DispatchEvent::WorkerReady { worker, .. } => {
                 if let Some(link) = self.links.get(&worker) {
@@ -361,6 +356,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         let wall = std::time::SystemTime::now();
         for camera in &mut snapshot.cameras {
             camera.in_schedule = self.cameras.in_schedule(&camera.name, wall);
+            camera.frames_still = self.cameras.still_frames(&camera.name);
         }
         let line = snapshot.status_line();
         if line != self.status_line {

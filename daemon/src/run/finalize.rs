@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use futures_util::future::{self, Either};
 use futures_util::stream::FuturesOrdered;
 use helmet_pipelines::hem::{HardExampleMining, margin_hardness};
 use helmet_pipelines::output::{Outcome, content_image, encode_jpeg};
 use helmet_pipelines::output_dir::CappedOutputs;
-use helmet_pipelines::{Detection, Detections, Frame};
+use helmet_pipelines::{Detection, Detections, Frame, MAX_DETECTIONS};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,25 @@ pub struct Inferred {
     pub infer: Duration,
     /// From dispatch to result.
     pub latency: Duration,
+}
+
+/// What reaches a camera's finalize task, in capture order.
+pub enum CameraFrame {
+    /// The model's result for a frame (boxed: its fixed-size detections are kilobytes, a
+    /// still frame is not).
+    Analysed(Box<Inferred>),
+    /// A frame the motion gate kept from the model: nothing moved, so the camera's last final
+    /// result stands for it, and tracks and episodes carry on through still stretches.
+    Still(Frame),
+}
+
+impl CameraFrame {
+    fn camera(&self) -> &str {
+        match self {
+            CameraFrame::Analysed(r) => &r.frame.camera,
+            CameraFrame::Still(frame) => &frame.camera,
+        }
+    }
 }
 
 /// Called with every alert event, e.g. to print it (the demo).
@@ -100,7 +120,7 @@ impl Finalize {
         &self,
         camera: &str,
         rules: watch::Receiver<Arc<CameraRules>>,
-    ) -> mpsc::Sender<Inferred> {
+    ) -> mpsc::Sender<CameraFrame> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let tracker = EpisodeTracker::new(
             camera,
@@ -134,15 +154,15 @@ impl Finalize {
     }
 }
 
-/// Hands a result to its camera's task without waiting.
+/// Hands a frame to its camera's task without waiting.
 pub fn hand_over(
-    queues: &HashMap<String, mpsc::Sender<Inferred>>,
-    result: Inferred,
+    queues: &HashMap<String, mpsc::Sender<CameraFrame>>,
+    frame: CameraFrame,
     counters: &Counters,
 ) {
     let delivered = queues
-        .get(&*result.frame.camera)
-        .is_some_and(|tx| tx.try_send(result).is_ok());
+        .get(frame.camera())
+        .is_some_and(|tx| tx.try_send(frame).is_ok());
     if !delivered {
         Counters::add(&counters.finalize_dropped);
     }
@@ -154,7 +174,7 @@ pub fn hand_over(
 const IN_FLIGHT: usize = 8;
 
 async fn camera_task(
-    mut rx: mpsc::Receiver<Inferred>,
+    mut rx: mpsc::Receiver<CameraFrame>,
     mut tracker: EpisodeTracker,
     mut rules: watch::Receiver<Arc<CameraRules>>,
     shared: Arc<FinalizeShared>,
@@ -163,6 +183,7 @@ async fn camera_task(
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut budget = Budget::per_second(shared.budget_per_s);
     let mut hardest = HardestFirst::new(shared.budget_per_s);
+    let mut last = LastResult::default();
     // Frames whose final result is being decided (the cloud asked), concluded in capture order.
     let mut deciding = FuturesOrdered::new();
     let mut receiving = true;
@@ -179,19 +200,25 @@ async fn camera_task(
             break;
         }
         tokio::select! {
-            result = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match result {
-                Some(result) => {
+            frame = rx.recv(), if receiving && deciding.len() < IN_FLIGHT => match frame {
+                Some(CameraFrame::Analysed(result)) => {
+                    let result = *result;
                     let hard = shared.hem.is_hard(&result.detections, shared.num_classes, &mut rng);
                     let ask = hard && shared.cloud.is_some()
                         && worth_asking(&shared, &tracker, &result)
                         && within_budget(&shared, &mut hardest, &mut budget, &result);
-                    deciding.push_back(decide(shared.clone(), result, hard, ask));
+                    deciding.push_back(Either::Left(decide(shared.clone(), result, hard, ask)));
+                }
+                // In the queue behind the frames still being decided: its result is the last
+                // of those, known when it is concluded.
+                Some(CameraFrame::Still(frame)) => {
+                    deciding.push_back(Either::Right(future::ready(Decided::still(frame))));
                 }
                 None => receiving = false,
             },
             Some(decided) = deciding.next(), if !deciding.is_empty() => {
                 refresh_rules(&mut rules, &mut tracker);
-                conclude(&shared, &mut tracker, decided).await;
+                conclude(&shared, &mut tracker, &mut last, decided).await;
             }
             // Not while frames are being decided: one of them may still show the violation.
             _ = tick.tick(), if deciding.is_empty() => {
@@ -249,11 +276,45 @@ fn refresh_rules(rules: &mut watch::Receiver<Arc<CameraRules>>, tracker: &mut Ep
     }
 }
 
-/// A frame with its final result: the cloud's when it answered in time, else the edge's.
+/// A frame with its final result: the cloud's when it answered in time, else the edge's, and
+/// for a still frame the camera's last one.
 struct Decided {
     result: Inferred,
     hard: bool,
     cloud_result: Option<Vec<Detection>>,
+    /// Kept from the model by the motion gate.
+    still: bool,
+}
+
+impl Decided {
+    fn still(frame: Frame) -> Self {
+        Self {
+            result: Inferred {
+                frame,
+                detections: Detections::new(),
+                infer: Duration::ZERO,
+                latency: Duration::ZERO,
+            },
+            hard: false,
+            cloud_result: None,
+            still: true,
+        }
+    }
+}
+
+/// The camera's last final result, which its still frames reuse.
+struct LastResult {
+    boxes: Detections,
+    source: DecisionSource,
+}
+
+impl Default for LastResult {
+    fn default() -> Self {
+        Self {
+            boxes: Detections::new(),
+            source: DecisionSource::Edge,
+        }
+    }
 }
 
 /// `ask`: the frame is hard and within the camera's budget.
@@ -271,22 +332,31 @@ async fn decide(shared: Arc<FinalizeShared>, result: Inferred, hard: bool, ask: 
         result,
         hard,
         cloud_result,
+        still: false,
     }
 }
 
 /// Outputs and violation episodes, in capture order.
-async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided: Decided) {
+async fn conclude(
+    shared: &FinalizeShared,
+    tracker: &mut EpisodeTracker,
+    last: &mut LastResult,
+    decided: Decided,
+) {
     let Decided {
         result: r,
         hard,
         cloud_result,
+        still,
     } = decided;
     let counters = &shared.counters;
-    let (final_result, source): (&[Detection], _) = match &cloud_result {
-        Some(boxes) => (boxes, DecisionSource::Cloud),
-        None => (&r.detections, DecisionSource::Edge),
+    let (final_result, source): (&[Detection], _) = match (&cloud_result, still) {
+        (_, true) => (&last.boxes, last.source),
+        (Some(boxes), false) => (boxes, DecisionSource::Cloud),
+        (None, false) => (&r.detections, DecisionSource::Edge),
     };
-    if let Some(outputs) = &shared.outputs {
+    // A still frame was not analysed: Sedna's folders hold what the models said.
+    if let Some(outputs) = shared.outputs.as_ref().filter(|_| !still) {
         let outcome = Outcome {
             is_hard: hard,
             final_result,
@@ -319,8 +389,8 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
             .flatten();
         emit(shared, &event, snapshot).await;
     }
+    let boxes: Detections = final_result.iter().copied().take(MAX_DETECTIONS).collect();
     if let Some(telemetry) = &shared.telemetry {
-        let boxes = final_result.iter().copied().collect();
         let scene = Scene {
             labels: tracker
                 .tracks()
@@ -328,7 +398,7 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
                 .filter(|t| t.matched)
                 .map(TrackLabel::of)
                 .collect(),
-            boxes,
+            boxes: boxes.clone(),
             frame: r.frame,
             rules: tracker.rules().clone(),
             class_names: shared.class_names.clone(),
@@ -336,6 +406,7 @@ async fn conclude(shared: &FinalizeShared, tracker: &mut EpisodeTracker, decided
         let camera = scene.frame.camera.clone();
         telemetry.page.show(&camera, scene);
     }
+    *last = LastResult { boxes, source };
 }
 
 /// Asks about the frame's letterbox content; each protocol encodes it its own way.
@@ -459,9 +530,12 @@ mod tests {
     use super::*;
     use crate::alerts::EventKind;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_removed_cameras_open_episode_still_ends() {
-        let events: Arc<Mutex<Vec<EventKind>>> = Arc::default();
+    type Seen = Arc<Mutex<Vec<EventKind>>>;
+
+    /// Edge-only, no outputs, no uplink; episodes open on one violating frame and end 800 ms
+    /// after the last; every event's kind goes into the returned list.
+    fn shared() -> (Arc<FinalizeShared>, Seen) {
+        let events: Seen = Arc::default();
         let seen = events.clone();
         let shared = Arc::new(FinalizeShared {
             hem: HemConfig {
@@ -492,9 +566,22 @@ mod tests {
             counters: Arc::default(),
             telemetry: None,
         });
-        let finalize = Finalize::new(&tokio::runtime::Handle::current(), shared);
-        let (_rules, rules) = watch::channel(Arc::default());
-        let queue = finalize.spawn_camera("gate", rules);
+        (shared, events)
+    }
+
+    fn frame(at: SystemTime) -> Frame {
+        Frame {
+            camera: "gate".into(),
+            seq: 0,
+            pts: None,
+            capture_time: at,
+            letterbox: Letterbox::new(64, 64, 64, 64),
+            pixels: vec![114; 64 * 64 * 3],
+        }
+    }
+
+    /// A frame in which one person has no helmet.
+    fn violation(at: SystemTime) -> CameraFrame {
         let mut detections = Detections::new();
         let violation = Detection {
             x1: 1.0,
@@ -505,32 +592,59 @@ mod tests {
             class: 1,
         };
         detections.push(violation).unwrap();
-        let frame = Frame {
-            camera: "gate".into(),
-            seq: 0,
-            pts: None,
-            capture_time: SystemTime::now(),
-            letterbox: Letterbox::new(64, 64, 64, 64),
-            pixels: vec![114; 64 * 64 * 3],
-        };
-        let result = Inferred {
-            frame,
+        CameraFrame::Analysed(Box::new(Inferred {
+            frame: frame(at),
             detections,
             infer: Duration::from_millis(300),
             latency: Duration::from_millis(300),
-        };
-        queue.send(result).await.unwrap();
-        // The camera is removed: its queue closes with the episode open.
-        drop(queue);
+        }))
+    }
+
+    async fn wait_for(events: &Seen, kind: EventKind) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !events.lock().unwrap().contains(&EventKind::End) {
+        while !events.lock().unwrap().contains(&kind) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no end event: {:?}",
+                "no {kind:?} event: {:?}",
                 events.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_removed_cameras_open_episode_still_ends() {
+        let (shared, events) = shared();
+        let finalize = Finalize::new(&tokio::runtime::Handle::current(), shared);
+        let (_rules, rules) = watch::channel(Arc::default());
+        let queue = finalize.spawn_camera("gate", rules);
+        queue.send(violation(SystemTime::now())).await.unwrap();
+        // The camera is removed: its queue closes with the episode open.
+        drop(queue);
+        wait_for(&events, EventKind::End).await;
         assert_eq!(*events.lock().unwrap(), [EventKind::New, EventKind::End]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn still_frames_carry_the_last_result() {
+        let (shared, events) = shared();
+        let finalize = Finalize::new(&tokio::runtime::Handle::current(), shared);
+        let (_rules, rules) = watch::channel(Arc::default());
+        let queue = finalize.spawn_camera("gate", rules);
+        let t0 = SystemTime::now();
+        queue.send(violation(t0)).await.unwrap();
+        wait_for(&events, EventKind::New).await;
+        // Two seconds of a still scene, well past the 800 ms after which an unseen person's
+        // episode ends: the person is still there, as the last analysed frame showed.
+        for i in 1..=6 {
+            let at = t0 + Duration::from_millis(300 * i);
+            queue.send(CameraFrame::Still(frame(at))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            *events.lock().unwrap(),
+            [EventKind::New],
+            "the episode ended although the scene did not change"
+        );
     }
 }

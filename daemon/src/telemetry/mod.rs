@@ -36,6 +36,8 @@ pub struct Counters {
     /// Hard frames not asked because the camera's schedule was closed.
     pub cloud_off_schedule: AtomicU64,
     pub alerts: AtomicU64,
+    /// Sampled frames the motion gates kept from the model (nothing moved).
+    pub frames_still: AtomicU64,
     /// Results dropped because a camera's finalize queue was full.
     pub finalize_dropped: AtomicU64,
     pub output_errors: AtomicU64,

@@ -95,6 +95,7 @@ impl Snapshot {
                     "camera": cam.name, "state": cam.state.as_str(), "frames_in": cam.frames_in,
                     "frames_out": cam.frames_processed, "dropped": cam.frames_dropped,
                     "reconnects": cam.reconnects, "in_schedule": cam.in_schedule,
+                    "still": cam.frames_still,
                 })
             })
             .collect();
@@ -109,6 +110,7 @@ impl Snapshot {
             "cloud_already_answered": c.cloud_already_answered,
             "cloud_off_schedule": c.cloud_off_schedule,
             "alerts": c.alerts, "dispatch_dropped": self.dispatch_dropped,
+            "frames_still": c.frames_still,
             "workers_ready": self.workers_ready(), "workers": self.workers.len(),
             "cameras": cameras,
         });
@@ -193,6 +195,10 @@ pub struct CameraSnapshot {
     /// The camera's schedule is open: its violations raise alerts.
     #[serde(default = "in_schedule_by_default")]
     pub in_schedule: bool,
+    /// Sampled frames its motion gate kept from the model: nothing moved, the last result
+    /// stood for them. Not in `frames_processed`.
+    #[serde(default)]
+    pub frames_still: u64,
 }
 
 /// A camera without a schedule, and a snapshot from before schedules existed, is always on.
@@ -212,6 +218,7 @@ impl Default for CameraSnapshot {
             fps: 0.0,
             last_error: None,
             in_schedule: true,
+            frames_still: 0,
         }
     }
 }
@@ -318,6 +325,9 @@ pub struct CounterSnapshot {
     pub cloud_off_schedule: u64,
     /// Alert events of every kind (new, update, end): the loop counts only their total.
     pub alerts: u64,
+    /// Sampled frames the motion gates kept from the model; not in `frames`.
+    #[serde(default)]
+    pub frames_still: u64,
     pub finalize_dropped: u64,
     pub output_errors: u64,
 }
@@ -347,6 +357,7 @@ impl CounterSnapshot {
             cloud_already_answered: get(&counters.cloud_already_answered),
             cloud_off_schedule: get(&counters.cloud_off_schedule),
             alerts: get(&counters.alerts),
+            frames_still: get(&counters.frames_still),
             finalize_dropped: get(&counters.finalize_dropped),
             output_errors: get(&counters.output_errors),
         }
@@ -557,6 +568,7 @@ pub fn camera_snapshot(
         fps: 0.0,
         last_error: camera.last_error.clone(),
         in_schedule: true,
+        frames_still: 0,
     }
 }
 
