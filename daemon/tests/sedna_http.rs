@@ -3,7 +3,8 @@
 //! - the edge's `SednaHttpClient` against an in-test server that behaves as Sedna's
 //!   `BigModelService` (shapes and status codes from docs/sedna-semantics.md §1.4);
 //! - `helmetd cloud --sedna-http` (the built binary, the real big model) against an in-test
-//!   client that sends exactly what Sedna's `ModelClient` sends.
+//!   client that sends exactly what Sedna's `ModelClient` sends, and against the edge's client
+//!   (the load headers, the edge's deadline, requests whose client left).
 //!
 //! Run with `--nocapture` to see the measured sizes and parse times.
 
@@ -26,10 +27,15 @@ use helmet_pipelines::output::{content_image, encode_jpeg};
 use helmet_pipelines::{Detection, still};
 use helmetd::cloud::sedna_http::parse_predict;
 use helmetd::joint::protocol::HardExampleMeta;
-use helmetd::joint::sedna_http::{SednaHttpClient, SednaHttpError, SednaHttpSettings};
-use helmetd::joint::{
-    AskError, BreakerSettings, BreakerState, CloudAnswer, JointClient, JointSettings,
+use helmetd::joint::sedna_http::{
+    INFER_MS_HEADER, QUEUE_HEADER, SednaHttpClient, SednaHttpError, SednaHttpSettings, WAIT_HEADER,
+    load_from_headers,
 };
+use helmetd::joint::{
+    AskError, BigModel, BreakerSettings, BreakerState, CloudAnswer, CloudLoad, JointClient,
+    JointSettings,
+};
+use hyper::HeaderMap;
 use image::RgbImage;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -498,6 +504,206 @@ fn helmetd_cloud_answers_sednas_edge_worker() {
         assert!(response.contains("sedna.max_body_mb"), "{response}");
     });
     assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+}
+
+/// One exchange on a fresh connection with extra request `headers`: the status, the answer's
+/// headers and its JSON body.
+async fn exchange_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, HeaderMap, Value) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+        (parts.status.as_u16(), parts.headers, json)
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        .await
+        .expect("helmetd cloud answers")
+}
+
+/// The load an answer reports; every answer of `helmetd cloud --sedna-http` has one.
+fn reported_load(headers: &HeaderMap) -> CloudLoad {
+    load_from_headers(headers)
+        .expect("well-formed load headers")
+        .unwrap_or_else(|| panic!("no load headers in {headers:?}"))
+}
+
+/// The counters `helmetd cloud --sedna-http` logs when it stops.
+fn stop_counters(cloud: &mut HelmetdProcess) -> Value {
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+    cloud
+        .log_lines()
+        .into_iter()
+        .find(|line| message(line) == "Sedna HTTP stopped")
+        .unwrap_or_else(|| panic!("no stop line:\n{}", cloud.raw_log()))["fields"]
+        .clone()
+}
+
+fn helmetd_cloud_client(addr: SocketAddr) -> SednaHttpClient {
+    SednaHttpClient::new(&SednaHttpSettings {
+        base_url: format!("http://{addr}"),
+        job: "sedna".into(),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_request_whose_client_left_costs_no_inference() {
+    let mut cloud = start_sedna_cloud(16);
+    let addr = serving_addr(&mut cloud);
+    let (image, _) = hard_example();
+    let body = sedna_body(&image);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The first request takes the model (its tiny body parses in milliseconds)...
+        let first = tokio::spawn(exchange(addr, "POST", "/sedna/predict", body.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...a second one arrives whole and waits for it, and its client gives up, as the
+        // edge's timeout does: the socket closes.
+        let mut gone = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /sedna/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        gone.write_all(head.as_bytes()).await.unwrap();
+        gone.write_all(&body).await.unwrap();
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let (_, headers, _) = exchange_with_headers(addr, "GET", "/sedna", &[], vec![]).await;
+            if reported_load(&headers).queue == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the second request never waited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(gone);
+        let (status, answer) = first.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        // The model is free again for the next one.
+        let (status, answer) = exchange(addr, "POST", "/sedna/predict", body).await;
+        assert_eq!(status, 200, "{answer}");
+    });
+    let counters = stop_counters(&mut cloud);
+    assert_eq!(counters["requests"], 3, "{counters}");
+    assert_eq!(counters["abandoned"], 1, "{counters}");
+    assert_eq!(
+        counters["answered"], 2,
+        "the model ran for the others only: {counters}"
+    );
+}
+
+#[test]
+fn helmetd_clouds_load_and_deadline_reach_the_edge() {
+    let mut cloud = start_sedna_cloud(16);
+    let addr = serving_addr(&mut cloud);
+    let (image, meta) = hard_example();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Before any inference: nothing waits, no inference time yet.
+        let (status, headers, _) = exchange_with_headers(addr, "GET", "/sedna", &[], vec![]).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers[QUEUE_HEADER], "0");
+        assert_eq!(headers[INFER_MS_HEADER], "0");
+
+        // The edge's client reads the load of an answer, as from an MQTT answer.
+        let sedna = helmetd_cloud_client(addr).with_wait(ANSWER_TIMEOUT);
+        let reply = tokio::time::timeout(ANSWER_TIMEOUT, sedna.ask(&image, &meta))
+            .await
+            .expect("an answer")
+            .expect("boxes");
+        let load = reply.load.expect("helmetd cloud reports its load");
+        assert_eq!(load.queue, 0);
+        assert!(load.recent_infer > Duration::ZERO, "{load:?}");
+
+        // A wait shorter than an inference: refused as expired, before the model, with the
+        // load. Sedna's body (no wait header) is answered as always.
+        let body = sedna_body(&image);
+        let (status, headers, refusal) = exchange_with_headers(
+            addr,
+            "POST",
+            "/sedna/predict",
+            &[(WAIT_HEADER, "1")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 503, "{refusal}");
+        let detail = refusal["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("expired") && detail.contains("deadline"),
+            "{detail}"
+        );
+        assert_eq!(reported_load(&headers).recent_infer, load.recent_infer);
+        let (status, headers, refusal) = exchange_with_headers(
+            addr,
+            "POST",
+            "/sedna/predict",
+            &[(WAIT_HEADER, "soon")],
+            body,
+        )
+        .await;
+        assert_eq!(status, 400, "{refusal}");
+        reported_load(&headers);
+        let (status, headers, _) = exchange_with_headers(addr, "GET", "/other", &[], vec![]).await;
+        assert_eq!(status, 404);
+        reported_load(&headers);
+
+        // Behind the guard, an edge that waits less than an inference: the refusal is a busy
+        // cloud with a known load (paced, as an MQTT "expired"), not a dead one.
+        let guard = JointClient::new(
+            Arc::new(helmetd_cloud_client(addr).with_wait(Duration::from_millis(1))),
+            JointSettings {
+                timeout: ANSWER_TIMEOUT,
+                breaker: BreakerSettings::default(),
+            },
+        );
+        let answer = guard.ask(&image, &meta).await;
+        let CloudAnswer::Failed(AskError::SednaHttp(refusal)) = &answer else {
+            panic!("{answer:?}")
+        };
+        assert!(refusal.is_busy(), "{refusal}");
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        assert_eq!(guard.pacing().load, refusal.load());
+        assert!(guard.pacing().load.is_some());
+        assert_eq!(guard.stats().slow, 1);
+    });
+    let counters = stop_counters(&mut cloud);
+    assert_eq!(counters["requests"], 4, "{counters}");
+    assert_eq!(counters["answered"], 1, "{counters}");
+    assert_eq!(counters["expired"], 2, "{counters}");
+    assert_eq!(counters["abandoned"], 0, "{counters}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,19 +15,28 @@
 //! deadlines), and a request takes its inference slot only once its whole body is in, so slow
 //! clients hold a connection for at most the deadlines and never the model.
 //!
+//! Beyond Sedna's API, for helmetd edges (Sedna's clients neither send nor read these): every
+//! answer carries the replica's load in `X-Helmetd-Queue` and `X-Helmetd-Infer-Ms`, as the MQTT
+//! service's `"load"`; a request with `X-Helmetd-Wait-Ms` is refused (503, `expired`) when its
+//! inference would end after the edge stops waiting, by the MQTT service's rule. A request waits
+//! for the model in its handler, which hyper drops when the client closes the connection (the
+//! edge's timeout does): an abandoned request leaves the line without costing an inference.
+//!
 //! The body is parsed straight into a flat RGB buffer by serde visitors: a 720p frame is ~13 MB
 //! of JSON, and a `serde_json::Value` tree of its 2.7 M numbers would take ~100 MB.
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
+use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use helmet_pipelines::detect::Detector;
@@ -37,9 +46,12 @@ use image::RgbImage;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
+use super::service::{answered_too_late, moving_average};
 use crate::http::guard::{self, ConnectionLimits, ConnectionStats};
+use crate::joint::protocol::{self, CloudLoad, MAX_WAIT_MS};
+use crate::joint::sedna_http::{WAIT_HEADER, insert_load};
 
 /// Requests parsed or inferred at once; more wait with their bodies read.
 const MAX_IN_FLIGHT: usize = 4;
@@ -87,10 +99,129 @@ pub enum SednaServerError {
 
 struct AppState {
     settings: SednaServerSettings,
-    model: Mutex<Detector>,
+    /// Awaited in the handler, not on the inference thread: a request whose client is gone is
+    /// dropped while it waits, before it costs an inference. Fair: first come, first served.
+    model: Arc<tokio::sync::Mutex<Detector>>,
     in_flight: Semaphore,
     /// Bytes of request bodies in memory: [`BODY_BUDGET_BODIES`] × `max_body_bytes`.
     body_budget: Arc<Semaphore>,
+    /// Requests with their whole body in that wait for the model (parsing included): the queue
+    /// depth answers report.
+    waiting: AtomicUsize,
+    /// Recent time of one inference (letterbox and model, a moving average): a request whose
+    /// edge stops waiting sooner is refused rather than run.
+    recent_infer: Mutex<Duration>,
+    stats: SednaStats,
+}
+
+impl AppState {
+    fn recent_infer(&self) -> Duration {
+        *self
+            .recent_infer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How busy this replica is now, for the edges to pace themselves by.
+    fn load(&self) -> CloudLoad {
+        CloudLoad {
+            queue: u32::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            recent_infer: self.recent_infer(),
+        }
+    }
+
+    /// Refuses a request whose edge waits until `deadline` when an inference started now would
+    /// end later (the MQTT service's rule).
+    fn refuse_if_late(&self, deadline: Option<Instant>) -> Result<(), WaitRefusal> {
+        let recent = self.recent_infer();
+        if !answered_too_late(deadline, Instant::now() + recent) {
+            return Ok(());
+        }
+        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        Err(WaitRefusal::Expired {
+            recent_ms: recent.as_millis(),
+        })
+    }
+}
+
+/// Refusals by the edge's `X-Helmetd-Wait-Ms`.
+#[derive(Debug, thiserror::Error)]
+enum WaitRefusal {
+    #[error("{WAIT_HEADER} must be whole milliseconds within 1..={MAX_WAIT_MS}")]
+    Malformed,
+    #[error(
+        "{}: the deadline of {WAIT_HEADER} passes before an inference could end (recent \
+         inference {recent_ms} ms)",
+        protocol::EXPIRED
+    )]
+    Expired { recent_ms: u128 },
+}
+
+impl IntoResponse for WaitRefusal {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::Malformed => StatusCode::BAD_REQUEST,
+            // What edges take as busy, as an MQTT "expired".
+            Self::Expired { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        failure(status, &self.to_string())
+    }
+}
+
+/// Predict requests since start, logged when the server stops (as the MQTT service's counters).
+#[derive(Debug, Default)]
+struct SednaStats {
+    requests: AtomicU64,
+    /// Inferences that gave boxes (the answer goes out unless the client left during it).
+    answered: AtomicU64,
+    /// Refused ("expired") without inference: the edge's `X-Helmetd-Wait-Ms` ends first.
+    expired: AtomicU64,
+    /// Dropped without inference: the connection closed while the request waited.
+    abandoned: AtomicU64,
+    /// Inference errors (answered 500).
+    failed: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A request with its whole body in, counted in `waiting` until it gets the model or a
+/// refusal. Dropped before that, hyper dropped its handler: the connection closed.
+struct Queued<'a> {
+    waiting: &'a AtomicUsize,
+    abandoned: &'a AtomicU64,
+    settled: bool,
+}
+
+impl<'a> Queued<'a> {
+    fn join(state: &'a AppState) -> Self {
+        Self::count_in(&state.waiting, &state.stats.abandoned)
+    }
+
+    fn count_in(waiting: &'a AtomicUsize, abandoned: &'a AtomicU64) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Self {
+            waiting,
+            abandoned,
+            settled: false,
+        }
+    }
+
+    /// Out of the line, to the model or with a refusal.
+    fn leave(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if !self.settled {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("dropped a Sedna request whose connection closed before inference");
+        }
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port; the log says which).
@@ -120,15 +251,19 @@ pub async fn serve(
         .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         settings,
-        model: Mutex::new(detector),
+        model: Arc::new(tokio::sync::Mutex::new(detector)),
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         body_budget: Arc::new(Semaphore::new(budget)),
+        waiting: AtomicUsize::new(0),
+        recent_infer: Mutex::new(Duration::ZERO),
+        stats: SednaStats::default(),
     });
     let router = Router::new()
         .route(&format!("/{job}"), get(info))
         .route(&format!("/{job}/predict"), post(predict))
         .fallback(not_found)
-        .with_state(state);
+        .layer(map_response_with_state(state.clone(), with_load))
+        .with_state(state.clone());
     let addr = listener.local_addr().map_err(SednaServerError::Address)?;
     tracing::info!(%addr, predict = %format!("/{job}/predict"), "serving Sedna HTTP");
     let stats = Arc::new(ConnectionStats::default());
@@ -141,14 +276,26 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    // This server has no /metrics: its connection counters go to the log.
+    // This server has no /metrics: its counters go to the log.
     let counts = stats.counts();
+    let served = &state.stats;
     tracing::info!(
         connections_refused = counts.refused,
         connections_timed_out = counts.timed_out,
+        requests = count(&served.requests),
+        answered = count(&served.answered),
+        expired = count(&served.expired),
+        abandoned = count(&served.abandoned),
+        failed = count(&served.failed),
         "Sedna HTTP stopped"
     );
     Ok(())
+}
+
+/// Every answer, refusal included, says how busy the replica is.
+async fn with_load(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
+    insert_load(response.headers_mut(), state.load());
+    response
 }
 
 /// Sedna lists its FastAPI app's routes; ours are these two (no OpenAPI pages).
@@ -165,6 +312,12 @@ async fn not_found() -> Response {
 }
 
 async fn predict(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let arrived = Instant::now();
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let deadline = match edge_wait(&headers) {
+        Ok(wait) => wait.map(|wait| arrived + wait),
+        Err(refusal) => return refusal.into_response(),
+    };
     let limit = state.settings.max_body_bytes;
     // Refused before reading a byte when the client says how much is coming.
     if declared_length(&headers).is_some_and(|n| n > limit as u64) {
@@ -175,28 +328,27 @@ async fn predict(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         Ok(read) => read,
         Err(refusal) => return refusal,
     };
-    let Ok(_permit) = state.in_flight.acquire().await else {
-        return failure(StatusCode::SERVICE_UNAVAILABLE, "the server is closing");
-    };
     let received = bytes.len();
+    let queued = Queued::join(&state);
+    let ready = take_model(&state, bytes, deadline).await;
+    queued.leave();
+    let (_permit, request, model) = match ready {
+        Ok(ready) => ready,
+        Err(refusal) => return refusal,
+    };
     let worker = state.clone();
-    let job = tokio::task::spawn_blocking(move || answer(&worker, &bytes)).await;
+    let job = tokio::task::spawn_blocking(move || infer(&worker, model, &request.image)).await;
     match job {
-        Ok(Ok((result, timing))) => {
+        Ok(Ok((result, infer_ms))) => {
             tracing::debug!(
                 bytes = received,
                 boxes = result.len(),
-                parse_ms = timing.parse_ms,
-                infer_ms = timing.infer_ms,
+                infer_ms,
                 "answered a Sedna request"
             );
             Json(json!({ "result": result })).into_response()
         }
-        Ok(Err(Refusal::Body(e))) => {
-            tracing::warn!(bytes = received, error = %e, "refused a Sedna request");
-            unprocessable(&e)
-        }
-        Ok(Err(Refusal::Model(message))) => {
+        Ok(Err(message)) => {
             tracing::error!(error = %message, "inference failed");
             failure(StatusCode::INTERNAL_SERVER_ERROR, &message)
         }
@@ -205,6 +357,69 @@ async fn predict(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             &format!("inference task failed: {e}"),
         ),
     }
+}
+
+/// The edge's wait from `X-Helmetd-Wait-Ms`; none without the header (Sedna's clients).
+fn edge_wait(headers: &HeaderMap) -> Result<Option<Duration>, WaitRefusal> {
+    let Some(value) = headers.get(WAIT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .and_then(protocol::checked_wait)
+        .map(Some)
+        .ok_or(WaitRefusal::Malformed)
+}
+
+/// The request's inference slot, its parsed body and the model, in turn; or the refusal. The
+/// deadline is checked before the parse and again once the model is free, when the wait for it
+/// is over. Dropped on the way (the client left), nothing more is spent on the request.
+async fn take_model<'a>(
+    state: &'a AppState,
+    body: Vec<u8>,
+    deadline: Option<Instant>,
+) -> Result<
+    (
+        tokio::sync::SemaphorePermit<'a>,
+        PredictRequest,
+        OwnedMutexGuard<Detector>,
+    ),
+    Response,
+> {
+    state
+        .refuse_if_late(deadline)
+        .map_err(IntoResponse::into_response)?;
+    let Ok(permit) = state.in_flight.acquire().await else {
+        return Err(failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is closing",
+        ));
+    };
+    let received = body.len();
+    let started = Instant::now();
+    let parsed = tokio::task::spawn_blocking(move || parse_predict(&body)).await;
+    let request = match parsed {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            tracing::warn!(bytes = received, error = %e, "refused a Sedna request");
+            return Err(unprocessable(&e));
+        }
+        Err(e) => {
+            return Err(failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("parse task failed: {e}"),
+            ));
+        }
+    };
+    let parse_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(bytes = received, parse_ms, "parsed a Sedna request");
+    let model = state.model.clone().lock_owned().await;
+    state
+        .refuse_if_late(deadline)
+        .map_err(IntoResponse::into_response)?;
+    Ok((permit, request, model))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -272,46 +487,51 @@ fn closing(mut response: Response) -> Response {
 /// Sedna's box: `[xmin, ymin, xmax, ymax, score, class]` with an integer class.
 type SednaBox = (f32, f32, f32, f32, f32, u16);
 
-struct Timing {
-    parse_ms: f64,
-    infer_ms: f64,
-}
-
-enum Refusal {
-    Body(BodyError),
-    Model(String),
-}
-
-/// The blocking part: parse, letterbox, run the model (one request at a time).
-fn answer(state: &AppState, body: &[u8]) -> Result<(Vec<SednaBox>, Timing), Refusal> {
+/// The blocking part, with the model held: letterbox and run it. Counted and timed here, so an
+/// inference whose client left while it ran still counts.
+fn infer(
+    state: &AppState,
+    mut model: OwnedMutexGuard<Detector>,
+    image: &RgbImage,
+) -> Result<(Vec<SednaBox>, f64), String> {
     let started = Instant::now();
-    let request = parse_predict(body).map_err(Refusal::Body)?;
-    let parse_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut model = state.model.lock().unwrap_or_else(PoisonError::into_inner);
     let (input_w, input_h) = model.input_size();
-    let (letterbox, pixels) = still::letterbox_rgb(&request.image, input_w, input_h)
-        .map_err(|reason| Refusal::Model(format!("cannot letterbox the image: {reason}")))?;
-    let frame = Frame {
-        camera: Arc::from(SOURCE),
-        seq: 0,
-        pts: None,
-        capture_time: SystemTime::now(),
-        letterbox,
-        pixels,
+    let outcome = still::letterbox_rgb(image, input_w, input_h)
+        .map_err(|reason| format!("cannot letterbox the image: {reason}"))
+        .and_then(|(letterbox, pixels)| {
+            let frame = Frame {
+                camera: Arc::from(SOURCE),
+                seq: 0,
+                pts: None,
+                capture_time: SystemTime::now(),
+                letterbox,
+                pixels,
+            };
+            model
+                .detect(&frame)
+                .map_err(|e| format!("inference failed: {e}"))
+        });
+    let boxes = match outcome {
+        Ok(boxes) => boxes,
+        Err(message) => {
+            state.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(message);
+        }
     };
-    let infer_started = Instant::now();
-    let boxes = model
-        .detect(&frame)
-        .map_err(|e| Refusal::Model(format!("inference failed: {e}")))?;
+    let took = started.elapsed();
+    {
+        let mut recent = state
+            .recent_infer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *recent = moving_average(*recent, took);
+    }
+    state.stats.answered.fetch_add(1, Ordering::Relaxed);
     let result = boxes
         .iter()
         .map(|d| (d.x1, d.y1, d.x2, d.y2, d.score, d.class))
         .collect();
-    let timing = Timing {
-        parse_ms,
-        infer_ms: infer_started.elapsed().as_secs_f64() * 1e3,
-    };
-    Ok((result, timing))
+    Ok((result, took.as_secs_f64() * 1e3))
 }
 
 fn too_large(limit: usize) -> Response {
@@ -553,6 +773,46 @@ mod tests {
         assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
         drop(held);
         assert_eq!(budget.available_permits(), 15);
+    }
+
+    #[test]
+    fn the_edges_wait_is_optional_and_checked() {
+        let wait = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(WAIT_HEADER, value.parse().unwrap());
+            edge_wait(&headers).map_err(|refusal| refusal.into_response().status())
+        };
+        assert_eq!(
+            edge_wait(&HeaderMap::new()).ok(),
+            Some(None),
+            "Sedna's clients"
+        );
+        assert_eq!(wait("1000"), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(wait(" 1 "), Ok(Some(Duration::from_millis(1))));
+        for bad in ["0", "600001", "-5", "1.5", "soon", ""] {
+            assert_eq!(wait(bad), Err(StatusCode::BAD_REQUEST), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_waits_counts_as_abandoned() {
+        let (waiting, abandoned) = (AtomicUsize::new(0), AtomicU64::new(0));
+        let model = Arc::new(tokio::sync::Mutex::new(()));
+        let busy = model.clone().lock_owned().await;
+        let served = Queued::count_in(&waiting, &abandoned);
+        let left = Queued::count_in(&waiting, &abandoned);
+        assert_eq!(waiting.load(Ordering::Relaxed), 2);
+        served.leave();
+        // As hyper drops a handler when its client closes the connection.
+        let wait = async {
+            let _model = model.clone().lock_owned().await;
+            left.leave();
+        };
+        let dropped = tokio::time::timeout(Duration::from_millis(10), wait).await;
+        assert!(dropped.is_err(), "the model is busy");
+        drop(busy);
+        assert_eq!(waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(abandoned.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -643,7 +643,7 @@ impl FairQueue {
     fn pop_usable(&mut self, answer_at: Instant) -> (Option<Job>, Vec<Job>) {
         let mut expired = Vec::new();
         while let Some(job) = self.pop() {
-            if job.deadline.is_some_and(|d| d <= answer_at) {
+            if answered_too_late(job.deadline, answer_at) {
                 expired.push(job);
                 continue;
             }
@@ -665,9 +665,16 @@ impl FairQueue {
     }
 }
 
+/// Whether an answer ready at `answer_at` (now plus the recent inference time) comes when the
+/// edge waits no longer (`deadline`): the request is then refused as expired instead of run.
+/// Both protocols apply it just before an inference.
+pub(super) fn answered_too_late(deadline: Option<Instant>, answer_at: Instant) -> bool {
+    deadline.is_some_and(|d| d <= answer_at)
+}
+
 /// A quarter of each new inference time: follows a change of load within a few requests, and
 /// one slow outlier does not close the door on every request behind it.
-fn moving_average(average: Duration, latest: Duration) -> Duration {
+pub(super) fn moving_average(average: Duration, latest: Duration) -> Duration {
     if average.is_zero() {
         return latest;
     }

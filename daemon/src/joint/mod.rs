@@ -53,7 +53,8 @@ pub struct Reply {
     pub fixes: BoxFixes,
     /// Who answered (a cloud replica, a Sedna host), for logs.
     pub source: String,
-    /// How busy the replica said it was; `None` from a cloud that does not say (Sedna HTTP).
+    /// How busy the replica said it was; `None` from a cloud that does not say (Sedna's own
+    /// server).
     pub load: Option<CloudLoad>,
 }
 
@@ -164,7 +165,7 @@ impl AskError {
             Self::Refused { message, load, .. } if protocol::is_busy_refusal(message) => {
                 Signal::Busy(*load)
             }
-            Self::SednaHttp(e) if e.is_busy() => Signal::Busy(None),
+            Self::SednaHttp(e) if e.is_busy() => Signal::Busy(e.load()),
             _ => Signal::Down,
         }
     }
@@ -310,11 +311,13 @@ impl JointClient {
         cfg: &Config,
         uplink: Option<&UplinkHandle>,
     ) -> Result<Option<Self>, JointError> {
+        let settings = JointSettings::from_config(cfg);
         let model: Arc<dyn BigModel> = match (cfg.cloud.protocol, uplink) {
             (CloudProtocol::SednaHttp, _) => {
                 let client = sedna_http::SednaHttpClient::new(
                     &sedna_http::SednaHttpSettings::from_config(cfg),
-                )?;
+                )?
+                .with_wait(settings.timeout);
                 tracing::info!(url = %helmet_pipelines::redact::redact(&client.predict_url()), "hard examples go to a Sedna cloud");
                 Arc::new(client)
             }
@@ -323,7 +326,7 @@ impl JointClient {
             }
             (CloudProtocol::Mqtt, None) | (CloudProtocol::None, _) => return Ok(None),
         };
-        Ok(Some(Self::new(model, JointSettings::from_config(cfg))))
+        Ok(Some(Self::new(model, settings)))
     }
 
     pub fn stats(&self) -> CloudStats {
@@ -607,11 +610,36 @@ mod tests {
     }
 
     fn sedna_status(status: StatusCode) -> AskError {
+        sedna_refusal(status, None)
+    }
+
+    fn sedna_refusal(status: StatusCode, load: Option<CloudLoad>) -> AskError {
         AskError::SednaHttp(sedna_http::SednaHttpError::Status {
             authority: "cloud:5000".into(),
             status,
             body: String::new(),
+            load,
         })
+    }
+
+    #[test]
+    fn a_sedna_refusal_is_busy_with_its_load_as_an_mqtt_one() {
+        let load = CloudLoad {
+            queue: 4,
+            recent_infer: Duration::from_millis(500),
+        };
+        let busy = sedna_refusal(StatusCode::SERVICE_UNAVAILABLE, Some(load));
+        assert_eq!(busy.signal(), refused(protocol::EXPIRED).signal());
+        assert_eq!(busy.signal(), Signal::Busy(Some(load)));
+        assert_eq!(
+            sedna_status(StatusCode::SERVICE_UNAVAILABLE).signal(),
+            Signal::Busy(None),
+            "Sedna's own server reports no load"
+        );
+        assert_eq!(
+            sedna_status(StatusCode::INTERNAL_SERVER_ERROR).signal(),
+            Signal::Down
+        );
     }
 
     fn is_open(guard: &JointClient) -> bool {

@@ -93,6 +93,18 @@ pub struct CloudLoad {
 }
 
 impl CloudLoad {
+    /// The queue and the inference time in ms (to 0.1 ms) as a cloud reports them: in the
+    /// `"load"` of an MQTT answer, or in Sedna HTTP's response headers.
+    pub fn to_wire(self) -> (u32, f64) {
+        let wire = WireLoad::from_load(self);
+        (wire.queue, wire.infer_ms)
+    }
+
+    /// A reported load, checked as the `"load"` of an MQTT answer is.
+    pub fn from_wire(queue: u32, infer_ms: f64) -> Result<Self, LoadError> {
+        WireLoad { queue, infer_ms }.checked()
+    }
+
     /// How long a request sent now would take to be answered: everyone waiting first, then its
     /// own inference. Transfer times are not included.
     pub fn expected_wait(&self) -> Duration {
@@ -420,6 +432,14 @@ pub fn parse_request(
     ))
 }
 
+/// An edge's declared wait (`wait_ms`, or Sedna HTTP's `X-Helmetd-Wait-Ms`), if it is within
+/// `1..=MAX_WAIT_MS`.
+pub fn checked_wait(ms: u64) -> Option<Duration> {
+    (1..=MAX_WAIT_MS)
+        .contains(&ms)
+        .then(|| Duration::from_millis(ms))
+}
+
 /// The shorter of the edge's `wait_ms` (optional: older edges do not send it) and the message
 /// expiry.
 fn usable_for(
@@ -431,14 +451,14 @@ fn usable_for(
         Err(e) => return Err(e),
         Ok(_) => {
             let ms: u64 = user.parse("wait_ms")?;
-            if !(1..=MAX_WAIT_MS).contains(&ms) {
-                return Err(bad(
+            let wait = checked_wait(ms).ok_or_else(|| {
+                bad(
                     "wait_ms",
                     &ms.to_string(),
                     format!("must be within 1..={MAX_WAIT_MS}"),
-                ));
-            }
-            Some(Duration::from_millis(ms))
+                )
+            })?;
+            Some(wait)
         }
     };
     let expiry = expiry_s.map(|s| Duration::from_secs(u64::from(s)));
@@ -639,6 +659,15 @@ struct WireResponse {
     load: Option<WireLoad>,
 }
 
+/// A reported load that is not a measurement.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("load.queue {0} exceeds {MAX_REPORTED_QUEUE}")]
+    Queue(u32),
+    #[error("load.infer_ms {0} is not within 0..={MAX_INFER_MS}")]
+    InferMs(f64),
+}
+
 /// `"load":{"queue":…,"infer_ms":…}`
 #[derive(Serialize, Deserialize)]
 struct WireLoad {
@@ -654,18 +683,12 @@ impl WireLoad {
         }
     }
 
-    fn checked(&self) -> Result<CloudLoad, ResponseError> {
+    fn checked(&self) -> Result<CloudLoad, LoadError> {
         if self.queue > MAX_REPORTED_QUEUE {
-            return Err(ResponseError::Json(format!(
-                "load.queue {} exceeds {MAX_REPORTED_QUEUE}",
-                self.queue
-            )));
+            return Err(LoadError::Queue(self.queue));
         }
         if !(0.0..=MAX_INFER_MS).contains(&self.infer_ms) {
-            return Err(ResponseError::Json(format!(
-                "load.infer_ms {} is not within 0..={MAX_INFER_MS}",
-                self.infer_ms
-            )));
+            return Err(LoadError::InferMs(self.infer_ms));
         }
         Ok(CloudLoad {
             queue: self.queue,
@@ -863,7 +886,14 @@ pub fn parse_response(publish: &Publish) -> Result<CloudResponse, ResponseError>
     let wire: WireResponse =
         serde_json::from_slice(&publish.payload).map_err(|e| ResponseError::Json(e.to_string()))?;
     let replica = answer_text(&wire.replica);
-    let load = wire.load.as_ref().map(WireLoad::checked).transpose()?;
+    let load = wire
+        .load
+        .as_ref()
+        .map(|load| {
+            load.checked()
+                .map_err(|e| ResponseError::Json(e.to_string()))
+        })
+        .transpose()?;
     match (wire.result, wire.error) {
         (Some(boxes), _) => {
             let infer_ms = wire.infer_ms.unwrap_or_default();

@@ -10,17 +10,35 @@
 //! Unlike Sedna's client (no timeout, 5 attempts 3 s apart) one `ask` is one attempt; the
 //! [`JointClient`](super::JointClient) bounds it by `cloud.timeout_ms` from start to parsed
 //! answer, with the same circuit breaker as for MQTT.
+//!
+//! Against `helmetd cloud --sedna-http` the exchange carries what the MQTT protocol carries in
+//! its properties and `"load"`, in headers Sedna's own server ignores and never sends: the edge's
+//! wait ([`WAIT_HEADER`]) so the cloud does not run a request the edge no longer waits for, and
+//! the replica's load ([`QUEUE_HEADER`], [`INFER_MS_HEADER`]) on every answer and refusal, read
+//! into the same [`CloudLoad`] the pacer gets from an MQTT answer.
+
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use helmet_pipelines::Detection;
-use hyper::StatusCode;
 use hyper::body::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::StatusCode;
 use image::RgbImage;
 use serde::Deserialize;
 
-use super::protocol::{BoxFixes, HardExampleMeta, checked_boxes, detection_from_sedna};
+use super::protocol::{
+    BoxFixes, CloudLoad, HardExampleMeta, MAX_WAIT_MS, checked_boxes, detection_from_sedna,
+};
 use super::{AskError, BigModel, Reply};
 use crate::sedna::post::{PostError, post_json};
+
+/// Request header: how long the edge still waits for this answer, in whole milliseconds.
+pub const WAIT_HEADER: &str = "x-helmetd-wait-ms";
+/// Response header: requests waiting for the replica's model.
+pub const QUEUE_HEADER: &str = "x-helmetd-queue";
+/// Response header: the replica's recent time for one inference, in milliseconds.
+pub const INFER_MS_HEADER: &str = "x-helmetd-infer-ms";
 
 /// 300 boxes of six numbers are ~20 KB; a body beyond this is not an answer to us.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -58,6 +76,8 @@ pub enum SednaHttpError {
         authority: String,
         status: StatusCode,
         body: String,
+        /// The load the refusal reported (`helmetd cloud --sedna-http` does, Sedna does not).
+        load: Option<CloudLoad>,
     },
     #[error("unreadable answer from {authority}: {reason}")]
     BadResponse { authority: String, reason: String },
@@ -65,7 +85,8 @@ pub enum SednaHttpError {
 
 impl SednaHttpError {
     /// 503 and 429 say the service is there but busy (`helmetd cloud --sedna-http` answers 503
-    /// while the bodies in memory are at their budget): slow down rather than back off.
+    /// while the bodies in memory are at their budget, and for a request it could not answer
+    /// before the edge's wait ends): slow down rather than back off.
     pub fn is_busy(&self) -> bool {
         matches!(
             self,
@@ -73,6 +94,14 @@ impl SednaHttpError {
                 if *status == StatusCode::SERVICE_UNAVAILABLE
                     || *status == StatusCode::TOO_MANY_REQUESTS
         )
+    }
+
+    /// The load a refusal reported.
+    pub fn load(&self) -> Option<CloudLoad> {
+        match self {
+            Self::Status { load, .. } => *load,
+            _ => None,
+        }
     }
 }
 
@@ -98,7 +127,13 @@ pub struct SednaHttpClient {
     authority: String,
     /// `/<job>/predict` under the base URL's path.
     path: String,
+    /// How long the edge waits for an answer, told to the cloud as [`WAIT_HEADER`].
+    wait: Option<Duration>,
 }
+
+/// A successful exchange: the boxes in the pixels of the image sent, what their check repaired,
+/// and the load the cloud reported.
+type Answered = (Vec<Detection>, BoxFixes, Option<CloudLoad>);
 
 impl SednaHttpClient {
     pub fn new(settings: &SednaHttpSettings) -> Result<Self, UrlError> {
@@ -123,7 +158,16 @@ impl SednaHttpClient {
                 url.path().trim_end_matches('/'),
                 settings.job
             ),
+            wait: None,
         })
+    }
+
+    /// Tells the cloud in every request that the edge waits `wait` (the guard's timeout) from
+    /// the start of the request: `helmetd cloud` then refuses rather than runs what it could
+    /// not answer in time.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
     }
 
     /// The URL requests go to, for logs.
@@ -134,14 +178,26 @@ impl SednaHttpClient {
     /// Sends `image` (the letterbox content of the frame `meta` describes) and returns the big
     /// model's boxes in camera-frame pixels.
     async fn request(&self, image: &RgbImage, meta: &HardExampleMeta) -> Result<Reply, AskError> {
+        let started = Instant::now();
         let body = predict_body(image);
-        let (boxes, fixes) = self.exchange(body, image.width(), image.height()).await?;
+        let mut headers = HeaderMap::new();
+        if let Some(wait) = self.wait {
+            // What building the body took is no longer waited for.
+            let left = wait.saturating_sub(started.elapsed()).as_millis();
+            let ms = u64::try_from(left)
+                .unwrap_or(MAX_WAIT_MS)
+                .clamp(1, MAX_WAIT_MS);
+            headers.insert(HeaderName::from_static(WAIT_HEADER), HeaderValue::from(ms));
+        }
+        let (boxes, fixes, load) = self
+            .exchange(headers, body, image.width(), image.height())
+            .await?;
         Ok(Reply {
             boxes: meta.to_original(&boxes),
             fixes,
             source: self.authority.clone(),
-            // Sedna says nothing about its load: the guard paces by the round trips it sees.
-            load: None,
+            // Sedna's own server reports none: the guard then paces by the round trips it sees.
+            load,
         })
     }
 
@@ -149,43 +205,96 @@ impl SednaHttpClient {
     /// kept-alive connection would save little and add a stale-connection failure mode.
     async fn exchange(
         &self,
+        headers: HeaderMap,
         body: Bytes,
         image_w: u32,
         image_h: u32,
-    ) -> Result<(Vec<Detection>, BoxFixes), SednaHttpError> {
+    ) -> Result<Answered, SednaHttpError> {
         let authority = &self.authority;
-        let (status, body) = post_json(authority, &self.path, body, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| match e {
-                PostError::Connect(source) => SednaHttpError::Connect {
-                    authority: authority.clone(),
-                    source,
-                },
-                PostError::Http(source) => SednaHttpError::Http {
-                    authority: authority.clone(),
-                    source,
-                },
-                PostError::Request(e) => SednaHttpError::BadResponse {
-                    authority: authority.clone(),
-                    reason: format!("cannot build the request: {e}"),
-                },
-                PostError::Body => SednaHttpError::Body {
-                    authority: authority.clone(),
-                },
-            })?;
+        let (status, answer_headers, body) =
+            post_json(authority, &self.path, headers, body, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| match e {
+                    PostError::Connect(source) => SednaHttpError::Connect {
+                        authority: authority.clone(),
+                        source,
+                    },
+                    PostError::Http(source) => SednaHttpError::Http {
+                        authority: authority.clone(),
+                        source,
+                    },
+                    PostError::Request(e) => SednaHttpError::BadResponse {
+                        authority: authority.clone(),
+                        reason: format!("cannot build the request: {e}"),
+                    },
+                    PostError::Body => SednaHttpError::Body {
+                        authority: authority.clone(),
+                    },
+                })?;
+        let bad = |reason| SednaHttpError::BadResponse {
+            authority: authority.clone(),
+            reason,
+        };
+        let load = load_from_headers(&answer_headers).map_err(bad)?;
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&body);
             return Err(SednaHttpError::Status {
                 authority: authority.clone(),
                 status,
                 body: text.trim().chars().take(ERROR_BODY_CHARS).collect(),
+                load,
             });
         }
-        parse_result(&body, image_w, image_h).map_err(|reason| SednaHttpError::BadResponse {
-            authority: authority.clone(),
-            reason,
-        })
+        let (boxes, fixes) = parse_result(&body, image_w, image_h).map_err(bad)?;
+        Ok((boxes, fixes, load))
     }
+}
+
+/// Writes `load` as [`QUEUE_HEADER`] and [`INFER_MS_HEADER`] (the server's side).
+pub fn insert_load(headers: &mut HeaderMap, load: CloudLoad) {
+    let (queue, infer_ms) = load.to_wire();
+    // A finite number prints as digits, '.' and '-': always a header value.
+    let Ok(infer_ms) = HeaderValue::try_from(infer_ms.to_string()) else {
+        return;
+    };
+    headers.insert(
+        HeaderName::from_static(QUEUE_HEADER),
+        HeaderValue::from(queue),
+    );
+    headers.insert(HeaderName::from_static(INFER_MS_HEADER), infer_ms);
+}
+
+/// The load an answer's headers report: none from a server that reports none (Sedna's), an
+/// error for headers that are not a load (one without the other, not numbers, out of the range
+/// an MQTT answer's `"load"` must be in).
+pub fn load_from_headers(headers: &HeaderMap) -> Result<Option<CloudLoad>, String> {
+    match (headers.get(QUEUE_HEADER), headers.get(INFER_MS_HEADER)) {
+        (None, None) => Ok(None),
+        (Some(queue), Some(infer_ms)) => {
+            let load = CloudLoad::from_wire(
+                header_number(QUEUE_HEADER, queue)?,
+                header_number(INFER_MS_HEADER, infer_ms)?,
+            );
+            load.map(Some).map_err(|e| e.to_string())
+        }
+        _ => Err(format!(
+            "{QUEUE_HEADER} and {INFER_MS_HEADER} come together or not at all"
+        )),
+    }
+}
+
+fn header_number<T: std::str::FromStr>(name: &str, value: &HeaderValue) -> Result<T, String> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            let shown: String = String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(40)
+                .collect();
+            format!("{name} {shown:?} is not a number")
+        })
 }
 
 impl BigModel for SednaHttpClient {
@@ -287,6 +396,69 @@ pub fn parse_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(queue: u32, infer_ms: u64) -> CloudLoad {
+        CloudLoad {
+            queue,
+            recent_infer: Duration::from_millis(infer_ms),
+        }
+    }
+
+    #[test]
+    fn the_load_round_trips_through_headers_and_junk_is_refused() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(load_from_headers(&headers), Ok(None), "Sedna's own server");
+        insert_load(&mut headers, load(3, 812));
+        assert_eq!(headers[QUEUE_HEADER], "3");
+        assert_eq!(headers[INFER_MS_HEADER], "812");
+        assert_eq!(load_from_headers(&headers), Ok(Some(load(3, 812))));
+        let mut fractional = HeaderMap::new();
+        insert_load(
+            &mut fractional,
+            CloudLoad {
+                queue: 0,
+                recent_infer: Duration::from_micros(1_550),
+            },
+        );
+        assert_eq!(fractional[INFER_MS_HEADER], "1.6");
+
+        for (queue, infer_ms, says) in [
+            (Some("3"), None, "come together"),
+            (None, Some("812"), "come together"),
+            (Some("-1"), Some("812"), "not a number"),
+            (Some("three"), Some("812"), "not a number"),
+            (Some("3"), Some("NaN"), "not within"),
+            (Some("3"), Some("-5"), "not within"),
+            (Some("3"), Some("1e99"), "not within"),
+            (Some("100001"), Some("812"), "exceeds"),
+        ] {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [(QUEUE_HEADER, queue), (INFER_MS_HEADER, infer_ms)] {
+                if let Some(value) = value {
+                    headers.insert(name, HeaderValue::from_static(value));
+                }
+            }
+            let error = load_from_headers(&headers).expect_err(says);
+            assert!(error.contains(says), "{queue:?} {infer_ms:?}: {error}");
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert(QUEUE_HEADER, HeaderValue::from_bytes(&[0xff; 100]).unwrap());
+        binary.insert(INFER_MS_HEADER, HeaderValue::from_static("1"));
+        let error = load_from_headers(&binary).unwrap_err();
+        assert!(error.len() < 200, "the value is cut: {error}");
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_load() {
+        let refusal = SednaHttpError::Status {
+            authority: "cloud:5000".into(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: String::new(),
+            load: Some(load(2, 500)),
+        };
+        assert!(refusal.is_busy());
+        assert_eq!(refusal.load(), Some(load(2, 500)));
+    }
 
     fn settings(url: &str, job: &str) -> SednaHttpSettings {
         SednaHttpSettings {

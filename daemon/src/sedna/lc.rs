@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use hyper::body::Bytes;
+use hyper::header::HeaderMap;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -257,14 +258,20 @@ async fn post(settings: &LcSettings, body: String) -> Result<(), Failure> {
         kind,
         detail: format!("http://{authority}{}: {detail}", settings.path),
     };
-    let (status, _) = post_json(authority, &settings.path, Bytes::from(body), MAX_LC_ANSWER)
-        .await
-        .map_err(|e| match e {
-            PostError::Connect(e) => failure(FailureKind::Connect, e.to_string()),
-            PostError::Http(e) => failure(FailureKind::Http, e.to_string()),
-            PostError::Request(e) => failure(FailureKind::Http, e.to_string()),
-            PostError::Body => failure(FailureKind::Http, "the answer broke off".into()),
-        })?;
+    let answer = post_json(
+        authority,
+        &settings.path,
+        HeaderMap::new(),
+        Bytes::from(body),
+        MAX_LC_ANSWER,
+    )
+    .await;
+    let (status, _, _) = answer.map_err(|e| match e {
+        PostError::Connect(e) => failure(FailureKind::Connect, e.to_string()),
+        PostError::Http(e) => failure(FailureKind::Http, e.to_string()),
+        PostError::Request(e) => failure(FailureKind::Http, e.to_string()),
+        PostError::Body => failure(FailureKind::Http, "the answer broke off".into()),
+    })?;
     if status.is_success() {
         Ok(())
     } else {

@@ -4,7 +4,7 @@
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderMap};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -18,14 +18,16 @@ pub(crate) enum PostError {
     Body,
 }
 
-/// POSTs `body` as JSON to `http://<authority><path>` and reads the answer, at most
-/// `max_answer` bytes. Dropping the future (a caller's timeout) closes the socket.
+/// POSTs `body` as JSON with `headers` to `http://<authority><path>` and reads the answer, at
+/// most `max_answer` bytes, with its headers. Dropping the future (a caller's timeout) closes the
+/// socket, which is how a server that watches its connections learns the caller gave up.
 pub(crate) async fn post_json(
     authority: &str,
     path: &str,
+    headers: HeaderMap,
     body: Bytes,
     max_answer: usize,
-) -> Result<(StatusCode, Bytes), PostError> {
+) -> Result<(StatusCode, HeaderMap, Bytes), PostError> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(PostError::Connect)?;
@@ -33,23 +35,24 @@ pub(crate) async fn post_json(
         .await
         .map_err(PostError::Http)?;
     let connection = AbortOnDrop(tokio::spawn(connection));
-    let request = Request::post(path)
+    let mut request = Request::post(path)
         .header(HOST, authority)
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .map_err(PostError::Request)?;
+    request.headers_mut().extend(headers);
     let response = sender
         .send_request(request)
         .await
         .map_err(PostError::Http)?;
-    let status = response.status();
-    let answer = Limited::new(response.into_body(), max_answer)
+    let (parts, body) = response.into_parts();
+    let answer = Limited::new(body, max_answer)
         .collect()
         .await
         .map_err(|_| PostError::Body)?
         .to_bytes();
     drop(connection);
-    Ok((status, answer))
+    Ok((parts.status, parts.headers, answer))
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
