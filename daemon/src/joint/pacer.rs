@@ -175,7 +175,7 @@ impl Pacer {
         }
         if let Some(rate) = self.rate {
             let step = load
-                .and_then(capacity)
+                .and_then(|load| capacity(load, self.settings.deadline))
                 .map_or(self.settings.increase, |target| {
                     ((target - rate) / 2.0).max(self.settings.increase)
                 });
@@ -199,7 +199,7 @@ impl Pacer {
             return;
         }
         self.lowered_at = Some(at);
-        let allowed = load.and_then(capacity);
+        let allowed = load.and_then(|load| capacity(load, self.settings.deadline));
         let rate = match self.rate {
             Some(rate) => {
                 let halved = rate * self.settings.decrease;
@@ -226,9 +226,15 @@ impl Pacer {
     }
 }
 
-/// The pace at which a replica so loaded answers each request before the next arrives.
-fn capacity(load: CloudLoad) -> Option<f64> {
-    per_second(load.expected_wait())
+/// The pace a replica so loaded can give this edge: its throughput (it runs one inference at a
+/// time), scaled down by as much as the wait it reports overshoots `deadline`, so that its queue
+/// drains back within the deadline. Not `1 ÷ wait`: that waits for each answer before the next
+/// request, a third of what a replica with a short queue serves, and cost a third of the cloud's
+/// decisions in the demo.
+fn capacity(load: CloudLoad, deadline: Duration) -> Option<f64> {
+    let throughput = per_second(load.recent_infer)?;
+    let wait = load.expected_wait().as_secs_f64();
+    Some(throughput * (deadline.as_secs_f64() / wait).min(1.0))
 }
 
 fn per_second(every: Duration) -> Option<f64> {
@@ -282,17 +288,22 @@ mod tests {
     fn a_busy_refusal_paces_at_what_the_load_allows() {
         let t0 = Instant::now();
         let mut p = pacer();
-        // Four waiting at 500 ms each: one request per 2.5 s keeps the queue from growing.
+        // Four waiting at 500 ms each, a wait of 2.5 s against a 1 s deadline: 2.5 times too
+        // long, so 1 ÷ 2.5 of the replica's 2 inferences a second, and its queue drains.
         p.on_slow(t0, load(4, 500));
-        assert_eq!(p.state().admitted_per_s, Some(0.4));
+        assert_eq!(p.state().admitted_per_s, Some(0.8));
         assert!(p.admit(t0));
-        assert!(!p.admit(t0 + 2 * S));
-        assert!(p.admit(t0 + 2500 * MS));
+        assert!(!p.admit(t0 + S));
+        assert!(p.admit(t0 + 1250 * MS));
         assert_eq!(
             admitted(&mut p, t0 + 3 * S, 100 * MS, 100),
-            4,
-            "10 s at 0.4/s"
+            8,
+            "10 s at 0.8/s"
         );
+        // A wait within the deadline: the replica's throughput, not one request per wait.
+        let mut q = pacer();
+        q.on_slow(t0, load(1, 400));
+        assert_eq!(q.state().admitted_per_s, Some(2.5));
     }
 
     #[test]
@@ -319,7 +330,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = pacer();
         p.on_slow(t0, load(4, 500));
-        // Answers with an empty queue: halfway to the capacity (2/s) each time.
+        // Answers with an empty queue: halfway to the replica's throughput (2/s) each time.
         let mut now = t0;
         let mut rates = Vec::new();
         for _ in 0..3 {
@@ -327,7 +338,7 @@ mod tests {
             assert_eq!(p.on_answer(now, 600 * MS, load(0, 500)), Verdict::InTime);
             rates.push((p.state().admitted_per_s.unwrap() * 1000.0).round() / 1000.0);
         }
-        assert_eq!(rates, [1.2, 1.6, 1.8]);
+        assert_eq!(rates, [1.4, 1.7, 1.9], "never less than the additive step");
         // Without a load report, a little each time, and above max_rate pacing ends.
         let mut answers = 0;
         while p.state().admitted_per_s.is_some() {
@@ -336,7 +347,7 @@ mod tests {
             answers += 1;
             assert!(answers < 1000, "never ended: {:?}", p.state());
         }
-        // (20 - 1.8) / 0.2, give or take the rounding of the sums.
+        // (20 - 1.9) / 0.2, give or take the rounding of the sums.
         assert!((91..=92).contains(&answers), "{answers}");
     }
 
@@ -346,7 +357,8 @@ mod tests {
         let mut p = pacer();
         // Two waiting at 400 ms: the next would be answered after 1.2 s, past the 1 s deadline.
         assert_eq!(p.on_answer(t0, 500 * MS, load(2, 400)), Verdict::Slow);
-        assert!((p.state().admitted_per_s.unwrap() - 1.0 / 1.2).abs() < 1e-9);
+        // 2.5 inferences a second, 1.2 times too long a wait.
+        assert!((p.state().admitted_per_s.unwrap() - 2.5 / 1.2).abs() < 1e-9);
         // Without a report (Sedna HTTP), the round trip alone: 900 ms of a 1 s deadline.
         let mut q = pacer();
         assert_eq!(q.on_answer(t0, 700 * MS, None), Verdict::InTime);
