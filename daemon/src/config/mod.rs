@@ -133,24 +133,11 @@ pub struct MotionConfig {
 
 impl Default for MotionConfig {
     fn default() -> Self {
-        let d = crate::motion::MotionSettings::default();
         Self {
-            enabled: d.enabled,
-            threshold: f64::from(d.threshold),
-            min_area: d.min_area,
-            max_skip_s: d.max_skip.as_secs_f64(),
-        }
-    }
-}
-
-impl MotionConfig {
-    /// Validated settings ([`Config::validate`] checks the ranges).
-    pub fn settings(&self) -> crate::motion::MotionSettings {
-        crate::motion::MotionSettings {
-            enabled: self.enabled,
-            threshold: self.threshold as f32,
-            min_area: self.min_area,
-            max_skip: std::time::Duration::try_from_secs_f64(self.max_skip_s).unwrap_or_default(),
+            enabled: true,
+            threshold: 15.0,
+            min_area: 0.003,
+            max_skip_s: 5.0,
         }
     }
 }

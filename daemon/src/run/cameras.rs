@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::finalize::{self, CameraFrame, Finalize};
 use super::settings::camera_settings;
 use crate::config::{CameraConfig, Config, MotionConfig};
-use crate::motion::MotionGate;
+use crate::motion::{MotionGate, MotionSettings};
 use crate::telemetry::Counters;
 use crate::worker::Dispatcher;
 use crate::zones::CameraRules;
@@ -190,9 +190,9 @@ impl CameraSet {
         let rules = Arc::new(CameraRules::from_config(cam)?);
         let camera = Camera::start(camera_settings(cfg, cam, self.on_frame.clone())?)?;
         match self.gates.get_mut(&cam.name) {
-            Some(gate) => gate.update(cam.motion.settings(), rules.clone()),
+            Some(gate) => gate.update(MotionSettings::from_config(&cam.motion), rules.clone()),
             None => {
-                let gate = MotionGate::new(cam.motion.settings(), rules.clone());
+                let gate = MotionGate::new(MotionSettings::from_config(&cam.motion), rules.clone());
                 self.gates.insert(cam.name.clone(), gate);
             }
         }
@@ -224,7 +224,7 @@ impl CameraSet {
             Ok(rules) => {
                 let rules = Arc::new(rules);
                 if let Some(gate) = self.gates.get_mut(name) {
-                    gate.update(cam.motion.settings(), rules.clone());
+                    gate.update(MotionSettings::from_config(&cam.motion), rules.clone());
                 }
                 if sender.send_if_modified(|current| replace_if_changed(current, rules)) {
                     tracing::info!(camera = name, "zones, masks and schedule reloaded");
