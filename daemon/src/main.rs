@@ -238,6 +238,15 @@ enum BenchCommand {
         #[command(flatten)]
         args: helmetd::commands::bench_tracking::BenchTrackingArgs,
     },
+    /// Motion gating: cameras per core on a mostly still scene, gated vs every frame, and whether the alert episodes stay the same.
+    Motion {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: helmetd::commands::bench_motion::BenchMotionArgs,
+    },
+    /// Hard frames the big model decides per minute and frames/s: helmetd edge only, helmetd joint, and a Sedna-style synchronous loop on one cloud.
+    SednaLoop(helmetd::commands::bench_sedna_loop::BenchSednaLoopArgs),
 }
 
 /// Runs a benchmark and prints its RESULT line, which ends with the INT8 kernel family: figures
@@ -300,6 +309,15 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
             let cfg = config.load()?;
             init_runtime(&cfg)?;
             helmetd::commands::bench_tracking::run(&cfg, &args)
+        }
+        BenchCommand::Motion { config, args } => {
+            let cfg = config.load()?;
+            init_runtime(&cfg)?;
+            helmetd::commands::bench_motion::run(&cfg, &args)
+        }
+        BenchCommand::SednaLoop(args) => {
+            init_runtime(&args.config()?)?;
+            helmetd::commands::bench_sedna_loop::run(&args)
         }
     }
 }

@@ -314,7 +314,7 @@ async fn serve_loaded(
 }
 
 /// The big model, warmed up, and its file name for answers and logs.
-fn load_big_model(spec: &ModelSpec) -> Result<(Detector, String), DetectError> {
+pub(crate) fn load_big_model(spec: &ModelSpec) -> Result<(Detector, String), DetectError> {
     let model = spec.path.file_name().map_or_else(
         || spec.path.display().to_string(),
         |name| name.to_string_lossy().into_owned(),

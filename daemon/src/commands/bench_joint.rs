@@ -333,7 +333,13 @@ fn photos_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// The sampled frames of `video`, letterboxed for the little model.
-fn video_frames(video: &Path, w: u32, h: u32, fps: f64, max: u32) -> anyhow::Result<Vec<Frame>> {
+pub(crate) fn video_frames(
+    video: &Path,
+    w: u32,
+    h: u32,
+    fps: f64,
+    max: u32,
+) -> anyhow::Result<Vec<Frame>> {
     let url = url::Url::from_file_path(video.canonicalize()?)
         .map_err(|()| anyhow::anyhow!("{}: not a usable path", video.display()))?;
     let mut settings = CameraSettings::new("bench-joint", url.as_str(), w, h);
@@ -437,7 +443,30 @@ pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("plot: {}", path.display());
     }
-    Ok(result_line(&points, scored.len()))
+    let mut best_crop: Option<CropResult> = None;
+    for shape in CROP_SHAPES {
+        let settings = CropSettings::from_config(cfg, min_score, shape);
+        let crops = evaluate_crops(
+            &frames,
+            &scored,
+            &daemon_rule,
+            &mut big,
+            &settings,
+            &scoring,
+        )?;
+        println!("{}", crops.summary(&settings));
+        if best_crop
+            .as_ref()
+            .is_none_or(|b| crops.f1_crops > b.f1_crops)
+        {
+            best_crop = Some(crops);
+        }
+    }
+    let crop_fields = best_crop.map(|c| c.result_fields()).unwrap_or_default();
+    Ok(format!(
+        "{} {crop_fields}",
+        result_line(&points, scored.len())
+    ))
 }
 
 fn table(points: &[Point]) -> String {
@@ -578,6 +607,244 @@ fn curve_svg(points: &[Point]) -> String {
     svg
 }
 
+/// A box whose score is this close to `alerts.min_score` is one the big model should settle:
+/// the band `hem::margin_hardness` weighs most.
+const CROP_UNCERTAIN: f32 = 0.15;
+/// The crop shapes tried: context around an uncertain box in box sizes on each side (the big
+/// model sees the person's shoulders and neighbours, not a head cut out of its scene), and the
+/// smallest crop side in letterbox-content pixels (smaller crops are blown up by the big
+/// model's letterbox far beyond anything it was trained on).
+const CROP_SHAPES: [(f64, f64); 3] = [(1.0, 128.0), (2.0, 256.0), (3.0, 360.0)];
+
+/// How "crop, don't ship" is played.
+struct CropSettings {
+    min_score: f32,
+    jpeg_quality: u8,
+    max_side: u32,
+    context: f64,
+    min_side: f64,
+}
+
+impl CropSettings {
+    fn from_config(cfg: &Config, min_score: f32, (context, min_side): (f64, f64)) -> Self {
+        Self {
+            min_score,
+            jpeg_quality: cfg.cloud.jpeg_quality,
+            max_side: cfg.cloud.max_image_side,
+            context,
+            min_side,
+        }
+    }
+}
+
+/// A rectangle of the letterbox content, in its pixels: `[x, y, w, h]`.
+type Region = [u32; 4];
+
+/// The regions of a frame worth the big model's look: each uncertain box of the little model
+/// with `context` box sizes around it, at least `min_side` a side, merged where they touch.
+fn crop_regions(little: &[Detection], frame: &Frame, settings: &CropSettings) -> Vec<Region> {
+    let (min_score, context, min_side) = (settings.min_score, settings.context, settings.min_side);
+    let lb = &frame.letterbox;
+    let (cw, ch) = (f64::from(lb.content_w), f64::from(lb.content_h));
+    let mut regions: Vec<[f64; 4]> = little
+        .iter()
+        .filter(|d| (d.score - min_score).abs() <= CROP_UNCERTAIN)
+        .map(|d| {
+            let [x1, y1, x2, y2] = [d.x1, d.y1, d.x2, d.y2].map(|v| f64::from(v) * lb.scale);
+            let (w, h) = (x2 - x1, y2 - y1);
+            let half_w = (w * (0.5 + context)).max(min_side / 2.0);
+            let half_h = (h * (0.5 + context)).max(min_side / 2.0);
+            let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+            [
+                (cx - half_w).max(0.0),
+                (cy - half_h).max(0.0),
+                (cx + half_w).min(cw),
+                (cy + half_h).min(ch),
+            ]
+        })
+        .filter(|r| r[2] > r[0] && r[3] > r[1])
+        .collect();
+    // Union of overlapping regions until none overlap; each pass removes one, so at most n.
+    'merge: for _ in 0..regions.len() {
+        for a in 0..regions.len() {
+            for b in a + 1..regions.len() {
+                let (p, q) = (regions[a], regions[b]);
+                if p[0] < q[2] && q[0] < p[2] && p[1] < q[3] && q[1] < p[3] {
+                    regions[a] = [
+                        p[0].min(q[0]),
+                        p[1].min(q[1]),
+                        p[2].max(q[2]),
+                        p[3].max(q[3]),
+                    ];
+                    regions.swap_remove(b);
+                    continue 'merge;
+                }
+            }
+        }
+        break;
+    }
+    regions
+        .iter()
+        .map(|r| {
+            let [x1, y1, x2, y2] = r.map(|v| v.round() as u32);
+            [x1, y1, (x2 - x1).max(1), (y2 - y1).max(1)]
+        })
+        .collect()
+}
+
+/// Whether a box (frame pixels) has its centre in a region (content pixels).
+fn centred_in(d: &Detection, region: &Region, scale: f64) -> bool {
+    let cx = f64::from(d.x1 + d.x2) / 2.0 * scale;
+    let cy = f64::from(d.y1 + d.y2) / 2.0 * scale;
+    let [x, y, w, h] = region.map(f64::from);
+    cx >= x && cx < x + w && cy >= y && cy < y + h
+}
+
+/// The joint result of a frame whose regions went to the big model instead of the whole frame:
+/// the little model's boxes outside the regions and the big model's inside them; and the bytes
+/// sent.
+fn crop_answer(
+    frame: &Frame,
+    little: &[Detection],
+    regions: &[Region],
+    big: &mut Detector,
+    settings: &CropSettings,
+) -> anyhow::Result<(Vec<Detection>, usize)> {
+    let scale = frame.letterbox.scale;
+    let content = content_image(frame);
+    let (bw, bh) = big.input_size();
+    let mut joint: Vec<Detection> = little
+        .iter()
+        .filter(|d| !regions.iter().any(|r| centred_in(d, r, scale)))
+        .copied()
+        .collect();
+    let mut bytes = 0;
+    for region in regions {
+        let [x, y, w, h] = *region;
+        let crop = image::imageops::crop_imm(&content, x, y, w, h).to_image();
+        let jpeg = encode_jpeg(&crop, settings.jpeg_quality)?;
+        bytes += jpeg.len();
+        let cloud_frame =
+            letterbox_jpeg(&jpeg, bw, bh, settings.max_side).map_err(anyhow::Error::msg)?;
+        for d in big.detect(&cloud_frame)? {
+            let to_frame =
+                |v: f32, offset: u32| ((f64::from(v) + f64::from(offset)) / scale) as f32;
+            let mapped = Detection {
+                x1: to_frame(d.x1, x),
+                y1: to_frame(d.y1, y),
+                x2: to_frame(d.x2, x),
+                y2: to_frame(d.y2, y),
+                ..d
+            };
+            if centred_in(&mapped, region, scale) {
+                joint.push(mapped);
+            }
+        }
+    }
+    Ok((joint, bytes))
+}
+
+/// "Crop, don't ship" against shipping the whole frame, for the daemon's rule's hard frames.
+struct CropResult {
+    hard: usize,
+    /// Hard frames without an uncertain box: nothing to send, the edge decides.
+    nothing_to_crop: usize,
+    regions: usize,
+    bytes_full: usize,
+    bytes_crops: usize,
+    /// Box F1 against the big model on the whole frame, over all frames.
+    f1_full: f64,
+    f1_crops: f64,
+    f1_edge: f64,
+}
+
+impl CropResult {
+    fn bytes_ratio(&self) -> f64 {
+        self.bytes_crops as f64 / self.bytes_full.max(1) as f64
+    }
+
+    fn summary(&self, settings: &CropSettings) -> String {
+        format!(
+            "crop, don't ship (context {} box sizes, at least {} px; {} hard frames by the daemon's rule; {} without an uncertain box send nothing; {} regions): \
+             {} bytes instead of {} ({:.1} %); box F1 {:.3} with crops, {:.3} with whole frames, {:.3} edge only",
+            settings.context,
+            settings.min_side,
+            self.hard,
+            self.nothing_to_crop,
+            self.regions,
+            self.bytes_crops,
+            self.bytes_full,
+            self.bytes_ratio() * 100.0,
+            self.f1_crops,
+            self.f1_full,
+            self.f1_edge,
+        )
+    }
+
+    /// The best crop shape's figures.
+    fn result_fields(&self) -> String {
+        format!(
+            "crop_bytes_ratio={:.3} f1_crops={:.3} f1_whole_frames={:.3}",
+            self.bytes_ratio(),
+            self.f1_crops,
+            self.f1_full
+        )
+    }
+}
+
+fn evaluate_crops(
+    frames: &[Frame],
+    scored: &[Scored],
+    rule: &HardExampleMining,
+    big: &mut Detector,
+    settings: &CropSettings,
+    scoring: &Scoring<'_>,
+) -> anyhow::Result<CropResult> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut result = CropResult {
+        hard: 0,
+        nothing_to_crop: 0,
+        regions: 0,
+        bytes_full: 0,
+        bytes_crops: 0,
+        f1_full: 0.0,
+        f1_crops: 0.0,
+        f1_edge: 0.0,
+    };
+    let (mut full, mut crops, mut edge) = (Counts::default(), Counts::default(), Counts::default());
+    for (frame, s) in frames.iter().zip(scored) {
+        let truth: Vec<Detection> = s
+            .big
+            .iter()
+            .filter(|d| d.score >= settings.min_score)
+            .copied()
+            .collect();
+        edge.add(match_boxes(&s.little, &truth, settings.min_score));
+        if !rule.is_hard(&s.little, scoring.num_classes, &mut rng) {
+            full.add(match_boxes(&s.little, &truth, settings.min_score));
+            crops.add(match_boxes(&s.little, &truth, settings.min_score));
+            continue;
+        }
+        result.hard += 1;
+        result.bytes_full += encode_jpeg(&content_image(frame), settings.jpeg_quality)?.len();
+        full.add(match_boxes(&s.big, &truth, settings.min_score));
+        let regions = crop_regions(&s.little, frame, settings);
+        result.regions += regions.len();
+        if regions.is_empty() {
+            result.nothing_to_crop += 1;
+            crops.add(match_boxes(&s.little, &truth, settings.min_score));
+            continue;
+        }
+        let (joint, bytes) = crop_answer(frame, &s.little, &regions, big, settings)?;
+        result.bytes_crops += bytes;
+        crops.add(match_boxes(&joint, &truth, settings.min_score));
+    }
+    result.f1_full = full.f1();
+    result.f1_crops = crops.f1();
+    result.f1_edge = edge.f1();
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,5 +934,66 @@ mod tests {
             line.starts_with("RESULT f1_edge_only=0.667 f1_at_30pct=0.667 rule_at_30pct=EdgeOnly upload_at_f1_95=0.500 frames=2"),
             "{line}"
         );
+    }
+
+    /// A 1280×720 camera frame letterboxed into 640×384: content 640×360, scale 0.5.
+    fn camera_frame() -> Frame {
+        let letterbox = helmet_pipelines::letterbox::Letterbox::new(1280, 720, 640, 384);
+        Frame {
+            camera: "c".into(),
+            seq: 0,
+            pts: None,
+            capture_time: std::time::UNIX_EPOCH,
+            letterbox,
+            pixels: vec![0; 640 * 384 * 3],
+        }
+    }
+
+    fn head(x1: f32, y1: f32, side: f32, score: f32) -> Detection {
+        Detection {
+            x1,
+            y1,
+            x2: x1 + side,
+            y2: y1 + side,
+            score,
+            class: 1,
+        }
+    }
+
+    #[test]
+    fn crops_hold_the_uncertain_boxes_with_context_merged_and_clamped() {
+        let frame = camera_frame();
+        let settings = CropSettings {
+            min_score: 0.5,
+            jpeg_quality: 90,
+            max_side: 2048,
+            context: 1.0,
+            min_side: 128.0,
+        };
+        // Confident boxes need no second look.
+        assert!(crop_regions(&[head(100.0, 100.0, 40.0, 0.9)], &frame, &settings).is_empty());
+        // 80 px in the frame is 40 in the content: 3 box sizes is 120, less than the minimum.
+        let one = crop_regions(&[head(400.0, 400.0, 80.0, 0.55)], &frame, &settings);
+        assert_eq!(one, [[156, 156, 128, 128]]);
+        // Two uncertain heads side by side: one region; a corner one is clamped to the content.
+        let regions = crop_regions(
+            &[
+                head(400.0, 400.0, 80.0, 0.45),
+                head(480.0, 400.0, 80.0, 0.6),
+                head(1180.0, 620.0, 100.0, 0.5),
+            ],
+            &frame,
+            &settings,
+        );
+        assert_eq!(regions.len(), 2, "{regions:?}");
+        assert!(regions.contains(&[540, 260, 100, 100]), "{regions:?}");
+        assert!(regions.contains(&[156, 156, 168, 128]), "{regions:?}");
+        let inside = head(410.0, 410.0, 60.0, 0.9);
+        assert!(centred_in(&inside, &[156, 156, 128, 128], 0.5));
+        assert!(!centred_in(
+            &head(900.0, 410.0, 60.0, 0.9),
+            &[156, 156, 128, 128],
+            0.5
+        ));
     }
 }

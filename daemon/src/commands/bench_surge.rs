@@ -360,7 +360,7 @@ pub fn run(args: BenchSurgeArgs) -> anyhow::Result<String> {
 }
 
 /// `helmetd-bench-surge` under the cgroup2 mount: `/sys/fs/cgroup/unified` on a hybrid host.
-fn default_cgroup_root() -> PathBuf {
+pub(crate) fn default_cgroup_root() -> PathBuf {
     let hybrid = Path::new("/sys/fs/cgroup/unified");
     let mount = if hybrid.join("cgroup.procs").exists() {
         hybrid
@@ -372,7 +372,7 @@ fn default_cgroup_root() -> PathBuf {
 
 /// The root the daemon created, and its cgroup v1 mirrors (hybrid hosts put CPU and memory
 /// limits there); `rmdir` only, so a cgroup that still holds anything stays and is reported.
-fn remove_cgroup_root(root: &Path) {
+pub(crate) fn remove_cgroup_root(root: &Path) {
     let mut dirs = vec![root.to_path_buf()];
     if let Ok(relative) = root.strip_prefix("/sys/fs/cgroup/unified") {
         for controller in ["cpu", "memory"] {

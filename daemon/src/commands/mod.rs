@@ -3,7 +3,9 @@
 pub mod bench_dispatch;
 pub mod bench_idle;
 pub mod bench_joint;
+pub mod bench_motion;
 pub mod bench_pipeline;
+pub mod bench_sedna_loop;
 pub mod bench_surge;
 pub mod bench_tracking;
 pub mod bench_uplink;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use helmet_pipelines::Detection;
+use hyper::StatusCode;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::StatusCode;
 use image::RgbImage;
 use serde::Deserialize;
 
