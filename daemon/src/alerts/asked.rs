@@ -7,6 +7,12 @@
 //! Boxes that never became a track (a low-score shape the edge model keeps half-seeing) are
 //! remembered by place instead: the same box of the same class in the same place, asked about
 //! recently, is not news either.
+//!
+//! A question in flight counts too. Frames are concluded in capture order, so while the cloud
+//! thinks about frame N the frames behind it are not tracked yet, and without this each of them
+//! showing the same new person would be asked about again: `bench sedna-loop` saw the budget
+//! spent on such repeats while new people waited. Until its answer or its deadline, a box of
+//! the same class overlapping an asked box counts as asked about.
 
 use std::time::{Duration, SystemTime};
 
@@ -32,12 +38,22 @@ struct Answer {
 /// The most edge boxes remembered by place; the oldest go first.
 const PLACES: usize = 64;
 
-/// What the cloud told us about the camera's live tracks.
+/// An edge box of a frame whose question is in flight, until the question's deadline.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    edge: Detection,
+    at: SystemTime,
+    until: SystemTime,
+}
+
+/// What the cloud told us about the camera's live tracks, and what it is being asked.
 #[derive(Debug, Default)]
 pub(super) struct CloudAnswers {
     answers: Vec<Answer>,
     /// Edge boxes of answered frames with the frame's time.
     places: Vec<(Detection, SystemTime)>,
+    /// Edge boxes of frames asked about and not answered yet.
+    in_flight: Vec<Asked>,
 }
 
 impl CloudAnswers {
@@ -64,6 +80,49 @@ impl CloudAnswers {
         self.places.drain(..excess);
     }
 
+    /// Frame `time` was just asked about, with these edge boxes; its answer is of use until
+    /// `wait` after it.
+    pub fn asking(&mut self, time: SystemTime, edge: &[Detection], wait: Duration) {
+        let until = time.checked_add(wait).unwrap_or(time);
+        self.in_flight.retain(|a| a.until > time);
+        self.in_flight.extend(edge.iter().map(|&edge| Asked {
+            edge,
+            at: time,
+            until,
+        }));
+        let excess = self.in_flight.len().saturating_sub(PLACES);
+        self.in_flight.drain(..excess);
+    }
+
+    /// A later frame's boxes that overlap a box in flight join it, with its deadline: a person
+    /// who walks on while the cloud thinks stays "being asked about", however far they get.
+    pub fn follow(&mut self, time: SystemTime, edge: &[Detection]) {
+        let followed: Vec<Asked> = edge
+            .iter()
+            .filter_map(|d| {
+                self.asked_about(time, d).map(|a| Asked {
+                    edge: *d,
+                    at: time,
+                    until: a.until,
+                })
+            })
+            .collect();
+        self.in_flight.extend(followed);
+        let excess = self.in_flight.len().saturating_sub(PLACES);
+        self.in_flight.drain(..excess);
+    }
+
+    /// The question in flight at `time` that `d` belongs to: a box of the same class
+    /// overlapping it (loosely: the frames behind an asked one are moments after it).
+    fn asked_about(&self, time: SystemTime, d: &Detection) -> Option<&Asked> {
+        self.in_flight.iter().find(|a| {
+            a.edge.class == d.class
+                && a.edge.iou(d) >= SAME_PERSON_IOU
+                && a.at <= time
+                && time < a.until
+        })
+    }
+
     /// Whether every person in the edge result was answered about within `fresh_for`, and the
     /// edge model still gives each the class it gave then. A frame without boxes is news.
     pub fn all_known(
@@ -86,7 +145,11 @@ impl CloudAnswers {
                 seen.class == d.class && seen.iou(d) >= SAME_PLACE_IOU && fresh(*at)
             })
         };
-        !edge.is_empty() && edge.iter().all(|d| known_person(d) || known_place(d))
+        let being_asked = |d: &Detection| self.asked_about(time, d).is_some();
+        !edge.is_empty()
+            && edge
+                .iter()
+                .all(|d| known_person(d) || known_place(d) || being_asked(d))
     }
 }
 

@@ -260,6 +260,18 @@ impl EpisodeTracker {
         .then_some(NoQuestion::AlreadyAnswered)
     }
 
+    /// A hard frame goes to the cloud: until its answer or `wait`, the people in it count as
+    /// asked about, so the frames behind it do not ask about them again.
+    pub fn note_question(&mut self, time: SystemTime, edge: &[Detection], wait: Duration) {
+        self.cloud_answers.asking(time, edge, wait);
+    }
+
+    /// Every hard frame not asked about: its boxes of people in a question still in flight
+    /// follow them, so a person walking on is not asked about again before the answer.
+    pub fn follow_questions(&mut self, time: SystemTime, edge: &[Detection]) {
+        self.cloud_answers.follow(time, edge);
+    }
+
     /// After `observe` of a frame the cloud answered in time: remembers whom it answered about,
     /// and what the edge model (`edge`, its result for the same frame) said of them.
     pub fn remember_cloud_answer(&mut self, time: SystemTime, edge: &[Detection]) {

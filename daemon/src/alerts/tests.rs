@@ -578,3 +578,44 @@ fn no_question_off_schedule() {
         Some(NoQuestion::OffSchedule)
     );
 }
+
+#[test]
+fn a_person_in_a_question_in_flight_is_not_asked_about_again() {
+    let mut t = tracker();
+    let fresh_for = Duration::from_secs(10);
+    let wait = Duration::from_millis(1_500);
+    let size = (WIDTH, HEIGHT);
+    // A newcomer walking: 10 px a frame at 10 fps, not tracked yet (the frame asked about is
+    // concluded only when its answer comes).
+    let walker = |i: u64, class: u16| det_at(class, 0.6, 300.0 + 10.0 * i as f32, 300.0);
+    assert_eq!(
+        t.no_question(at(0), &[walker(0, HEAD)], size, fresh_for),
+        None
+    );
+    t.note_question(at(0), &[walker(0, HEAD)], wait);
+    for i in 1..10 {
+        assert_eq!(
+            t.no_question(at(100 * i), &[walker(i, HEAD)], size, fresh_for),
+            Some(NoQuestion::AlreadyAnswered),
+            "frame {i}: the same person, being asked about"
+        );
+        // 90 px from where they were asked about by now: followed from frame to frame.
+        t.follow_questions(at(100 * i), &[walker(i, HEAD)]);
+    }
+    assert_eq!(
+        t.no_question(at(500), &[walker(5, HELMET)], size, fresh_for),
+        None,
+        "seen differently"
+    );
+    let elsewhere = det_at(HEAD, 0.6, 900.0, 600.0);
+    assert_eq!(
+        t.no_question(at(500), &[walker(5, HEAD), elsewhere], size, fresh_for),
+        None,
+        "someone else too"
+    );
+    // No answer by the deadline (late, failed): the person is news again.
+    assert_eq!(
+        t.no_question(at(1_500), &[walker(15, HEAD)], size, fresh_for),
+        None
+    );
+}

@@ -341,6 +341,11 @@ impl JointClient {
         }
     }
 
+    /// How long a question waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.lock().breaker.state()
     }

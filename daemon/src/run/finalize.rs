@@ -207,6 +207,13 @@ async fn camera_task(
                     let ask = hard && shared.cloud.is_some()
                         && worth_asking(&shared, &tracker, &result)
                         && within_budget(&shared, &mut hardest, &mut budget, &result);
+                    if let Some(cloud) = shared.cloud.as_ref().filter(|_| hard && !shared.ask_again_after.is_zero()) {
+                        let (time, boxes) = (result.frame.capture_time, &result.detections);
+                        match ask {
+                            true => tracker.note_question(time, boxes, cloud.timeout()),
+                            false => tracker.follow_questions(time, boxes),
+                        }
+                    }
                     deciding.push_back(Either::Left(decide(shared.clone(), result, hard, ask)));
                 }
                 // In the queue behind the frames still being decided: its result is the last
