@@ -218,6 +218,8 @@ enum BenchCommand {
     },
     /// Per-frame dispatch overhead (daemon ↔ worker round trip without the model) vs the model's own time.
     Dispatch(helmetd::commands::bench_dispatch::BenchDispatchArgs),
+    /// Memory: worker and daemon RSS, what each camera adds, cold start to the first detection, frames/s.
+    Footprint(helmetd::commands::bench_footprint::BenchFootprintArgs),
     /// What `helmetd run` costs when nothing happens: its CPU % and wake-ups/s with no camera and with a silent one.
     Idle(helmetd::commands::bench_idle::BenchIdleArgs),
     /// Bytes per hard example vs Sedna's JSON body, and glass-to-alert latency vs the model's own time.
@@ -297,6 +299,7 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
             Ok(figures.result_line())
         }
         BenchCommand::Dispatch(args) => Ok(helmetd::commands::bench_dispatch::run(&args)?),
+        BenchCommand::Footprint(args) => helmetd::commands::bench_footprint::run(&args),
         BenchCommand::Idle(args) => helmetd::commands::bench_idle::run(&args),
         BenchCommand::Uplink(args) => Ok(helmetd::commands::bench_uplink::run(args)?),
         BenchCommand::Surge(args) => Ok(helmetd::commands::bench_surge::run(args)?),

@@ -224,6 +224,10 @@ impl Detector {
                 // Spinning threads double CPU use when decoders compete for the cores.
                 .with_intra_op_spinning(false)?
                 .with_inter_threads(1)?
+                // The memory pattern pre-plans one block for every intermediate tensor of a run
+                // and keeps it: 22 MiB of the worker's 147 MiB peak for no gain in frames/s on
+                // this fixed-shape model (`helmetd bench footprint`, docs/benchmarks.md).
+                .with_memory_pattern(false)?
                 .commit_from_file(&spec.path)
         };
         let session = load().map_err(|source| DetectError::Load {

@@ -60,7 +60,7 @@ impl DemoSummary {
     }
 }
 
-fn free_loopback_port() -> anyhow::Result<u16> {
+pub(crate) fn free_loopback_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
