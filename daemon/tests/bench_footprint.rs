@@ -2,32 +2,25 @@
 //! real worker with the real model, loopback RTSP cameras. Needs root (worker cgroups). Judged by
 //! the RESULT line's keys and by relations that hold on any machine, not by absolute sizes.
 
-use std::process::Command;
+mod common;
+
+use common::BenchResult;
 
 #[test]
 fn footprint_reports_daemon_worker_and_per_camera_memory_and_a_cold_start() {
-    let output = Command::new(env!("CARGO_BIN_EXE_helmetd"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["bench", "footprint", "--daemon-seconds", "2"])
-        .args(["--worker-seconds", "4", "--cameras", "2"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench footprint failed:\n{stdout}\n{stderr}"
-    );
-    let result = stdout.lines().last().unwrap_or_default();
-    assert!(result.starts_with("RESULT "), "{stdout}");
-    let field = |key: &str| -> f64 {
-        result
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {result}\n{stdout}\n{stderr}"))
-    };
+    let bench = BenchResult::run(&[
+        "bench",
+        "footprint",
+        "--daemon-seconds",
+        "2",
+        "--worker-seconds",
+        "4",
+        "--cameras",
+        "2",
+    ]);
+    let result = &bench.line;
+    let stdout = &bench.stdout;
+    let field = |key: &str| bench.number(key);
     let worker = field("worker_rss_mb");
     let worker_peak = field("worker_hwm_mb");
     let daemon = field("daemon_rss_mb");

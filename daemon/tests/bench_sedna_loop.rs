@@ -4,38 +4,16 @@
 
 mod common;
 
-use std::process::Command;
+use common::BenchResult;
 
 #[test]
 fn every_phase_finalizes_frames_and_the_sedna_loop_gets_an_answer() {
     let root = common::TestRoot::new("bench_sedna_loop");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_helmetd"));
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["bench", "sedna-loop", "--seconds", "8", "--set"])
-        .arg(root.arg());
-    let output = common::test_daemon_env(&mut cmd, "info,ort=warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench sedna-loop failed:\n{stdout}\n{stderr}"
-    );
-    let result = stdout.lines().last().unwrap_or_default();
-    assert!(result.starts_with("RESULT "), "last line: {stdout}");
-    let field = |key: &str| -> String {
-        result
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in {result}"))
-            .to_owned()
-    };
-    let number = |key: &str| -> f64 {
-        field(key)
-            .parse()
-            .unwrap_or_else(|e| panic!("{key}: {e} in {result}"))
-    };
+    let set = root.arg();
+    let bench = BenchResult::run(&["bench", "sedna-loop", "--seconds", "8", "--set", &set]);
+    let result = &bench.line;
+    let stdout = &bench.stdout;
+    let number = |key: &str| bench.number(key);
     for key in ["decided_per_min", "fps", "edge_only_fps", "sedna_fps"] {
         assert!(number(key) >= 0.0, "{key} in {result}");
     }

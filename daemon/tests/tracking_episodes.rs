@@ -1,37 +1,21 @@
 //! One person, one alert: moving people with known truth through the real model and the real
 //! alert engine (`helmetd bench tracking`, a subset of its scenarios), judged by outcome, not time.
 
-use std::process::Command;
+mod common;
+
+use common::BenchResult;
 
 #[test]
 fn each_violating_person_gets_exactly_one_episode_and_nobody_outside_the_rules_gets_one() {
-    let output = Command::new(env!("CARGO_BIN_EXE_helmetd"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["bench", "tracking"])
-        .args(
-            [
-                "crossing", "occluded", "reenter", "zone", "mask", "schedule",
-            ]
-            .iter()
-            .flat_map(|s| ["--scenario", s]),
-        )
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench tracking failed:\n{stdout}\n{stderr}"
-    );
-    let result = stdout.lines().last().unwrap_or_default();
-    let field = |key: &str| -> f64 {
-        result
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {result}\n{stderr}"))
-    };
+    let scenarios = [
+        "crossing", "occluded", "reenter", "zone", "mask", "schedule",
+    ];
+    let mut args = vec!["bench", "tracking"];
+    args.extend(scenarios.iter().flat_map(|s| ["--scenario", *s]));
+    let bench = BenchResult::run(&args);
+    let result = &bench.line;
+    let stderr = &bench.stderr;
+    let field = |key: &str| bench.number(key);
     // Two crossing, two hidden for 1 and 2 frames, one leaving and coming back, one inside a
     // required zone, one outside a mask.
     assert_eq!(field("violating_people"), 7.0, "{result}");

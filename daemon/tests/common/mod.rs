@@ -642,3 +642,52 @@ pub async fn http_exchange(
     let body = response.into_body().collect().await.ok()?.to_bytes();
     Some((status, body.to_vec()))
 }
+
+/// What `helmetd bench …` printed: its `RESULT key=value …` line, read by key.
+pub struct BenchResult {
+    pub line: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl BenchResult {
+    /// Runs `helmetd <args…>` (a bench) from the workspace root with the test environment, and
+    /// fails the test with its output when it fails or its last line is not `RESULT …`.
+    pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> BenchResult {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_helmetd"));
+        cmd.current_dir(helmetd_e2e::workspace_root()).args(args);
+        let output = test_daemon_env(&mut cmd, "info,ort=warn")
+            .output()
+            .unwrap_or_else(|e| panic!("starting helmetd: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "the bench failed ({}):\n{stdout}\n{stderr}",
+            output.status
+        );
+        let line = stdout.lines().last().unwrap_or_default().to_owned();
+        assert!(
+            line.starts_with("RESULT "),
+            "no RESULT line:\n{stdout}\n{stderr}"
+        );
+        BenchResult {
+            line,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn text(&self, key: &str) -> &str {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key} in {}\n{}", self.line, self.stderr))
+    }
+
+    pub fn number(&self, key: &str) -> f64 {
+        self.text(key)
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: {e} in {}", self.line))
+    }
+}
