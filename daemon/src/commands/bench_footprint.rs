@@ -30,16 +30,15 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use helmet_pipelines::rtsp_server::RtspServer;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::bench_surge::{default_cgroup_root, remove_cgroup_root};
+use super::child_daemon::ChildDaemon;
 use super::demo::{default_video, free_loopback_port};
 use crate::config::DEFAULT_CONFIG;
 use crate::http::{StatusReport, fetch_status};
@@ -384,7 +383,7 @@ fn worker_phase(
 
 /// `helmetd run` as a child with its log in a file; SIGKILLed by its pid when dropped running.
 struct DaemonChild {
-    child: Child,
+    child: ChildDaemon,
     started: Instant,
     log: PathBuf,
     address: String,
@@ -433,26 +432,14 @@ impl DaemonChild {
             "output.dir=\"\"".to_owned(),
             format!("edge.worker.cgroup_root={}", bench.cgroup_root.display()),
         ];
-        let mut cmd = Command::new(bench.helmetd);
-        cmd.args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info,ort=warn")
-            .env("NO_COLOR", "1")
-            // Whatever runs the bench must not get the daemon's notifications or journal.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for set in &sets {
-            cmd.args(["--set", set]);
-        }
         let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bench.helmetd.display()))?;
+        let child = ChildDaemon::spawn(
+            bench.helmetd,
+            &[],
+            &config_path,
+            &sets,
+            Stdio::from(log_file),
+        )?;
         Ok(DaemonChild {
             child,
             started,
@@ -474,7 +461,7 @@ impl DaemonChild {
     }
 
     fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.child.exited()? {
             bail!("helmetd exited with {status}; log tail:\n{}", self.tail());
         }
         Ok(())
@@ -533,33 +520,20 @@ impl DaemonChild {
 
     /// SIGTERM by pid, a bounded wait, SIGKILL if it is ignored; a clean exit is required.
     fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        let pid = Pid::from_raw(i32::try_from(self.pid())?);
-        kill(pid, Signal::SIGTERM).context("SIGTERM to helmetd")?;
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
+        match self.child.terminate(EXIT_TIMEOUT)? {
+            Some(status) => {
                 anyhow::ensure!(
                     status.success(),
                     "helmetd exited with {status} after SIGTERM; log tail:\n{}",
                     self.tail()
                 );
-                return Ok(status);
+                Ok(status)
             }
-            thread::sleep(POLL);
-        }
-        // Drop sends SIGKILL.
-        bail!(
-            "helmetd ignored SIGTERM for {EXIT_TIMEOUT:?}; killed; log tail:\n{}",
-            self.tail()
-        )
-    }
-}
-
-impl Drop for DaemonChild {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // Dropping the child kills it.
+            None => bail!(
+                "helmetd ignored SIGTERM for {EXIT_TIMEOUT:?}; killed; log tail:\n{}",
+                self.tail()
+            ),
         }
     }
 }

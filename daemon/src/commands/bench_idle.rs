@@ -26,16 +26,16 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Pid, SysconfVar, sysconf};
+use nix::unistd::{SysconfVar, sysconf};
 
+use super::child_daemon::ChildDaemon;
 use crate::config::DEFAULT_CONFIG;
 use crate::supervisor::Layout;
 
@@ -353,33 +353,21 @@ impl Sample {
 
 /// The daemon child with its JSON log collected; SIGKILLed by its pid on drop if still running.
 struct Daemon {
-    child: Child,
+    child: ChildDaemon,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
     fn start(helmetd: &Path, config: &Path, sets: &[String]) -> anyhow::Result<Daemon> {
-        let mut cmd = Command::new(helmetd);
-        cmd.args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,ort=warn")
-            .env("NO_COLOR", "1")
-            // Whatever runs the bench must not get the daemon's notifications or journal.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for set in sets {
-            cmd.args(["--set", set]);
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", helmetd.display()))?;
+        let mut child = ChildDaemon::spawn(
+            helmetd,
+            &["--log-format", "json"],
+            config,
+            sets,
+            Stdio::piped(),
+        )?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
+        if let Some(stderr) = child.take_stderr() {
             let sink = log.clone();
             // Detached: ends when the pipe closes, i.e. when the daemon and its worker are gone.
             thread::spawn(move || {
@@ -394,7 +382,7 @@ impl Daemon {
     }
 
     fn running(&mut self) -> anyhow::Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
+        Ok(self.child.exited()?.is_none())
     }
 
     fn tail(&self, n: usize) -> String {
@@ -432,29 +420,12 @@ impl Daemon {
     }
 
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
-        kill(pid, Signal::SIGTERM).context("SIGTERM to helmetd")?;
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "helmetd ignored SIGTERM for {EXIT_TIMEOUT:?}; log tail:\n{}",
-                    self.tail(20)
-                );
-            }
-            thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match self.child.terminate(EXIT_TIMEOUT)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "helmetd ignored SIGTERM for {EXIT_TIMEOUT:?}; log tail:\n{}",
+                self.tail(20)
+            ),
         }
     }
 }

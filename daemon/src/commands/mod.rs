@@ -10,6 +10,7 @@ pub mod bench_sedna_loop;
 pub mod bench_surge;
 pub mod bench_tracking;
 pub mod bench_uplink;
+mod child_daemon;
 pub mod demo;
 pub mod detect;
 pub mod snapshot;
