@@ -76,8 +76,7 @@ impl CloudAnswers {
         self.answers
             .retain(|a| tracks.iter().any(|t| t.id == a.track_id));
         self.places.extend(edge.iter().map(|d| (*d, time)));
-        let excess = self.places.len().saturating_sub(PLACES);
-        self.places.drain(..excess);
+        keep_newest(&mut self.places);
     }
 
     /// Frame `time` was just asked about, with these edge boxes; its answer is of use until
@@ -90,8 +89,7 @@ impl CloudAnswers {
             at: time,
             until,
         }));
-        let excess = self.in_flight.len().saturating_sub(PLACES);
-        self.in_flight.drain(..excess);
+        keep_newest(&mut self.in_flight);
     }
 
     /// A later frame's boxes that overlap a box in flight join it, with its deadline: a person
@@ -108,8 +106,7 @@ impl CloudAnswers {
             })
             .collect();
         self.in_flight.extend(followed);
-        let excess = self.in_flight.len().saturating_sub(PLACES);
-        self.in_flight.drain(..excess);
+        keep_newest(&mut self.in_flight);
     }
 
     /// The question in flight at `time` that `d` belongs to: a box of the same class
@@ -151,6 +148,12 @@ impl CloudAnswers {
                 .iter()
                 .all(|d| known_person(d) || known_place(d) || being_asked(d))
     }
+}
+
+/// Drops the oldest entries beyond [`PLACES`].
+fn keep_newest<T>(list: &mut Vec<T>) {
+    let excess = list.len().saturating_sub(PLACES);
+    list.drain(..excess);
 }
 
 fn best_match<'a>(bbox: &Detection, boxes: &'a [Detection]) -> Option<&'a Detection> {
