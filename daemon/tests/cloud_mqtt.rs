@@ -24,7 +24,9 @@ use helmetd_e2e::mosquitto::Mosquitto;
 use rumqttc::NetworkOptions;
 use rumqttc::v5::MqttOptions;
 
-use common::{HelmetdProcess, RawEdge, default_config, message, start_cloud, wait_ready};
+use common::{
+    HelmetdProcess, RawEdge, default_config, final_stats, message, start_cloud, wait_ready,
+};
 
 const PREFIX: &str = "helmetd/v1";
 
@@ -466,14 +468,7 @@ async fn an_overloaded_cloud_paces_the_edge_instead_of_opening_its_breaker_body(
     assert!(pacing.load.is_some(), "{pacing:?}");
     driver.abort();
 
-    let stopped = {
-        assert!(cloud.terminate().success(), "{}", cloud.raw_log());
-        cloud
-            .log_lines()
-            .into_iter()
-            .rfind(|l| message(l) == "cloud service stopped")
-            .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()))
-    };
+    let stopped = final_stats(&mut cloud);
     println!("cloud: {}", stopped["fields"]);
     let field = |name: &str| stopped["fields"][name].as_u64().unwrap_or(0);
     assert!(

@@ -22,7 +22,7 @@ use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{HelmetdProcess, Peer, RawEdge, message, start_cloud, wait_ready};
+use common::{Peer, RawEdge, final_stats, start_cloud, wait_ready};
 
 const PREFIX: &str = "helmetd/v1";
 
@@ -37,16 +37,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// The final counters `helmetd cloud` logs on SIGTERM.
-fn final_stats(cloud: &mut HelmetdProcess) -> serde_json::Value {
-    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
-    cloud
-        .log_lines()
-        .into_iter()
-        .rfind(|l| message(l) == "cloud service stopped")
-        .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()))
 }
 
 /// Session options of the test's own clients: packets as large as a request.

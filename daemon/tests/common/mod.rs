@@ -416,6 +416,16 @@ pub fn start_cloud(broker: &helmetd_e2e::mosquitto::Mosquitto, node: &str) -> He
     HelmetdProcess::start(&["cloud", "--set", &url, "--set", &name])
 }
 
+/// Stops `helmetd cloud` with SIGTERM and returns the final counters it logs then.
+pub fn final_stats(cloud: &mut HelmetdProcess) -> serde_json::Value {
+    assert!(cloud.terminate().success(), "{}", cloud.raw_log());
+    cloud
+        .log_lines()
+        .into_iter()
+        .rfind(|l| message(l) == "cloud service stopped")
+        .unwrap_or_else(|| panic!("no final stats:\n{}", cloud.raw_log()))
+}
+
 /// Waits for `helmetd cloud`'s subscription to be granted: loading and warming the 80 MB big
 /// model on a busy 2-core machine takes up to 120 s.
 pub fn wait_ready(cloud: &mut HelmetdProcess) {
