@@ -46,6 +46,9 @@ impl WorkerChannel for Alive {
     fn drain(&mut self) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+
+    /// Nothing hands these workers frames.
+    fn hold(&mut self, _: bool) {}
 }
 
 /// `sh -c <script>` as the worker command.
@@ -53,6 +56,8 @@ struct ShellLauncher(&'static str);
 
 /// A worker that is just `sleep`.
 const SLEEPER: &str = "exec sleep 1000";
+/// A worker that burns a core until it is frozen.
+const SPINNER: &str = "while :; do :; done";
 /// A worker whose own child escapes PR_SET_PDEATHSIG: the ghost only the sweep can remove.
 const SLEEPER_WITH_CHILD: &str = "sleep 1000 & exec sleep 1000";
 
@@ -70,15 +75,34 @@ impl WorkerLauncher for ShellLauncher {
 }
 
 fn desired(replicas: u32, cpu_limit_millis: Option<u64>) -> BTreeMap<PoolName, PoolSpec> {
+    with_standby(replicas, 0, cpu_limit_millis)
+}
+
+fn with_standby(
+    replicas: u32,
+    standby: u32,
+    cpu_limit_millis: Option<u64>,
+) -> BTreeMap<PoolName, PoolSpec> {
     BTreeMap::from([(
         PoolName::new(POOL).unwrap(),
         PoolSpec {
             replicas,
+            standby,
             cpu_limit_millis,
             memory_limit_bytes: None,
             generation: 1,
         },
     )])
+}
+
+/// `usage_usec` of a worker slot's cgroup.
+fn cpu_usage_usec(root: &TestRoot, id: u32) -> u64 {
+    let stat =
+        fs::read_to_string(root.path().join(format!("workers/{POOL}/{id}/cpu.stat"))).unwrap();
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
 }
 
 trait TestHost {
@@ -169,6 +193,66 @@ fn leftover_dirs(root: &TestRoot) -> Vec<PathBuf> {
         }
     }
     all
+}
+
+#[test]
+fn a_frozen_standby_uses_no_cpu_and_a_scale_up_thaws_the_same_process() {
+    let root = TestRoot::new("a_frozen_standby_uses_no_cpu");
+    let mut sup = Supervisor::new(
+        root.host(),
+        ShellLauncher(SPINNER),
+        SupervisorConfig::default(),
+    );
+    sup.startup_sweep().unwrap();
+    sup.set_desired(with_standby(1, 1, Some(250)));
+    let frozen = wait_for(Duration::from_secs(5), || {
+        assert!(sup.reconcile(Instant::now()).is_empty());
+        std::thread::sleep(Duration::from_millis(10));
+        sup.status(Instant::now())
+            .iter()
+            .any(|s| s.id == 1 && s.state == WorkerState::Standby { frozen: true })
+    });
+    assert!(frozen.is_some(), "{:?}", sup.status(Instant::now()));
+    let standby = sup.status(Instant::now())[1].pid.unwrap();
+    // The kernel freezes asynchronously: `frozen 1` once every task of the cgroup stopped.
+    let events = root.path().join(format!("workers/{POOL}/1/cgroup.events"));
+    let settled = wait_for(Duration::from_secs(1), || {
+        fs::read_to_string(&events).is_ok_and(|e| e.contains("frozen 1"))
+    });
+    assert!(settled.is_some(), "{:?}", fs::read_to_string(&events));
+    let before = cpu_usage_usec(&root, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen_use = cpu_usage_usec(&root, 1) - before;
+    println!("frozen standby pid {standby}: {frozen_use} µs of CPU in 500 ms");
+    assert!(frozen_use < 5_000, "{frozen_use} µs while frozen");
+
+    sup.set_desired(with_standby(2, 0, Some(250)));
+    let thawed = Instant::now();
+    assert!(sup.reconcile(Instant::now()).is_empty());
+    let thaw_took = thawed.elapsed();
+    let slot = sup.status(Instant::now())[1].clone();
+    assert_eq!(
+        (slot.state, slot.pid),
+        (WorkerState::Ready, Some(standby)),
+        "the same process serves at once"
+    );
+    let before = cpu_usage_usec(&root, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let thawed_use = cpu_usage_usec(&root, 1) - before;
+    println!(
+        "thawed in {:?}: {thawed_use} µs of CPU in 500 ms (limit 0.25 core)",
+        thaw_took
+    );
+    assert!(thawed_use > 50_000, "{thawed_use} µs after the thaw");
+
+    sup.set_desired(with_standby(1, 1, Some(250)));
+    assert!(sup.reconcile(Instant::now()).is_empty());
+    sup.shutdown().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || gone(standby)).is_some(),
+        "the standby was killed and reaped"
+    );
+    assert!(leftover_dirs(&root).is_empty());
 }
 
 #[test]

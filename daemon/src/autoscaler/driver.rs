@@ -46,6 +46,9 @@ pub const POOL_PSI_CPU_SOME_AVG10: &str = "pool_psi_cpu_some_avg10";
 /// A tick this much before a sync is due still runs it: with 1 s ticks and a 1 s sync period,
 /// timer jitter would otherwise skip every other sync.
 const SYNC_SLACK: Duration = Duration::from_millis(100);
+/// The shortest CPU window an early sync ([`Autoscaler::step_when_behind`]) decides on: shorter
+/// ones would scale on a single frame's burst.
+const EARLY_SYNC_MIN_WINDOW: Duration = Duration::from_millis(500);
 
 /// The autoscaler of one worker pool.
 #[derive(Debug)]
@@ -58,6 +61,7 @@ pub struct Autoscaler<R> {
     /// Zero of the [`Timestamp`]s handed to [`decide`].
     epoch: Instant,
     last_decision: Option<Instant>,
+    last_sample: Option<Instant>,
     /// The count last decided (Kubernetes' `scale.spec.replicas`).
     current_replicas: u32,
     /// When each worker process was first seen ready: the supervisor reports readiness as a
@@ -103,6 +107,7 @@ impl<R: CgroupReader> Autoscaler<R> {
             cgroup_root,
             epoch: now,
             last_decision: None,
+            last_sample: None,
             current_replicas,
             ready_since: BTreeMap::new(),
             latency: LatencyWindow::default(),
@@ -137,15 +142,48 @@ impl<R: CgroupReader> Autoscaler<R> {
         workers: &[WorkerStatus],
         cpu_request_cores: f64,
     ) -> Option<Decision> {
+        let due = self.sync_due(now);
+        self.sample_and_sync(now, workers, cpu_request_cores, due)
+    }
+
+    /// The workers are behind (frames wait for a free worker, or were replaced unanalysed):
+    /// samples and syncs now rather than at the next tick, so a surge meets a decision within
+    /// about half a second. The decision is an ordinary one, held to the spec's behaviour
+    /// policies and stabilization windows. `None` at `maxReplicas`, or without a sample at
+    /// least [`EARLY_SYNC_MIN_WINDOW`] old to measure from.
+    pub fn step_when_behind(
+        &mut self,
+        now: Instant,
+        workers: &[WorkerStatus],
+        cpu_request_cores: f64,
+    ) -> Option<Decision> {
+        let window_long_enough = self
+            .last_sample
+            .is_some_and(|t| now.saturating_duration_since(t) >= EARLY_SYNC_MIN_WINDOW);
+        let can_grow = i64::from(self.current_replicas) < i64::from(self.spec.max_replicas);
+        if !(window_long_enough && can_grow) {
+            return None;
+        }
+        self.sample_and_sync(now, workers, cpu_request_cores, true)
+    }
+
+    fn sample_and_sync(
+        &mut self,
+        now: Instant,
+        workers: &[WorkerStatus],
+        cpu_request_cores: f64,
+        sync: bool,
+    ) -> Option<Decision> {
         let sample = self
             .sampler
             .sample(now, workers, &self.cgroup_root, &self.pool);
+        self.last_sample = Some(now);
         self.log_errors(&sample.errors);
         self.track_readiness(now, workers);
         if self.drops.baseline.is_none() {
             self.drops.baseline = self.drops.latest.map(|total| (now, total));
         }
-        if !self.sync_due(now) {
+        if !sync {
             return None;
         }
         self.last_decision = Some(now);
@@ -207,7 +245,8 @@ impl<R: CgroupReader> Autoscaler<R> {
         let mut pods = Vec::new();
         for w in in_pool(workers, &self.pool) {
             let (phase, ready) = match (w.state, w.pid) {
-                (WorkerState::Backoff { .. }, _) => continue,
+                // Not a replica: a standby is capacity held back, not serving.
+                (WorkerState::Backoff { .. } | WorkerState::Standby { .. }, _) => continue,
                 (WorkerState::Draining | WorkerState::Stopping, _) => {
                     (WorkerPhase::Terminating, None)
                 }
@@ -672,6 +711,43 @@ mod tests {
     }
 
     #[test]
+    fn falling_behind_syncs_early_but_not_on_a_short_window_nor_at_the_maximum() {
+        let mut h = Harness::new(
+            r#"
+            maxReplicas = 2
+            syncPeriodSeconds = 1
+            metrics = [{ type = "Resource", resource = { name = "cpu", target = { type = "Utilization", averageUtilization = 50 } } }]
+            "#,
+            1,
+        );
+        let workers = h.ready_workers(1);
+        h.burn(&[0.3], secs(0));
+        assert!(h.step_at(secs(0), &workers).is_none());
+        // Frames start to queue 0.3 s after the tick: too soon to measure anything.
+        h.burn(&[1.0], Duration::from_millis(300));
+        let t0 = h.t0;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(h.scaler.step_when_behind(at(300), &workers, 1.0).is_none());
+        // At 0.6 s the window is long enough: the busy worker is decided on before the tick.
+        h.burn(&[1.0], Duration::from_millis(300));
+        let decision = h
+            .scaler
+            .step_when_behind(at(600), &workers, 1.0)
+            .unwrap_or_else(|| panic!("an early sync"));
+        assert_eq!(decision.desired_replicas, 2, "{}", status_line(&decision));
+        // The next tick comes before a sync period since that decision: a sample, no sync.
+        h.burn(&[1.0], Duration::from_millis(400));
+        assert!(h.step_at(Duration::from_millis(1000), &workers).is_none());
+        // At the maximum, falling behind has nothing to ask for.
+        h.burn(&[1.0, 1.0], Duration::from_millis(600));
+        assert!(
+            h.scaler
+                .step_when_behind(at(1600), &h.ready_workers(2), 1.0)
+                .is_none()
+        );
+    }
+
+    #[test]
     fn worker_states_map_onto_pod_phases() {
         let mut h = Harness::new(CPU_50, 4);
         let mut workers = h.ready_workers(1);
@@ -691,6 +767,11 @@ mod tests {
             pid: None,
             state: WorkerState::Backoff { until: h.t0 },
             started_at: None,
+            ..template.clone()
+        });
+        workers.push(WorkerStatus {
+            id: 4,
+            state: WorkerState::Standby { frozen: true },
             ..template.clone()
         });
         workers.push(WorkerStatus {

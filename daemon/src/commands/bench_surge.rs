@@ -1,7 +1,8 @@
 //! `helmetd bench surge`: the seed's shift-change scenario, side by side in one invocation.
 //!
 //! **Profile.** One loopback RTSP camera (baseline), then [`BenchSurgeArgs::surge_cameras`]
-//! cameras (the surge: 4× the frames), then one camera again. The bench changes the config
+//! cameras (the surge: 4× the frames), then one camera again for `--offpeak-s` (a day-like
+//! profile: off-peak at least 4× the surge). The bench changes the config
 //! file and asks the daemon's [`Control`] for a reload, exactly what SIGHUP does, so the daemon reconciles its cameras while it runs. Every camera streams the
 //! same video from one gst-rtsp-server in this process, served at 640×360 and 5 fps so that its
 //! encoders stay cheap next to the model; each camera samples `--fps` frames per second. A
@@ -24,11 +25,18 @@
 //!   worker's first result). It includes the new cameras' RTSP connect, the CPU sampling, the
 //!   decision, the worker's start and model load. Cross-checks at the 1 s resolution of the
 //!   daemon's snapshots: `decided_s` (desired replicas rose) and `ready_s` (a worker that did not
-//!   exist at the surge start is Ready).
+//!   serve at the surge start is Ready: a new one, or the warm standby thawed).
 //! - p99 frame latency: capture (the frame leaving the camera's decoder) → model result, nearest
-//!   rank. Baseline: frames captured in the baseline phase. Surge: frames captured from surge
-//!   start + the autoscaled run's `reaction_s` ("once scaled") to the surge end, the same window
-//!   in all three runs. `p99_ratio` = surge ÷ baseline within one run.
+//!   rank. Baseline: frames captured in the baseline phase. Whole surge: frames captured from
+//!   the surge start to its end. Once scaled: from surge start + the autoscaled run's
+//!   `reaction_s` to the surge end, the same window in all three runs.
+//! - `p99_ratio`, the cost of elasticity: whole-surge p99 autoscaled ÷ static max
+//!   (`p99_ratio_once_scaled`: the same once scaled). `p99_ratio_static_max` and
+//!   `_static_min`: that run's once-scaled surge p99 ÷ its own baseline p99, what the surge's
+//!   load costs with the workers already there.
+//! - The warm standby (autoscaled run): while the bench sees it frozen, its cgroup's `cpu.stat`
+//!   and its `VmRSS`: `standby_frozen_s`, `standby_cpu_ms` (CPU used while frozen: 0 expected),
+//!   `standby_rss_mb`.
 //! - `cpu_ratio`: worker CPU-seconds from baseline start to the profile's end, read from the pool
 //!   cgroup's `cpu.stat` `usage_usec` (cgroup2 keeps the usage of removed children in the
 //!   parent), autoscaled ÷ static max. `reserved_ratio`: the same for reserved CPU, running
@@ -83,11 +91,12 @@ pub struct BenchSurgeArgs {
     #[arg(long, default_value_t = 25)]
     pub baseline: u32,
     /// Seconds of surge.
-    #[arg(long, default_value_t = 35)]
-    pub surge: u32,
-    /// Seconds of baseline after the surge (the autoscaled run scales down in it).
     #[arg(long, default_value_t = 30)]
-    pub after: u32,
+    pub surge: u32,
+    /// Seconds of off-peak baseline after the surge (the autoscaled run scales down in it). A
+    /// day-like profile has at least 4× the surge off-peak: the reserved-CPU saving depends on it.
+    #[arg(long = "offpeak-s", default_value_t = 120)]
+    pub offpeak_s: u32,
     /// maxReplicas of the autoscaled run and the static max (default: the number of cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_replicas: Option<u32>,
@@ -152,7 +161,7 @@ impl Schedule {
             baseline,
             surge,
             after,
-            end: after + f64::from(args.after.max(1)),
+            end: after + f64::from(args.offpeak_s.max(1)),
         }
     }
 }
@@ -182,25 +191,22 @@ impl Served {
 struct Tick {
     at: f64,
     cameras: usize,
-    /// Workers with a process.
+    /// Workers with a process, warm standbys not counted (they reserve no CPU).
     running: u32,
     desired: u32,
-    /// Ids of the Ready workers, and of all workers with a process.
+    /// Ids of the Ready workers.
     ready: Vec<u32>,
-    with_process: Vec<u32>,
 }
 
 impl Tick {
     fn new(at: f64, s: &Snapshot) -> Self {
         let ready = s.workers.iter().filter(|w| w.state == WorkerState::Ready);
-        let with_process = s.workers.iter().filter(|w| w.pid.is_some());
         Self {
             at,
             cameras: s.cameras.len(),
             running: s.replicas.current,
             desired: s.replicas.desired,
             ready: ready.map(|w| w.id).collect(),
-            with_process: with_process.map(|w| w.id).collect(),
         }
     }
 }
@@ -247,12 +253,96 @@ impl CpuTrace {
     }
 }
 
+/// A warm standby's time frozen: its cgroup's CPU counter and its resident memory, read
+/// whenever the bench sees it frozen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FrozenSpell {
+    first_at: f64,
+    last_at: f64,
+    first_usage_usec: u64,
+    last_usage_usec: u64,
+    max_rss_kib: u64,
+}
+
+/// Every frozen spell of a run, by worker slot and process.
+#[derive(Debug, Default)]
+struct FrozenTrace {
+    spells: Vec<((u32, i32), FrozenSpell)>,
+}
+
+impl FrozenTrace {
+    fn read(&mut self, at: f64, snapshot: &Snapshot, workers_dir: &Path) {
+        for w in snapshot
+            .workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Frozen)
+        {
+            let Some(pid) = w.pid else { continue };
+            let usage =
+                std::fs::read_to_string(workers_dir.join(w.id.to_string()).join("cpu.stat"))
+                    .ok()
+                    .and_then(|text| parse_cpu_stat(&text).ok());
+            let rss = resident_kib(pid);
+            let (Some(usage), Some(rss)) = (usage, rss) else {
+                continue;
+            };
+            let key = (w.id, pid);
+            match self.spells.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, spell)) => {
+                    spell.last_at = at;
+                    spell.last_usage_usec = usage;
+                    spell.max_rss_kib = spell.max_rss_kib.max(rss);
+                }
+                None => self.spells.push((
+                    key,
+                    FrozenSpell {
+                        first_at: at,
+                        last_at: at,
+                        first_usage_usec: usage,
+                        last_usage_usec: usage,
+                        max_rss_kib: rss,
+                    },
+                )),
+            }
+        }
+    }
+
+    /// (seconds frozen, CPU milliseconds used meanwhile, largest resident MiB) over all spells.
+    fn totals(&self) -> Option<(f64, f64, f64)> {
+        if self.spells.is_empty() {
+            return None;
+        }
+        let spells = self.spells.iter().map(|(_, s)| s);
+        Some((
+            spells.clone().map(|s| s.last_at - s.first_at).sum(),
+            spells
+                .clone()
+                .map(|s| s.last_usage_usec.saturating_sub(s.first_usage_usec) as f64 / 1e3)
+                .sum(),
+            spells.map(|s| s.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        ))
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn resident_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// What one run of the profile left.
 struct RunRecord {
     mode: Mode,
     served: Vec<Served>,
     ticks: Vec<Tick>,
     cpu: CpuTrace,
+    frozen: FrozenTrace,
     cpu_request: f64,
 }
 
@@ -393,7 +483,8 @@ fn config_text(bench: &Bench, mode: Mode, cameras: usize) -> String {
     for (i, url) in bench.camera_urls.iter().take(cameras).enumerate() {
         let _ = write!(
             text,
-            "\n[[camera]]\nname = \"cam{}\"\nurl = \"{url}\"\ndetect_fps = {:?}\n",
+            // Every sampled frame is load: motion gating would skip the video's stiller frames.
+            "\n[[camera]]\nname = \"cam{}\"\nurl = \"{url}\"\ndetect_fps = {:?}\n[camera.motion]\nenabled = false\n",
             i + 1,
             bench.args.fps
         );
@@ -504,7 +595,7 @@ fn run_profile(
         (summary, watcher.join())
     });
     let summary = summary?;
-    let (ticks, cpu) = match watched {
+    let (ticks, cpu, frozen) = match watched {
         Ok(watched) => watched?,
         Err(_) => anyhow::bail!("the bench's watcher thread panicked"),
     };
@@ -521,6 +612,7 @@ fn run_profile(
         served,
         ticks,
         cpu,
+        frozen,
         cpu_request,
     })
 }
@@ -565,7 +657,7 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    fn run(&self) -> anyhow::Result<(Vec<Tick>, CpuTrace)> {
+    fn run(&self) -> anyhow::Result<(Vec<Tick>, CpuTrace, FrozenTrace)> {
         let s = &self.bench.schedule;
         let surge = self.bench.args.surge_cameras as usize;
         // The surge's cameras join a fraction of a sampling period apart (see the module docs).
@@ -581,14 +673,11 @@ impl Watch<'_> {
             )
         }));
         phases.push((s.after, "baseline again", 1, true));
-        let cpu_stat = self
-            .bench
-            .cgroup_root
-            .join(WORKERS_DIR)
-            .join(EDGE_POOL)
-            .join("cpu.stat");
+        let pool_dir = self.bench.cgroup_root.join(WORKERS_DIR).join(EDGE_POOL);
+        let cpu_stat = pool_dir.join("cpu.stat");
         let mut ticks: Vec<Tick> = Vec::new();
         let mut cpu = CpuTrace::default();
+        let mut frozen = FrozenTrace::default();
         let mut snapshots = self.snapshots.clone();
         let mut next = 0;
         while !self.finished.load(Ordering::Acquire) {
@@ -596,6 +685,7 @@ impl Watch<'_> {
             if snapshots.has_changed().unwrap_or(false) {
                 let snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
                 ticks.push(Tick::new(at, &snapshot));
+                frozen.read(at, &snapshot, &pool_dir);
             }
             cpu.read(at, &cpu_stat);
             if let Some(&(when, name, cameras, reload)) = phases.get(next)
@@ -615,7 +705,7 @@ impl Watch<'_> {
             }
             std::thread::sleep(POLL);
         }
-        Ok((ticks, cpu))
+        Ok((ticks, cpu, frozen))
     }
 }
 
@@ -632,7 +722,10 @@ fn host_load() -> String {
 #[derive(Debug, Clone, PartialEq)]
 struct Figures {
     baseline_p99_ms: Option<f64>,
+    /// Once scaled: from surge start + the autoscaled run's reaction.
     surge_p99_ms: Option<f64>,
+    /// Over the whole surge, scaling included: what elasticity costs.
+    whole_surge_p99_ms: Option<f64>,
     baseline_frames: usize,
     surge_frames: usize,
     /// Results per second in the surge window (offered: cameras × fps).
@@ -666,6 +759,7 @@ fn figures(record: &RunRecord, schedule: &Schedule, settle: f64) -> Figures {
         surge_fps: surge.len() as f64 / (schedule.after - surge_from).max(1e-9),
         baseline_p99_ms: p99(baseline),
         surge_p99_ms: p99(surge),
+        whole_surge_p99_ms: p99(latencies(schedule.surge, schedule.after)),
         cpu_s: record.cpu.seconds_between(schedule.baseline, schedule.end),
         reserved_core_s: running_seconds(&record.ticks, schedule.baseline, schedule.end)
             * record.cpu_request,
@@ -720,12 +814,13 @@ fn reaction(record: &RunRecord, schedule: &Schedule) -> Reaction {
     let before = record.ticks.iter().rev().find(|t| t.at < surge);
     let after = || record.ticks.iter().filter(|t| t.at >= surge);
     let desired = before.map_or(0, |t| t.desired);
-    let existing: &[u32] = before.map_or(&[], |t| &t.with_process);
+    // A thawed standby had a process all along: new is what did not serve at the surge start.
+    let serving: &[u32] = before.map_or(&[], |t| &t.ready);
     let single = before.is_some_and(|t| t.running == 1);
     Reaction {
         decided_s: after().find(|t| t.desired > desired).map(|t| t.at - surge),
         ready_s: after()
-            .find(|t| t.ready.iter().any(|id| !existing.contains(id)))
+            .find(|t| t.ready.iter().any(|id| !serving.contains(id)))
             .map(|t| t.at - surge),
         serving_s: single
             .then(|| added_worker_serving(&record.served, surge))
@@ -755,6 +850,12 @@ fn report(bench: &Bench, records: &[RunRecord]) -> anyhow::Result<String> {
     let reserved_ratio =
         |mode: Mode| Some(of(mode)?.reserved_core_s / of(Mode::StaticMax)?.reserved_core_s);
     let p99_ratio = |mode: Mode| of(mode)?.p99_ratio();
+    let elasticity = |p99: fn(&Figures) -> Option<f64>| {
+        Some(p99(of(Mode::Autoscaled)?)? / p99(of(Mode::StaticMax)?)?)
+    };
+    let p99_cost = elasticity(|f| f.whole_surge_p99_ms);
+    let p99_cost_once_scaled = elasticity(|f| f.surge_p99_ms);
+    let standby = autoscaled.frozen.totals();
 
     println!();
     println!(
@@ -800,6 +901,19 @@ fn report(bench: &Bench, records: &[RunRecord]) -> anyhow::Result<String> {
         );
     }
     println!("  (in parentheses: frames in the window; ratios of CPU are to the static max run)");
+    println!(
+        "  cost of elasticity: surge p99 autoscaled ÷ static max = {} over the whole surge ({} ÷ {} ms), {} once scaled",
+        fmt(p99_cost, 2),
+        fmt(of(Mode::Autoscaled).and_then(|f| f.whole_surge_p99_ms), 0),
+        fmt(of(Mode::StaticMax).and_then(|f| f.whole_surge_p99_ms), 0),
+        fmt(p99_cost_once_scaled, 2),
+    );
+    match standby {
+        Some((seconds, cpu_ms, rss_mb)) => println!(
+            "  warm standby (autoscaled run): frozen {seconds:.1} s in all, {cpu_ms:.1} ms of CPU meanwhile (its cgroup's cpu.stat), {rss_mb:.0} MiB resident"
+        ),
+        None => println!("  warm standby (autoscaled run): never seen frozen"),
+    }
 
     if let Some(path) = &bench.args.plot {
         std::fs::write(path, replica_svg(records, s, bench.max_replicas, reaction))
@@ -807,15 +921,19 @@ fn report(bench: &Bench, records: &[RunRecord]) -> anyhow::Result<String> {
         println!("  replicas over time: {}", path.display());
     }
     Ok(format!(
-        "RESULT decided_s={} ready_s={} p99_ratio_static_max={} p99_ratio_static_min={} reserved_ratio={} cpu_ratio_static_min={} reaction_s={} p99_ratio={} cpu_ratio={}",
+        "RESULT decided_s={} ready_s={} p99_ratio_static_max={} p99_ratio_static_min={} reserved_ratio={} cpu_ratio_static_min={} p99_ratio_once_scaled={} standby_frozen_s={} standby_cpu_ms={} standby_rss_mb={} reaction_s={} p99_ratio={} cpu_ratio={}",
         fmt(reaction.decided_s, 1),
         fmt(reaction.ready_s, 1),
         fmt(p99_ratio(Mode::StaticMax), 3),
         fmt(p99_ratio(Mode::StaticMin), 3),
         fmt(reserved_ratio(Mode::Autoscaled), 3),
         fmt(cpu_ratio(Mode::StaticMin), 3),
+        fmt(p99_cost_once_scaled, 3),
+        fmt(standby.map(|t| t.0), 1),
+        fmt(standby.map(|t| t.1), 1),
+        fmt(standby.map(|t| t.2), 0),
         fmt(reaction.serving_s, 2),
-        fmt(p99_ratio(Mode::Autoscaled), 3),
+        fmt(p99_cost, 3),
         fmt(cpu_ratio(Mode::Autoscaled), 3),
     ))
 }
@@ -949,7 +1067,6 @@ mod tests {
             running: ready.len() as u32,
             desired,
             ready: ready.to_vec(),
-            with_process: ready.to_vec(),
         }
     }
 
@@ -961,7 +1078,7 @@ mod tests {
             warmup: 8,
             baseline: 25,
             surge: 35,
-            after: 30,
+            offpeak_s: 30,
             max_replicas: Some(2),
             target_utilization: 50,
             scale_down_window: 15,
@@ -1013,6 +1130,7 @@ mod tests {
                 tick(35.4, &[0, 1], 2),
             ],
             cpu: CpuTrace::default(),
+            frozen: FrozenTrace::default(),
             cpu_request: 1.0,
         };
         let r = reaction(&record, &s);
@@ -1073,6 +1191,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(cfg.cameras.len(), cameras);
             assert_eq!(cfg.cameras[0].detect_fps, 1.0);
+            assert!(!cfg.cameras[0].motion.enabled);
             let hpa = cfg.edge.hpa;
             assert_eq!(hpa.is_some(), mode == Mode::Autoscaled);
             if let Some(hpa) = hpa {
@@ -1093,6 +1212,7 @@ mod tests {
                 served: Vec::new(),
                 ticks: vec![tick(1.0, &[0], 1), tick(40.0, &[0, 1], 2)],
                 cpu: CpuTrace::default(),
+                frozen: FrozenTrace::default(),
                 cpu_request: 1.0,
             })
             .collect();

@@ -253,6 +253,9 @@ pub struct WorkerConfig {
     /// The bound on a worker's model load; a load that stops heartbeating ends sooner.
     pub ready_timeout_s: f64,
     pub cgroup_root: PathBuf,
+    /// Warm standby workers kept loaded and frozen while `[edge.hpa]` runs fewer than
+    /// `maxReplicas` (ignored without it).
+    pub standby: u32,
 }
 
 /// Kubernetes' `resources` block, limited to what a worker cgroup can honour.

@@ -177,6 +177,11 @@ impl Config {
                 1.0..=64.0,
             ),
             number(
+                key("edge.worker.standby"),
+                self.edge.worker.standby,
+                0.0..=4.0,
+            ),
+            number(
                 key("edge.worker.restart_backoff_initial_s"),
                 self.edge.worker.restart_backoff_initial_s,
                 0.01..=3600.0,

@@ -38,6 +38,18 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their current frame.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// A frame waiting this long for a free worker means the workers are behind (one frame of
+/// the little model takes 0.1–0.3 s here): the autoscaler is asked at once, not at its tick.
+const BEHIND_AFTER: Duration = Duration::from_millis(250);
+
+/// Why the autoscaler is stepped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// The once-a-second sample, with a sync when the sync period has passed.
+    Tick,
+    /// Frames queue for the workers: sample and sync now (see [`ControlLoop::behind`]).
+    Behind,
+}
 
 /// What the control loop needs of a worker launcher besides starting processes: the
 /// connections of the workers it started, and new worker arguments on reload.
@@ -102,6 +114,8 @@ pub struct ControlLoop<H: Host, L: Launcher> {
     workers_seen: (usize, usize),
     due: Due,
     workers_max: usize,
+    /// The dispatcher's dropped-frame total when the loop last looked.
+    drops_seen: u64,
 }
 
 impl<H: Host, L: Launcher> ControlLoop<H, L> {
@@ -167,6 +181,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 snapshot: now,
             },
             workers_max: 0,
+            drops_seen: 0,
         })
     }
 
@@ -205,6 +220,9 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             self.on_event(event);
         }
         let now = Instant::now();
+        if self.behind(now) {
+            self.scale(now, Sync::Behind)?;
+        }
         if now >= self.due.reconcile {
             self.reconcile(now);
             self.due.reconcile = now + RECONCILE_EVERY;
@@ -214,11 +232,23 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             // is taken at, not the iteration's, which a reconcile that started a worker (tens of
             // milliseconds) has made stale; a stale instant shrinks the window and inflates the
             // rate (a worker "using" 25 cores).
-            self.scale(Instant::now())?;
+            self.scale(Instant::now(), Sync::Tick)?;
             self.publish_snapshot(Instant::now());
             self.due.snapshot = now + SNAPSHOT_EVERY;
         }
         Ok(())
+    }
+
+    /// Frames queue: one waited [`BEHIND_AFTER`] for a free worker, or one was replaced by
+    /// its camera's next frame before any worker took it.
+    fn behind(&mut self, now: Instant) -> bool {
+        let drops = self.dispatcher.dropped_oldest_total();
+        let dropped = drops > std::mem::replace(&mut self.drops_seen, drops);
+        dropped
+            || self
+                .dispatcher
+                .waiting_since()
+                .is_some_and(|t| now.saturating_duration_since(t) >= BEHIND_AFTER)
     }
 
     fn take_new_workers(&mut self) {
@@ -228,6 +258,9 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             self.links.insert(key, new.link);
         }
         for (key, link) in &self.links {
+            if let Err(e) = self.dispatcher.hold_worker(*key, link.is_held()) {
+                tracing::debug!(error = %e, "hold");
+            }
             if link.take_drain_request()
                 && let Err(e) = self.dispatcher.drain_worker(*key)
             {
@@ -309,19 +342,32 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         }
     }
 
-    /// The autoscaler samples every second and decides at its own sync period.
-    fn scale(&mut self, now: Instant) -> anyhow::Result<()> {
+    /// The autoscaler samples every second and decides at its own sync period, or at once
+    /// when the workers fall behind. A new count is reconciled at once: a warm standby
+    /// thaws without waiting for the next reconcile.
+    fn scale(&mut self, now: Instant, sync: Sync) -> anyhow::Result<()> {
         let Some(a) = self.autoscaler.as_mut() else {
             return Ok(());
         };
         a.observe_drops(self.dispatcher.dropped_oldest_total());
         let request = self.cfg.edge.worker.resources.requests.cpu.as_f64();
         let before = a.current_replicas();
-        if let Some(decision) = a.step(now, &self.supervisor.status(now), request) {
+        let workers = self.supervisor.status(now);
+        let decision = match sync {
+            Sync::Tick => a.step(now, &workers, request),
+            Sync::Behind => a.step_when_behind(now, &workers, request),
+        };
+        if let Some(decision) = decision {
             if decision.desired_replicas != before {
-                tracing::info!("autoscaler: {}", status_line(&decision));
+                tracing::info!(
+                    early = sync == Sync::Behind,
+                    "autoscaler: {}",
+                    status_line(&decision)
+                );
                 self.supervisor
                     .set_desired(desired_pools(&self.cfg, Some(decision.desired_replicas))?);
+                self.reconcile(now);
+                self.due.reconcile = now + RECONCILE_EVERY;
             } else {
                 tracing::debug!("autoscaler: {}", status_line(&decision));
             }
@@ -385,7 +431,7 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 return Ok(());
             }
         };
-        // The HPA state restarts with the new spec, from the replicas running now.
+        // A new spec restarts the HPA state from the replicas running now.
         let current = self
             .autoscaler
             .as_ref()
@@ -402,11 +448,15 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
             .set_template(super::settings::worker_template(&cfg));
         self.supervisor.set_desired(pools);
         tracing::info!("config reloaded");
-        self.autoscaler = new_autoscaler(&cfg, &self.files, current, Instant::now())
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "autoscaler not restarted after reload");
-                None
-            });
+        // An unchanged spec keeps its samples and stabilization history: a reload that adds
+        // cameras, the moment load arrives, must not blind the autoscaler for a sync period.
+        if cfg.edge.hpa != self.cfg.edge.hpa {
+            self.autoscaler = new_autoscaler(&cfg, &self.files, current, Instant::now())
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "autoscaler not restarted after reload");
+                    None
+                });
+        }
         if self.autoscaler.is_some() {
             self.supervisor
                 .set_desired(desired_pools(&cfg, Some(current))?);

@@ -21,6 +21,8 @@ pub struct Link {
     ready: AtomicBool,
     heartbeat: Mutex<Option<Instant>>,
     drain_requested: AtomicBool,
+    /// A warm standby: the dispatcher gives it no frames.
+    held: AtomicBool,
 }
 
 impl Link {
@@ -34,6 +36,10 @@ impl Link {
             .heartbeat
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(now);
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
     }
 
     /// True once, after the supervisor asked for a drain.
@@ -60,6 +66,10 @@ impl WorkerChannel for LinkChannel {
     fn drain(&mut self) -> io::Result<()> {
         self.0.drain_requested.store(true, Ordering::Release);
         Ok(())
+    }
+
+    fn hold(&mut self, held: bool) {
+        self.0.held.store(held, Ordering::Release);
     }
 }
 

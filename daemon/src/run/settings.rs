@@ -59,8 +59,15 @@ pub(super) fn desired_pools(
         .hash(&mut hasher);
     let replicas = replicas.unwrap_or_else(|| initial_replicas(cfg));
     let limits = &cfg.edge.worker.resources.limits;
+    let standby = cfg.edge.hpa.as_ref().map_or(0, |hpa| {
+        let room = u32::try_from(hpa.max_replicas)
+            .unwrap_or(0)
+            .saturating_sub(replicas);
+        cfg.edge.worker.standby.min(room)
+    });
     let spec = PoolSpec {
         replicas,
+        standby,
         cpu_limit_millis: limits.cpu.as_ref().map(|q| q.milli_value().max(1) as u64),
         memory_limit_bytes: limits.memory.as_ref().map(|q| q.as_f64() as u64),
         generation: hasher.finish(),

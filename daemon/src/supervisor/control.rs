@@ -69,6 +69,11 @@ pub enum WorkerState {
     Backoff {
         until: Instant,
     },
+    /// A warm standby: out of service, loading its model, then `frozen` until a scale-up
+    /// thaws it. Not a replica: the autoscaler does not count it.
+    Standby {
+        frozen: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +115,15 @@ enum Stop {
     },
 }
 
+/// How a standby worker was frozen, so it is thawed the same way.
+#[derive(Clone, Copy)]
+enum Freezer {
+    /// `cgroup.freeze`: the whole cgroup, descendants included.
+    Cgroup,
+    /// SIGSTOP, on kernels without `cgroup.freeze`.
+    Signal,
+}
+
 struct Worker<P, C> {
     child: SpawnedChild<P>,
     channel: C,
@@ -117,6 +131,29 @@ struct Worker<P, C> {
     started_at: Instant,
     ready_at: Option<Instant>,
     stop: Option<Stop>,
+    /// Out of service as a warm standby: given no frames (see [`WorkerChannel::hold`]).
+    held: bool,
+    frozen: Option<(Instant, Freezer)>,
+}
+
+/// What a slot is for under the pool's current spec.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Serve,
+    Standby,
+    Retire,
+}
+
+impl PoolSpec {
+    fn role(&self, id: u32) -> Role {
+        if id < self.replicas {
+            Role::Serve
+        } else if id < self.replicas.saturating_add(self.standby) {
+            Role::Standby
+        } else {
+            Role::Retire
+        }
+    }
 }
 
 struct Slot<P, C> {
@@ -237,6 +274,46 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
         });
     }
 
+    /// A loaded standby stops using CPU: its cgroup is frozen, or the process stopped where
+    /// the kernel has no `cgroup.freeze`.
+    fn freeze(&mut self, pool: &PoolName, id: u32, worker: &mut Worker<H::Pidfd, L::Channel>) {
+        let freezer = match self.host.freeze(&slot_dir(pool, id), true) {
+            Ok(()) => Freezer::Cgroup,
+            Err(HostError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                if let Err(e) = self.host.signal(&worker.child, Signal::SIGSTOP) {
+                    return self.worker_error(pool, id, e);
+                }
+                Freezer::Signal
+            }
+            Err(e) => return self.worker_error(pool, id, e),
+        };
+        info!(%pool, id, pid = worker.child.pid.as_raw(), "warm standby loaded and frozen");
+        worker.frozen = Some((self.now, freezer));
+    }
+
+    /// A standby goes into service: thawed, and given frames from now on. Its heartbeats
+    /// are judged from now, since a frozen worker sends none.
+    fn promote(&mut self, pool: &PoolName, id: u32, worker: &mut Worker<H::Pidfd, L::Channel>) {
+        if let Some((since, freezer)) = worker.frozen {
+            let thawed = match freezer {
+                Freezer::Cgroup => self.host.freeze(&slot_dir(pool, id), false),
+                Freezer::Signal => self.host.signal(&worker.child, Signal::SIGCONT),
+            };
+            if let Err(e) = thawed {
+                // Still frozen: killed and started afresh rather than left serving nothing.
+                self.worker_error(pool, id, e);
+                return self.kill(pool, id, worker, true);
+            }
+            worker.frozen = None;
+            info!(%pool, id, pid = worker.child.pid.as_raw(), frozen_for = ?self.now.saturating_duration_since(since), "warm standby thawed into service");
+        }
+        worker.held = false;
+        worker.channel.hold(false);
+        if worker.ready_at.is_some() {
+            worker.ready_at = Some(self.now);
+        }
+    }
+
     fn apply_limits(&self, pool: &PoolName, id: u32, spec: &PoolSpec) -> Result<(), HostError> {
         let dir = slot_dir(pool, id);
         let outcomes = [
@@ -261,6 +338,7 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
         slot: &mut Slot<H::Pidfd, L::Channel>,
         spec: &PoolSpec,
     ) {
+        let held = spec.role(id) == Role::Standby;
         let dir = slot_dir(pool, id);
         let worker_error = |source| SupervisorError::Worker {
             pool: pool.clone(),
@@ -279,7 +357,7 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                 self.apply_limits(pool, id, spec).map_err(worker_error)?;
                 slot.limits = Some(wanted);
             }
-            let (parts, channel) =
+            let (parts, mut channel) =
                 self.launcher
                     .prepare(pool, id)
                     .map_err(|source| SupervisorError::Launch {
@@ -287,6 +365,8 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                         id,
                         source,
                     })?;
+            // Before the process exists, so no frame can reach a standby.
+            channel.hold(held);
             let child = self
                 .host
                 .spawn(SpawnRequest {
@@ -300,7 +380,7 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
         })();
         match result {
             Ok((child, channel)) => {
-                info!(%pool, id, pid = child.pid.as_raw(), generation = spec.generation, "worker started");
+                info!(%pool, id, pid = child.pid.as_raw(), generation = spec.generation, standby = held, "worker started");
                 if slot.started_once {
                     slot.restarts += 1;
                 }
@@ -312,6 +392,8 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                     started_at: self.now,
                     ready_at: None,
                     stop: None,
+                    held,
+                    frozen: None,
                 });
             }
             Err(error) => {
@@ -372,6 +454,8 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                     self.kill(pool, id, worker, failure);
                 }
             }
+            // Frozen: no heartbeats to expect.
+            None if worker.frozen.is_some() => {}
             None => {
                 if worker.ready_at.is_none() && worker.channel.is_ready() {
                     worker.ready_at = Some(now);
@@ -478,7 +562,7 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
             }
             pool.cgroup_created = true;
         }
-        for id in 0..spec.replicas {
+        for id in 0..spec.replicas.saturating_add(spec.standby) {
             pool.slots.entry(id).or_insert_with(|| Slot {
                 worker: None,
                 failures: 0,
@@ -490,13 +574,13 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
             });
         }
         // Generation changes replace one worker at a time, and only while all others serve.
-        let desired_ids = 0..spec.replicas;
+        let serving_ids = 0..spec.replicas;
         let mut replacing = pool.slots.values().any(|s| {
             s.worker
                 .as_ref()
                 .is_some_and(|w| w.generation != spec.generation && w.stop.is_some())
         });
-        let all_serving = pool.slots.range(desired_ids.clone()).all(|(_, s)| {
+        let all_serving = pool.slots.range(serving_ids).all(|(_, s)| {
             s.worker
                 .as_ref()
                 .is_some_and(|w| w.ready_at.is_some() && w.stop.is_none())
@@ -504,7 +588,8 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
         let wanted_limits = (spec.cpu_limit_millis, spec.memory_limit_bytes);
         let mut retired = Vec::new();
         for (&id, slot) in pool.slots.iter_mut() {
-            let desired = desired_ids.contains(&id);
+            let role = spec.role(id);
+            let desired = role != Role::Retire;
             if slot.cgroup_created && desired && slot.limits != Some(wanted_limits) {
                 // Limits change live; a failure is reported once, not on every tick.
                 if let Err(e) = self.apply_limits(name, id, &spec) {
@@ -516,17 +601,47 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
                 if let Some(worker) = slot.worker.as_mut()
                     && worker.stop.is_none()
                 {
-                    if !desired {
-                        if worker.ready_at.is_some() {
-                            info!(pool = %name, id, "scaling down: draining");
-                            self.drain(name, id, worker);
-                        } else {
-                            self.kill(name, id, worker, false);
+                    match role {
+                        Role::Retire => {
+                            // A frozen worker holds no frame and could not act on a drain.
+                            if worker.ready_at.is_some() && worker.frozen.is_none() {
+                                info!(pool = %name, id, "scaling down: draining");
+                                self.drain(name, id, worker);
+                            } else {
+                                self.kill(name, id, worker, false);
+                            }
                         }
-                    } else if worker.generation != spec.generation && !replacing && all_serving {
-                        info!(pool = %name, id, from = worker.generation, to = spec.generation, "replacing with the new generation");
-                        replacing = true;
-                        self.drain(name, id, worker);
+                        Role::Serve => {
+                            if worker.held {
+                                self.promote(name, id, worker);
+                            }
+                            if worker.stop.is_none()
+                                && worker.generation != spec.generation
+                                && !replacing
+                                && all_serving
+                            {
+                                info!(pool = %name, id, from = worker.generation, to = spec.generation, "replacing with the new generation");
+                                replacing = true;
+                                self.drain(name, id, worker);
+                            }
+                        }
+                        Role::Standby => {
+                            if !worker.held && worker.ready_at.is_some() {
+                                // It may hold frames: it finishes them and exits, and the slot
+                                // starts again as a standby.
+                                info!(pool = %name, id, "scaling down: draining into warm standby");
+                                self.drain(name, id, worker);
+                            } else if worker.generation != spec.generation {
+                                self.kill(name, id, worker, false);
+                            } else {
+                                // Not ready yet, so never given a frame: held from now on.
+                                worker.held = true;
+                                worker.channel.hold(true);
+                                if worker.ready_at.is_some() && worker.frozen.is_none() {
+                                    self.freeze(name, id, worker);
+                                }
+                            }
+                        }
                     }
                 }
                 self.watch(name, id, slot);
@@ -753,7 +868,7 @@ impl<H: Host, L: WorkerLauncher> Supervisor<H, L> {
         for (name, pool) in self.pools.iter_mut() {
             for (&id, slot) in pool.slots.iter_mut() {
                 if let Some(worker) = slot.worker.as_mut().filter(|w| w.stop.is_none()) {
-                    if worker.ready_at.is_some() {
+                    if worker.ready_at.is_some() && worker.frozen.is_none() {
                         ctx.drain(name, id, worker);
                     } else {
                         ctx.kill(name, id, worker, false);
@@ -821,11 +936,17 @@ impl<H: Host, L: WorkerLauncher> Supervisor<H, L> {
         let mut out = Vec::new();
         for (name, pool) in &self.pools {
             for (&id, slot) in &pool.slots {
-                let retired = pool.spec.as_ref().is_none_or(|spec| id >= spec.replicas);
+                let retired = pool
+                    .spec
+                    .as_ref()
+                    .is_none_or(|spec| spec.role(id) == Role::Retire);
                 let state = match &slot.worker {
                     Some(worker) => match worker.stop {
                         Some(Stop::Draining { .. }) => WorkerState::Draining,
                         Some(Stop::Killing { .. }) => WorkerState::Stopping,
+                        None if worker.held => WorkerState::Standby {
+                            frozen: worker.frozen.is_some(),
+                        },
                         None if worker.ready_at.is_some() => WorkerState::Ready,
                         None => WorkerState::Starting,
                     },

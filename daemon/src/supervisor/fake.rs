@@ -59,6 +59,9 @@ struct State {
     subreaper: bool,
     /// Host-wide, so channels of a restarted supervisor never match an old process.
     next_token: u64,
+    /// Channels held out of service (warm standbys); a channel is held before its process
+    /// exists.
+    held: BTreeSet<u64>,
 }
 
 impl State {
@@ -113,12 +116,18 @@ impl FakeHost {
     }
 
     /// Time passes for the fake workers: the live ones heartbeat and become ready, drained
-    /// ones finish their frame and exit.
+    /// ones finish their frame and exit; frozen ones do nothing.
     pub fn tick(&self, now: Instant) {
         let mut state = self.state();
+        let state = &mut *state;
         let mut exiting = Vec::new();
         for (pid, p) in state.procs.iter_mut() {
-            if p.life != Life::Running || p.hung || p.token.is_none() {
+            let frozen = state
+                .cgroups
+                .get(&p.cgroup)
+                .and_then(|files| files.get("cgroup.freeze"))
+                .is_some_and(|v| v == "1");
+            if p.life != Life::Running || p.hung || p.token.is_none() || frozen {
                 continue;
             }
             if p.drain_requested {
@@ -267,6 +276,15 @@ impl FakeHost {
             .procs
             .get(&pid)
             .is_some_and(|p| p.drain_requested)
+    }
+
+    pub fn held(&self, pid: Pid) -> bool {
+        let state = self.state();
+        state
+            .procs
+            .get(&pid)
+            .and_then(|p| p.token)
+            .is_some_and(|token| state.held.contains(&token))
     }
 }
 
@@ -542,6 +560,15 @@ impl WorkerChannel for FakeChannel {
             }
         })
         .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    fn hold(&mut self, held: bool) {
+        let mut state = self.host.state();
+        if held {
+            state.held.insert(self.token);
+        } else {
+            state.held.remove(&self.token);
+        }
     }
 }
 

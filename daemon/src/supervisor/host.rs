@@ -182,6 +182,14 @@ pub trait Host {
     /// orphaned to this subreaper, and workers of an earlier supervisor in this process.
     fn reap_orphans(&self, tracked: &dyn Fn(Pid) -> bool) -> Result<usize, HostError>;
 
+    /// Freezes (or thaws) every process in the cgroup with cgroup v2's `cgroup.freeze`: a
+    /// frozen process uses no CPU and keeps its memory, and a fatal signal still ends it.
+    /// A kernel older than 5.2 has no such file (`NotFound`); the caller stops the process
+    /// with a signal instead.
+    fn freeze(&self, cgroup: &Path, frozen: bool) -> Result<(), HostError> {
+        self.write_file(cgroup, "cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
     /// Whether any process runs in the cgroup or below, from `cgroup.events`; an absent
     /// cgroup is empty.
     fn populated(&self, cgroup: &Path) -> Result<bool, HostError> {

@@ -33,6 +33,9 @@ pub trait WorkerChannel: Send {
     /// Asks the worker to take no new frames, finish the current one and exit. An error means
     /// the channel cannot carry the request; the supervisor then sends SIGTERM instead.
     fn drain(&mut self) -> io::Result<()>;
+    /// Keeps the worker out of service (a warm standby, loaded and then frozen): whoever hands
+    /// out frames must give it none while held, or a frame would sit in a frozen process.
+    fn hold(&mut self, held: bool);
 }
 
 pub trait WorkerLauncher {

@@ -47,6 +47,10 @@ impl fmt::Display for PoolName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
     pub replicas: u32,
+    /// Warm standby: workers kept beyond `replicas` with their model loaded and their cgroup
+    /// frozen (no CPU), so that the next scale-up is a thaw instead of a process start and a
+    /// model load. The caller keeps it within what the pool may grow to.
+    pub standby: u32,
     /// Per worker; 1000 = one full CPU.
     pub cpu_limit_millis: Option<u64>,
     /// Per worker.

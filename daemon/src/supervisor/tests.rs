@@ -29,6 +29,7 @@ fn name(s: &str) -> PoolName {
 fn spec(replicas: u32) -> PoolSpec {
     PoolSpec {
         replicas,
+        standby: 0,
         cpu_limit_millis: None,
         memory_limit_bytes: None,
         generation: 1,
@@ -130,7 +131,7 @@ fn assert_exactly_desired(host: &FakeHost, desired: &BTreeMap<PoolName, PoolSpec
     let mut want_slots = BTreeSet::new();
     for (pool, spec) in desired {
         want_cgroups.insert(Path::new("workers").join(pool.as_str()));
-        for id in 0..spec.replicas {
+        for id in 0..spec.replicas + spec.standby {
             let slot = Path::new("workers")
                 .join(pool.as_str())
                 .join(id.to_string());
@@ -158,11 +159,136 @@ fn assert_exactly_desired(host: &FakeHost, desired: &BTreeMap<PoolName, PoolSpec
     assert!(host.zombies().is_empty(), "zombies: {:?}", host.zombies());
 }
 
+/// Every worker serves, or is a standby loaded and frozen.
 fn all_ready(rig: &Rig) -> bool {
-    rig.sup
-        .status(rig.now)
-        .iter()
-        .all(|s| s.state == WorkerState::Ready)
+    rig.sup.status(rig.now).iter().all(|s| {
+        matches!(
+            s.state,
+            WorkerState::Ready | WorkerState::Standby { frozen: true }
+        )
+    })
+}
+
+fn with_standby(replicas: u32, standby: u32) -> PoolSpec {
+    PoolSpec {
+        standby,
+        ..spec(replicas)
+    }
+}
+
+fn frozen_file(rig: &Rig, id: u32) -> Option<String> {
+    rig.host
+        .file(&path(&format!("workers/det/{id}")), "cgroup.freeze")
+}
+
+#[test]
+fn a_warm_standby_loads_held_then_freezes_and_needs_no_heartbeat() {
+    let mut rig = Rig::new();
+    rig.set("det", with_standby(1, 1));
+    rig.step(ms(100));
+    let standby = rig.pid("det", 1);
+    assert!(
+        rig.host.held(standby),
+        "held from its start: no frame may reach it"
+    );
+    assert!(!rig.host.held(rig.pid("det", 0)));
+    assert_eq!(
+        rig.status("det", 1).state,
+        WorkerState::Standby { frozen: false }
+    );
+    rig.step(ms(100));
+    rig.step(ms(100));
+    assert_eq!(frozen_file(&rig, 1).as_deref(), Some("1"));
+    assert_eq!(
+        rig.status("det", 1).state,
+        WorkerState::Standby { frozen: true }
+    );
+    // Frozen, it sends no heartbeat: far past the heartbeat timeout it is still the same.
+    for _ in 0..10 {
+        rig.step(secs(1));
+    }
+    assert_eq!(rig.pid("det", 1), standby);
+    assert_eq!(rig.status("det", 1).restarts, 0);
+    assert_exactly_desired(&rig.host, &rig.desired);
+}
+
+#[test]
+fn a_scale_up_thaws_the_standby_and_a_new_standby_loads_behind_it() {
+    let mut rig = Rig::new();
+    rig.set("det", with_standby(1, 1));
+    for _ in 0..3 {
+        rig.step(ms(100));
+    }
+    let standby = rig.pid("det", 1);
+    rig.step(secs(10));
+    rig.set("det", with_standby(2, 1));
+    rig.step(ms(1));
+    assert_eq!(
+        rig.pid("det", 1),
+        standby,
+        "the same process, not a new start"
+    );
+    assert_eq!(rig.status("det", 1).state, WorkerState::Ready);
+    assert_eq!(frozen_file(&rig, 1).as_deref(), Some("0"));
+    assert!(!rig.host.held(standby));
+    let next = rig.pid("det", 2);
+    assert!(rig.host.held(next));
+    // Judged by heartbeats again from the thaw, which it sends now.
+    for _ in 0..10 {
+        rig.step(secs(1));
+    }
+    assert_eq!(rig.pid("det", 1), standby);
+    assert_eq!(
+        rig.status("det", 2).state,
+        WorkerState::Standby { frozen: true }
+    );
+    assert_exactly_desired(&rig.host, &rig.desired);
+}
+
+#[test]
+fn a_scale_down_drains_the_serving_worker_into_the_standby_slot() {
+    let mut rig = Rig::new();
+    rig.set("det", with_standby(2, 1));
+    for _ in 0..3 {
+        rig.step(ms(100));
+    }
+    let serving = rig.pid("det", 1);
+    let spare = rig.pid("det", 2);
+    rig.set("det", with_standby(1, 1));
+    rig.step(ms(1));
+    assert!(
+        rig.host.drain_requested(serving),
+        "it may hold frames: drained"
+    );
+    assert_eq!(rig.status("det", 2).state, WorkerState::Stopping);
+    assert!(
+        !rig.host.live().contains_key(&spare),
+        "the frozen spare is killed"
+    );
+    for _ in 0..5 {
+        rig.step(ms(100));
+    }
+    let restarted = rig.pid("det", 1);
+    assert_ne!(restarted, serving);
+    assert!(rig.host.held(restarted));
+    assert_eq!(
+        rig.status("det", 1).state,
+        WorkerState::Standby { frozen: true }
+    );
+    assert_exactly_desired(&rig.host, &rig.desired);
+}
+
+#[test]
+fn shutdown_kills_a_frozen_standby_that_could_not_drain() {
+    let mut rig = Rig::new();
+    rig.set("det", with_standby(1, 1));
+    for _ in 0..3 {
+        rig.step(ms(100));
+    }
+    let standby = rig.pid("det", 1);
+    rig.sup.shutdown().unwrap();
+    assert!(!rig.host.live().contains_key(&standby));
+    assert!(!rig.host.drain_requested(standby));
 }
 
 #[test]
@@ -682,7 +808,7 @@ fn random_kills_reloads_and_restarts_end_with_exactly_the_desired_workers() {
                     pool,
                     PoolSpec {
                         generation,
-                        ..spec(replicas)
+                        ..with_standby(replicas, rng.gen_range(0..=1))
                     },
                 );
             }

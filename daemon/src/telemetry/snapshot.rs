@@ -233,17 +233,23 @@ pub enum WorkerState {
     Draining,
     Stopping,
     Backoff,
+    /// A warm standby loading its model; never given frames.
+    Standby,
+    /// A warm standby, loaded and frozen: no CPU until a scale-up thaws it.
+    Frozen,
 }
 
 impl WorkerState {
     /// Every state, so `helmetd_worker_state` can give each slot one series per state (1 for the
     /// current one) and a state change never leaves a stale series behind.
-    pub const ALL: [WorkerState; 5] = [
+    pub const ALL: [WorkerState; 7] = [
         WorkerState::Starting,
         WorkerState::Ready,
         WorkerState::Draining,
         WorkerState::Stopping,
         WorkerState::Backoff,
+        WorkerState::Standby,
+        WorkerState::Frozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -253,6 +259,8 @@ impl WorkerState {
             WorkerState::Draining => "draining",
             WorkerState::Stopping => "stopping",
             WorkerState::Backoff => "backoff",
+            WorkerState::Standby => "standby",
+            WorkerState::Frozen => "frozen",
         }
     }
 }
@@ -265,6 +273,8 @@ impl From<supervisor::WorkerState> for WorkerState {
             supervisor::WorkerState::Draining => WorkerState::Draining,
             supervisor::WorkerState::Stopping => WorkerState::Stopping,
             supervisor::WorkerState::Backoff { .. } => WorkerState::Backoff,
+            supervisor::WorkerState::Standby { frozen: false } => WorkerState::Standby,
+            supervisor::WorkerState::Standby { frozen: true } => WorkerState::Frozen,
         }
     }
 }
@@ -286,7 +296,7 @@ pub struct WorkerSnapshot {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaSnapshot {
-    /// Worker slots that have a process now.
+    /// Worker slots that have a process now, warm standbys not counted.
     pub current: u32,
     /// What the supervisor is asked to run: the autoscaler's last decision, else the config.
     pub desired: u32,
@@ -518,7 +528,13 @@ impl SnapshotBuilder {
             node: self.node.clone(),
             cameras,
             replicas: ReplicaSnapshot {
-                current: workers.iter().filter(|w| w.pid.is_some()).count() as u32,
+                current: workers
+                    .iter()
+                    .filter(|w| {
+                        w.pid.is_some()
+                            && !matches!(w.state, WorkerState::Standby | WorkerState::Frozen)
+                    })
+                    .count() as u32,
                 desired: sources.desired_replicas,
                 conditions: sources
                     .decision

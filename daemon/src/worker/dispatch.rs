@@ -162,6 +162,8 @@ struct Worker {
     /// Submission counter at this worker's last job: breaks load ties towards the worker idle
     /// longest, so equal workers share the frames.
     last_used: u64,
+    /// Kept out of service (a warm standby, about to be frozen): given no frames.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -355,6 +357,7 @@ impl Dispatcher {
             conn,
             jobs: Vec::new(),
             last_used: 0,
+            held: false,
         });
         self.pump();
         key
@@ -368,6 +371,24 @@ impl Dispatcher {
             .conn
             .drain()
             .map_err(|source| DispatchError::Drain { worker, source })
+    }
+
+    /// A held worker gets no new frames; released, it takes its share at once.
+    pub fn hold_worker(&mut self, worker: WorkerKey, held: bool) -> Result<(), DispatchError> {
+        let w = self.find(worker)?;
+        if std::mem::replace(&mut self.workers[w].held, held) && !held {
+            self.pump();
+        }
+        Ok(())
+    }
+
+    /// When the oldest frame still waiting for a worker was offered: frames wait only while
+    /// no worker has a free slot, so this is how long the workers have been behind.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.cameras
+            .iter()
+            .filter_map(|c| c.pending.as_ref().map(|p| p.enqueued))
+            .min()
     }
 
     /// Takes the worker out now (it is hung, or being killed). Answers it had already sent are
@@ -480,7 +501,7 @@ impl Dispatcher {
         self.workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.conn.is_accepting() && w.conn.in_flight() < SLOTS)
+            .filter(|(_, w)| !w.held && w.conn.is_accepting() && w.conn.in_flight() < SLOTS)
             .min_by_key(|(_, w)| (w.conn.in_flight(), w.last_used))
             .map(|(i, _)| i)
     }
@@ -710,6 +731,35 @@ mod tests {
         assert_eq!(d.in_flight(), 4);
         d.offer(frame("a", 1)).unwrap();
         assert_eq!((d.in_flight(), d.pending()), (4, 1), "bounded by the slots");
+    }
+
+    #[test]
+    fn a_held_worker_gets_no_frames_until_released() {
+        let mut d = Dispatcher::new(["a", "b", "c"]);
+        let (serving, _serving_socket) = silent_worker(&mut d);
+        let (standby, _standby_socket) = silent_worker(&mut d);
+        d.hold_worker(standby, true).unwrap();
+        assert_eq!(d.waiting_since(), None);
+        let before = Instant::now();
+        for camera in ["a", "b", "c"] {
+            d.offer(frame(camera, 0)).unwrap();
+        }
+        assert_eq!(d.worker(standby).unwrap().in_flight(), 0);
+        assert_eq!(
+            (d.in_flight(), d.pending()),
+            (2, 1),
+            "the serving worker's slots only"
+        );
+        assert!(d.waiting_since().is_some_and(|t| t >= before));
+
+        d.hold_worker(standby, false).unwrap();
+        assert_eq!(
+            d.worker(standby).unwrap().in_flight(),
+            1,
+            "released: takes the waiting frame"
+        );
+        assert_eq!(d.waiting_since(), None);
+        assert_eq!(d.worker(serving).unwrap().in_flight(), 2);
     }
 
     #[test]
