@@ -231,6 +231,40 @@ fn one_cloud_answer_confirms_on_its_own() {
 }
 
 #[test]
+fn the_big_models_answer_stands_against_later_edge_boxes_while_the_track_holds_it() {
+    let mut t = tracker();
+    let events = observe_at(&mut t, at(0), 0, &[head(0.8)], DecisionSource::Cloud);
+    assert_eq!(kinds(&events), [EventKind::New]);
+    // The edge model then sees a helmet five times: by weight alone (3 against 5) that would
+    // confirm the helmet and end the episode; the answer decides while it is among the votes.
+    for frame in 1..=5 {
+        let events = observe_at(
+            &mut t,
+            at(frame * 500),
+            frame,
+            &[det(HELMET, 0.8)],
+            DecisionSource::Edge,
+        );
+        assert!(events.is_empty(), "frame {frame}: {events:?}");
+    }
+    let person = &t.tracks()[0];
+    assert!(t.violating_by_votes(person));
+    // Once the answer has left the last votes, the edge boxes decide again.
+    let mut ended = Vec::new();
+    for frame in 6..=12 {
+        let helmet = [det(HELMET, 0.8)];
+        ended.extend(observe_at(
+            &mut t,
+            at(frame * 500),
+            frame,
+            &helmet,
+            DecisionSource::Edge,
+        ));
+    }
+    assert_eq!(kinds(&ended), [EventKind::End]);
+}
+
+#[test]
 fn masked_boxes_are_ignored() {
     // The mask covers the left half; the box's foot point (60, 220) of 1000 is inside it.
     let mut t = EpisodeTracker::new(

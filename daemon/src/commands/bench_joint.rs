@@ -11,7 +11,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, ensure};
 use helmet_pipelines::detect::Detector;
@@ -22,12 +23,15 @@ use helmet_pipelines::still::load_still;
 use helmet_pipelines::{Detection, Frame};
 use rand::SeedableRng;
 
+use crate::alerts::{AlertSettings, DecisionSource, EpisodeTracker, FrameInput};
 use crate::cloud::service::{cloud_model_spec, letterbox_jpeg};
 use crate::commands::detect::{edge_model_spec, is_image};
 use crate::config::Config;
 use crate::joint::budget::Budget;
 use crate::joint::protocol::HardExampleMeta;
 use crate::run::HardestFirst;
+use crate::track::Evidence;
+use crate::zones::CameraRules;
 
 /// Boxes of different frames never match; within a frame, greedy by score, same class.
 const MATCH_IOU: f32 = 0.5;
@@ -215,6 +219,176 @@ fn evaluate_budgeted(
     )
 }
 
+/// What a frame the cloud was not asked about takes from its people's tracks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carry {
+    /// The helmet state by the track's votes, what alerts are decided on: the big model's
+    /// latest answer while the track's last boxes include one, else their weighted majority.
+    Votes,
+    /// The class of the cloud's latest answer about the person, while the track holds it;
+    /// the edge box as it is otherwise.
+    CloudAnswer,
+}
+
+/// The video as a camera running `helmetd run` decides it: the little model's boxes followed
+/// by the daemon's tracker ([`EpisodeTracker`]); a frame `rule` calls hard is asked about
+/// unless everyone in it was answered about within `ask_again` (ask once per person; zero asks
+/// every hard frame), and an asked frame's joint result is the big model's. Every other frame's
+/// boxes take their person's class as `carry` says. The photos (frames `..video.start`) have
+/// no neighbours to track: the rule alone decides them, as in [`evaluate`].
+fn evaluate_tracked(
+    rule: &HardExampleMining,
+    carry: Carry,
+    ask_again: Duration,
+    frames: &[Scored],
+    video: Tracked<'_>,
+    scoring: &Scoring<'_>,
+) -> Point {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut people = EpisodeTracker::new(
+        "bench-joint",
+        video.settings.clone(),
+        Arc::new(CameraRules::default()),
+    );
+    let clean_class = (0..scoring.num_classes as u16).find(|c| !scoring.alert_classes.contains(c));
+    let mut hard = Vec::with_capacity(frames.len());
+    let mut decided = Vec::with_capacity(frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let by_rule = rule.is_hard(&f.little, scoring.num_classes, &mut rng);
+        let Some(n) = i.checked_sub(video.start) else {
+            hard.push(by_rule);
+            decided.push(if by_rule {
+                f.big.clone()
+            } else {
+                f.little.clone()
+            });
+            continue;
+        };
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n as f64 / video.fps);
+        let asked = by_rule
+            && people
+                .no_question(time, &f.little, video.frame_size, ask_again)
+                .is_none();
+        let source = if asked {
+            DecisionSource::Cloud
+        } else {
+            DecisionSource::Edge
+        };
+        let boxes = if asked { &f.big } else { &f.little };
+        people.observe(&FrameInput {
+            time,
+            seq: n as u64,
+            width: video.frame_size.0,
+            height: video.frame_size.1,
+            detections: boxes,
+            source,
+        });
+        if asked {
+            people.remember_cloud_answer(time, &f.little);
+            decided.push(f.big.clone());
+        } else {
+            let by_person = |d: &Detection| {
+                let track = people.tracks().iter().find(|t| t.matched && t.bbox == *d)?;
+                let class = match carry {
+                    Carry::Votes if people.violating_by_votes(track) => {
+                        scoring.alert_classes.first().copied()
+                    }
+                    Carry::Votes => clean_class,
+                    Carry::CloudAnswer => track
+                        .votes()
+                        .filter(|v| v.evidence == Evidence::Cloud)
+                        .last()
+                        .map(|v| v.class),
+                };
+                Some(Detection {
+                    class: class?,
+                    ..*d
+                })
+            };
+            decided.push(
+                f.little
+                    .iter()
+                    .map(|d| by_person(d).unwrap_or(*d))
+                    .collect(),
+            );
+        }
+        hard.push(asked);
+    }
+    let ask = if ask_again.is_zero() {
+        "every hard frame".to_owned()
+    } else {
+        format!("once/{}s", ask_again.as_secs_f64())
+    };
+    let joint: Vec<Scored> = frames
+        .iter()
+        .zip(decided)
+        .map(|(f, little)| Scored {
+            little,
+            big: f.big.clone(),
+        })
+        .collect();
+    // The decided boxes stand in as the "little" result, so the upload marks only say what
+    // was uploaded: hard frames already carry the big model's boxes.
+    let (carried, family) = match carry {
+        Carry::Votes => ("votes", "Tracked, votes"),
+        Carry::CloudAnswer => ("cloud answer", "Tracked, cloud answer carried"),
+    };
+    let mut point = score(
+        format!("{rule}+track,ask {ask},{carried}"),
+        family,
+        &joint,
+        &vec![false; frames.len()],
+        scoring,
+    );
+    point.upload = hard.iter().filter(|h| **h).count() as f64 / frames.len().max(1) as f64;
+    point
+}
+
+/// helmetd's own rules on tracked video: the daemon's rule, the IBT and Threshold sweeps
+/// (edge only too), each with both ways of carrying, asking once per person (every
+/// `ask_again`) and asking every hard frame.
+fn tracked_points(
+    daemon_rule: HardExampleMining,
+    ask_again: Duration,
+    scored: &[Scored],
+    tracked: Tracked<'_>,
+    scoring: &Scoring<'_>,
+) -> Vec<Point> {
+    let mut tracked_rules = vec![HardExampleMining::EdgeOnly, daemon_rule];
+    for (rule, family) in rules() {
+        let sweep = family == "Threshold"
+            || matches!(rule, HardExampleMining::Ibt { threshold_img, .. } if threshold_img == 0.9);
+        if sweep && !tracked_rules.contains(&rule) {
+            tracked_rules.push(rule);
+        }
+    }
+    let mut asks = vec![ask_again];
+    if !ask_again.is_zero() {
+        asks.push(Duration::ZERO);
+    }
+    let mut points = Vec::new();
+    for rule in &tracked_rules {
+        for carry in [Carry::Votes, Carry::CloudAnswer] {
+            for &again in &asks {
+                points.push(evaluate_tracked(
+                    rule, carry, again, scored, tracked, scoring,
+                ));
+            }
+        }
+    }
+    points
+}
+
+/// What [`evaluate_tracked`] needs of the video part of the frames.
+#[derive(Clone, Copy)]
+struct Tracked<'a> {
+    /// Index of the first video frame; the ones before are photos.
+    start: usize,
+    fps: f64,
+    frame_size: (u32, u32),
+    settings: &'a AlertSettings,
+}
+
 /// The rate at which [`evaluate_budgeted`] plays the frames, the daemon's default detect rate.
 const CAMERA_FPS: f64 = 2.0;
 /// Passes over the frames before the scored one.
@@ -357,16 +531,9 @@ pub(crate) fn video_frames(
     Ok(frames)
 }
 
-/// Prints progress and the curve, writes the plot, and returns the `RESULT` line.
-pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
-    let little_spec = edge_model_spec(cfg, None, None);
-    let mut little = Detector::load(&little_spec)?;
-    let mut big = Detector::load(&cloud_model_spec(cfg))?;
-    let (w, h) = little.input_size();
-    let alert_settings =
-        crate::alerts::AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?;
-    let min_score = alert_settings.min_score;
-
+/// The bundled photos and those of `--photos`, then the video's sampled frames: the frames
+/// and the index of the first video frame.
+fn load_frames(args: &BenchJointArgs, w: u32, h: u32) -> anyhow::Result<(Vec<Frame>, usize)> {
     let mut photo_paths = photos_in(&crate::config::resolve_path(Path::new("media")))?;
     for dir in &args.photos {
         photo_paths.extend(photos_in(dir)?);
@@ -388,14 +555,33 @@ pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
         "{}: no frames decoded",
         video.display()
     );
+    let video_start = frames.len();
+    frames.extend(from_video);
+    Ok((frames, video_start))
+}
+
+/// Prints progress and the curve, writes the plot, and returns the `RESULT` line.
+pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
+    let little_spec = edge_model_spec(cfg, None, None);
+    let mut little = Detector::load(&little_spec)?;
+    let mut big = Detector::load(&cloud_model_spec(cfg))?;
+    let (w, h) = little.input_size();
+    let alert_settings =
+        crate::alerts::AlertSettings::from_config(&cfg.alerts, &cfg.edge.model.classes)?;
+    let min_score = alert_settings.min_score;
+
+    let (frames, video_start) = load_frames(args, w, h)?;
     eprintln!(
         "bench joint: {} photos, {} video frames; little {}, big {}",
-        photo_paths.len(),
-        from_video.len(),
+        video_start,
+        frames.len() - video_start,
         little_spec.path.display(),
         cfg.cloud.model.display()
     );
-    frames.extend(from_video);
+    let video_frame_size = (
+        frames[video_start].letterbox.orig_w,
+        frames[video_start].letterbox.orig_h,
+    );
 
     let mut scored = Vec::with_capacity(frames.len());
     for (i, frame) in frames.iter().enumerate() {
@@ -437,6 +623,20 @@ pub fn run(cfg: &Config, args: &BenchJointArgs) -> anyhow::Result<String> {
             ));
         }
     }
+    let tracked = Tracked {
+        start: video_start,
+        fps: args.video_fps,
+        frame_size: video_frame_size,
+        settings: &alert_settings,
+    };
+    let ask_again = Duration::from_secs_f64(cfg.cloud.ask_again_after_s);
+    points.extend(tracked_points(
+        daemon_rule,
+        ask_again,
+        &scored,
+        tracked,
+        &scoring,
+    ));
     println!("{}", table(&points));
     if let Some(path) = &args.plot {
         std::fs::write(path, curve_svg(&points))
@@ -534,6 +734,8 @@ fn curve_svg(points: &[Point]) -> String {
         ("Ranked", "#e377c2"),
         ("Budget, first come", "#bcbd22"),
         ("Budget, hardest first", "#17becf"),
+        ("Tracked, votes", "#8c564b"),
+        ("Tracked, cloud answer carried", "#000000"),
         ("EdgeOnly", "#d62728"),
         ("CloudOnly", "#9467bd"),
     ];

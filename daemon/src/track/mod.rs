@@ -100,11 +100,13 @@ impl Default for TrackerSettings {
     }
 }
 
-/// One class observation of a track: the matched box's class and score, and its weight.
+/// One class observation of a track: the matched box's class and score, whose it is, and its
+/// weight.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Vote {
     pub class: u16,
     pub score: f32,
+    pub evidence: Evidence,
     pub weight: f32,
 }
 
@@ -206,7 +208,7 @@ impl Track {
             .as_box()
     }
 
-    fn start(id: u64, now: SystemTime, d: &Detection, weight: f32) -> Self {
+    fn start(id: u64, now: SystemTime, d: &Detection, evidence: Evidence, weight: f32) -> Self {
         let mut track = Track {
             id,
             bbox: *d,
@@ -217,11 +219,11 @@ impl Track {
             motion: Motion::from_box(d),
             votes: heapless::Deque::new(),
         };
-        track.vote(d, weight);
+        track.vote(d, evidence, weight);
         track
     }
 
-    fn observe(&mut self, now: SystemTime, d: &Detection, weight: f32) {
+    fn observe(&mut self, now: SystemTime, d: &Detection, evidence: Evidence, weight: f32) {
         let gap = seconds_between(self.last_seen, now);
         if gap >= RETURN_AFTER {
             // Whatever the person did while unseen (stopped, turned back), the old velocity no
@@ -234,10 +236,10 @@ impl Track {
         self.last_seen = now;
         self.hits = self.hits.saturating_add(1);
         self.matched = true;
-        self.vote(d, weight);
+        self.vote(d, evidence, weight);
     }
 
-    fn vote(&mut self, d: &Detection, weight: f32) {
+    fn vote(&mut self, d: &Detection, evidence: Evidence, weight: f32) {
         if self.votes.is_full() {
             self.votes.pop_front();
         }
@@ -245,6 +247,7 @@ impl Track {
         let _ = self.votes.push_back(Vote {
             class: d.class,
             score: d.score,
+            evidence,
             weight,
         });
     }
@@ -380,13 +383,13 @@ impl Tracker {
             detections.iter().map(|_| None).collect();
         for &(t, d) in &pairs {
             let track = &mut self.tracks[t];
-            track.observe(now, &detections[d], weight);
+            track.observe(now, &detections[d], evidence, weight);
             ids[d] = Some(track.id);
         }
         for &d in &high {
             let d = usize::from(d);
             if ids[d].is_none() {
-                ids[d] = self.start_track(now, &detections[d], weight);
+                ids[d] = self.start_track(now, &detections[d], evidence, weight);
             }
         }
         ids
@@ -427,7 +430,13 @@ impl Tracker {
         (high, low)
     }
 
-    fn start_track(&mut self, now: SystemTime, d: &Detection, weight: f32) -> Option<u64> {
+    fn start_track(
+        &mut self,
+        now: SystemTime,
+        d: &Detection,
+        evidence: Evidence,
+        weight: f32,
+    ) -> Option<u64> {
         if self.tracks.is_full() {
             self.dropped += 1;
             return None;
@@ -435,7 +444,7 @@ impl Tracker {
         let id = self.next_id;
         self.next_id += 1;
         // Not full, checked above.
-        let _ = self.tracks.push(Track::start(id, now, d, weight));
+        let _ = self.tracks.push(Track::start(id, now, d, evidence, weight));
         Some(id)
     }
 }

@@ -500,6 +500,7 @@ fn votes_keep_the_last_votes_with_cloud_weight() {
         sent.push(Vote {
             class,
             score,
+            evidence,
             weight,
         });
     }
