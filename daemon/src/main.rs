@@ -151,6 +151,9 @@ enum Command {
         /// Also serve Sedna's BigModelService HTTP API here (e.g. 0.0.0.0:5000); only that when mqtt.url is empty.
         #[arg(long, value_name = "ADDR")]
         sedna_http: Option<std::net::SocketAddr>,
+        /// Benchmark knob (`helmetd bench fleet`): load no model; decode each request, pause this long, answer with no boxes.
+        #[arg(long, value_name = "MS", hide = true, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        simulate_infer_ms: Option<u64>,
     },
     /// One frame of a configured camera with its zones and masks drawn on it, as a JPEG.
     Snapshot {
@@ -249,6 +252,8 @@ enum BenchCommand {
     },
     /// Hard frames the big model decides per minute and frames/s: helmetd edge only, helmetd joint, and a Sedna-style synchronous loop on one cloud.
     SednaLoop(helmetd::commands::bench_sedna_loop::BenchSednaLoopArgs),
+    /// Many gateways, many `helmetd cloud` replicas behind one Mosquitto: answered/s, latency and the fate of every request while scaling, losing a replica, restarting the broker, and under a flooding gateway.
+    Fleet(helmetd::commands::bench_fleet::BenchFleetArgs),
 }
 
 /// Runs a benchmark and prints its RESULT line, which ends with the INT8 kernel family: figures
@@ -318,6 +323,7 @@ fn bench_result(bench: BenchCommand) -> anyhow::Result<String> {
             init_runtime(&cfg)?;
             helmetd::commands::bench_motion::run(&cfg, &args)
         }
+        BenchCommand::Fleet(args) => helmetd::commands::bench_fleet::run(&args),
         BenchCommand::SednaLoop(args) => {
             init_runtime(&args.config()?)?;
             helmetd::commands::bench_sedna_loop::run(&args)
@@ -590,11 +596,14 @@ fn main() -> ExitCode {
             duration,
             sedna_env,
         } => run_daemon(config, duration, sedna_env),
-        Command::Cloud { config, sedna_http } => {
-            config.load().map_err(anyhow::Error::from).and_then(|cfg| {
-                init_runtime(&cfg).and_then(|()| helmetd::cloud::cloud_main(cfg, sedna_http))
-            })
-        }
+        Command::Cloud {
+            config,
+            sedna_http,
+            simulate_infer_ms,
+        } => config.load().map_err(anyhow::Error::from).and_then(|cfg| {
+            let simulate = simulate_infer_ms.map(std::time::Duration::from_millis);
+            init_runtime(&cfg).and_then(|()| helmetd::cloud::cloud_main(cfg, sedna_http, simulate))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

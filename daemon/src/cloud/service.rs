@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use helmet_pipelines::detect::{DetectError, Detector, ModelSpec};
 use helmet_pipelines::letterbox::PAD_VALUE;
 use helmet_pipelines::still::{self, StillError};
-use helmet_pipelines::{Detection, Frame, Letterbox};
+use helmet_pipelines::{Detection, Detections, Frame, Letterbox};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
@@ -134,12 +134,21 @@ impl ServiceStats {
 /// `helmetd cloud`: serves until SIGTERM or SIGINT. ONNX Runtime must be initialised.
 ///
 /// With `sedna_http`, Sedna's HTTP API is served there too, or alone when `mqtt.url` is empty.
-/// Each protocol then has its own copy of the model.
+/// Each protocol then has its own copy of the model. With `simulate_infer` (a benchmark knob,
+/// `--simulate-infer-ms`) the MQTT service loads no model: see [`Engine::Simulated`].
 ///
 /// Under systemd (`Type=notify`) it sends `READY=1` once every model is loaded and the Sedna port
 /// bound, `STATUS=` at each step, and `WATCHDOG=1` from the runtime. SIGTERM is answered at any
 /// point, also while a model loads (that takes minutes on a slow CPU).
-pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result<()> {
+pub fn cloud_main(
+    cfg: Config,
+    sedna_http: Option<SocketAddr>,
+    simulate_infer: Option<Duration>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        simulate_infer.is_none() || sedna_http.is_none(),
+        "--simulate-infer-ms applies to the MQTT service only, not with --sedna-http"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,13 +169,13 @@ pub fn cloud_main(cfg: Config, sedna_http: Option<SocketAddr>) -> anyhow::Result
         let notify = |line: &str| lock(&systemd).status(line);
 
         notify("loading the big model");
-        let mqtt_model = if cfg.mqtt.url.is_empty() {
-            None
-        } else {
-            match load_until(&cfg, until_stopped(stopped.clone())).await? {
-                Some(loaded) => Some(loaded),
+        let mqtt_model = match (cfg.mqtt.url.is_empty(), simulate_infer) {
+            (true, _) => None,
+            (false, Some(took)) => Some(Engine::simulated(&cfg, took)),
+            (false, None) => match load_until(&cfg, until_stopped(stopped.clone())).await? {
+                Some((detector, model)) => Some((Engine::Model(Box::new(detector)), model)),
                 None => return Ok(()),
-            }
+            },
         };
         let http = match sedna_http {
             Some(addr) => {
@@ -274,7 +283,9 @@ pub async fn serve(
 ) -> Result<ServiceStats, ServiceError> {
     tokio::pin!(shutdown);
     match load_until(cfg, &mut shutdown).await? {
-        Some(loaded) => serve_loaded(cfg, loaded, shutdown).await,
+        Some((detector, model)) => {
+            serve_loaded(cfg, (Engine::Model(Box::new(detector)), model), shutdown).await
+        }
         None => Ok(ServiceStats::default()),
     }
 }
@@ -282,7 +293,7 @@ pub async fn serve(
 /// [`serve`] with the model already loaded.
 async fn serve_loaded(
     cfg: &Config,
-    (detector, model): (Detector, String),
+    (engine, model): (Engine, String),
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServiceStats, ServiceError> {
     let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
@@ -305,7 +316,7 @@ async fn serve_loaded(
         model,
         max_image_side: cfg.cloud.max_image_side,
         waiting: FairQueue::default(),
-        idle: Some(detector),
+        idle: Some(engine),
         stats: ServiceStats::default(),
         warned: [false; RejectKind::COUNT],
         recent_infer: Duration::ZERO,
@@ -324,6 +335,51 @@ pub(crate) fn load_big_model(spec: &ModelSpec) -> Result<(Detector, String), Det
     Ok((detector, model))
 }
 
+/// What answers a hard example.
+enum Engine {
+    /// Boxed: the engine moves to the inference thread and back for every job.
+    Model(Box<Detector>),
+    /// `--simulate-infer-ms`, for `helmetd bench fleet`: the request is decoded and letterboxed
+    /// as for the model (so a bad JPEG is refused as usual), then the thread sleeps until
+    /// `took` has passed since the job started, and the answer has no boxes. This measures the
+    /// protocol, the broker and the scheduling without a second of CPU per request.
+    Simulated { took: Duration, input: (u32, u32) },
+}
+
+impl Engine {
+    /// The simulated engine at `cloud.model_input`, and the model name its answers give.
+    fn simulated(cfg: &Config, took: Duration) -> (Engine, String) {
+        let [h, w] = cfg.cloud.model_input;
+        let name = format!("simulated-{}ms", took.as_millis());
+        tracing::info!(model = %name, "no model loaded: inference is a fixed pause (benchmark knob)");
+        (
+            Engine::Simulated {
+                took,
+                input: (w, h),
+            },
+            name,
+        )
+    }
+
+    fn input_size(&self) -> (u32, u32) {
+        match self {
+            Engine::Model(detector) => detector.input_size(),
+            Engine::Simulated { input, .. } => *input,
+        }
+    }
+
+    /// Boxes in the letterboxed frame's pixels; `started` is when the job began.
+    fn detect(&mut self, frame: &Frame, started: Instant) -> Result<Detections, DetectError> {
+        match self {
+            Engine::Model(detector) => detector.detect(frame),
+            Engine::Simulated { took, .. } => {
+                std::thread::sleep(took.saturating_sub(started.elapsed()));
+                Ok(Detections::new())
+            }
+        }
+    }
+}
+
 /// One hard example between acceptance and answer.
 #[derive(Debug)]
 struct Job {
@@ -333,9 +389,9 @@ struct Job {
     deadline: Option<Instant>,
 }
 
-/// What the inference thread hands back: the detector for the next job, and the outcome.
+/// What the inference thread hands back: the engine for the next job, and the outcome.
 struct Done {
-    detector: Detector,
+    engine: Engine,
     job: Job,
     outcome: Result<(Vec<Detection>, Duration), JobError>,
 }
@@ -354,8 +410,8 @@ struct Service {
     /// `cloud.max_image_side`: checked in the JPEG header, then enforced by the decoder.
     max_image_side: u32,
     waiting: FairQueue,
-    /// The detector while no inference runs; the inference thread owns it otherwise.
-    idle: Option<Detector>,
+    /// The engine while no inference runs; the inference thread owns it otherwise.
+    idle: Option<Engine>,
     stats: ServiceStats,
     /// Kinds of refusal already logged at warn; later ones go to debug.
     warned: [bool; RejectKind::COUNT],
@@ -459,7 +515,7 @@ impl Service {
         if running.is_some() || self.waiting.is_empty() {
             return;
         }
-        let Some(detector) = self.idle.take() else {
+        let Some(engine) = self.idle.take() else {
             return;
         };
         let (job, expired) = self.waiting.pop_usable(Instant::now() + self.recent_infer);
@@ -476,17 +532,17 @@ impl Service {
             self.answer_error(&late.reply, protocol::EXPIRED);
         }
         let Some(job) = job else {
-            self.idle = Some(detector);
+            self.idle = Some(engine);
             return;
         };
         let max_side = self.max_image_side;
         *running = Some(tokio::task::spawn_blocking(move || {
-            infer(detector, job, max_side)
+            infer(engine, job, max_side)
         }));
     }
 
     fn finish(&mut self, done: Done) {
-        self.idle = Some(done.detector);
+        self.idle = Some(done.engine);
         let Job { reply, request, .. } = done.job;
         match done.outcome {
             Ok((detections, took)) => {
@@ -690,16 +746,16 @@ async fn join(running: &mut Option<JoinHandle<Done>>) -> Result<Done, JoinError>
 }
 
 /// The blocking part of a job: decode, letterbox, run the model, map boxes to the original.
-fn infer(mut detector: Detector, job: Job, max_side: u32) -> Done {
+fn infer(mut engine: Engine, job: Job, max_side: u32) -> Done {
     let started = Instant::now();
-    let (input_w, input_h) = detector.input_size();
+    let (input_w, input_h) = engine.input_size();
     let outcome = letterbox_jpeg(&job.request.jpeg, input_w, input_h, max_side)
         .map_err(JobError::Image)
-        .and_then(|frame| detector.detect(&frame).map_err(JobError::Inference))
+        .and_then(|frame| engine.detect(&frame, started).map_err(JobError::Inference))
         // The detector answers in JPEG pixels; the edge wants its camera frame's pixels.
         .map(|boxes| (job.request.meta.to_original(&boxes), started.elapsed()));
     Done {
-        detector,
+        engine,
         job,
         outcome,
     }
@@ -874,6 +930,29 @@ mod tests {
             request,
             deadline: None,
         }
+    }
+
+    #[test]
+    fn a_simulated_inference_decodes_then_pauses_and_finds_nothing() {
+        let media = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../media");
+        let took = Duration::from_millis(60);
+        let engine = || Engine::Simulated {
+            took,
+            input: (640, 640),
+        };
+        let mut good = job("a", 0);
+        good.request.jpeg = std::fs::read(media.join("overeasy_construction.jpg")).unwrap();
+        let done = infer(engine(), good, DEFAULT_MAX_IMAGE_SIDE);
+        match done.outcome {
+            Ok((boxes, elapsed)) => assert!(boxes.is_empty() && elapsed >= took, "{elapsed:?}"),
+            Err(_) => panic!("a real JPEG must be answered"),
+        }
+        let mut bad = job("a", 1);
+        bad.request.jpeg = b"garbage".to_vec();
+        let started = Instant::now();
+        let done = infer(engine(), bad, DEFAULT_MAX_IMAGE_SIDE);
+        assert!(matches!(done.outcome, Err(JobError::Image(_))));
+        assert!(started.elapsed() < took, "a refused JPEG is not paused for");
     }
 
     #[test]

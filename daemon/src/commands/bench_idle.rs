@@ -287,22 +287,7 @@ struct Sample {
 
 impl Sample {
     fn take(pid: u32) -> anyhow::Result<Sample> {
-        let stat_path = format!("/proc/{pid}/stat");
-        let stat =
-            fs::read_to_string(&stat_path).with_context(|| format!("reading {stat_path}"))?;
-        // The command name may hold spaces and parentheses: the fields follow the last ')'.
-        // utime and stime are fields 14 and 15 of proc_pid_stat(5), 12th and 13th after it.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let field = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{stat_path}: no field {} in {stat:?}", i + 3))
-        };
-        let cpu_ticks = field(11)? + field(12)?;
+        let cpu_ticks = super::child_daemon::cpu_ticks(pid)?;
         let mut switches = HashMap::new();
         let tasks = format!("/proc/{pid}/task");
         for entry in fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {

@@ -263,7 +263,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The middle of each 1.5 s photo slot that fits in the video.
-fn photo_times(duration: Duration) -> Vec<Duration> {
+pub(crate) fn photo_times(duration: Duration) -> Vec<Duration> {
     (0u32..)
         .map(|k| PHOTO_PERIOD / 2 + PHOTO_PERIOD * k)
         .take_while(|t| *t < duration)
@@ -271,7 +271,12 @@ fn photo_times(duration: Duration) -> Vec<Duration> {
 }
 
 /// The first sampled frame at or after each of `targets`, letterboxed to `w × h` by the ingest.
-fn sample_frames(video: &Path, w: u32, h: u32, targets: &[Duration]) -> anyhow::Result<Vec<Frame>> {
+pub(crate) fn sample_frames(
+    video: &Path,
+    w: u32,
+    h: u32,
+    targets: &[Duration],
+) -> anyhow::Result<Vec<Frame>> {
     let url = format!("file://{}", video.display());
     let mut settings = CameraSettings::new("bench", &url, w, h);
     settings.pace = Pace::AsFastAsPossible;
@@ -308,8 +313,6 @@ fn measure_bytes(
     full: &[Frame],
 ) -> anyhow::Result<Vec<FrameBytes>> {
     let cloud = MqttSettings::from_config(cfg);
-    let request_topic = protocol::request_topic(&cloud.topic_prefix);
-    let response_topic = protocol::response_topic(&cloud.topic_prefix, &cloud.node);
     edge.iter()
         .zip(full)
         .map(|(e, f)| {
@@ -321,31 +324,36 @@ fn measure_bytes(
             let boxes = detector.detect(e)?;
             let jpeg = encode_jpeg(&content_image(e), cfg.cloud.jpeg_quality)?;
             let meta = HardExampleMeta::for_frame(e, &boxes);
-            let properties = protocol::request_properties(
-                &cloud.node,
-                &meta,
-                &response_topic,
-                &protocol::new_correlation_id(),
-                cloud.timeout,
-            );
-            let jpeg_len = jpeg.len();
-            let mut publish = Publish::new(
-                request_topic.as_str(),
-                QoS::AtLeastOnce,
-                jpeg,
-                Some(properties),
-            );
-            // QoS 1 carries a packet id; 0 would leave those two bytes out of `size`.
-            publish.pkid = 1;
             Ok(FrameBytes {
                 pts: e.pts.unwrap_or_default(),
-                jpeg: jpeg_len,
-                packet: publish.size(),
+                jpeg: jpeg.len(),
+                packet: request_packet_len(&cloud, &meta, jpeg),
                 sedna: sedna_json_len(&f.pixels, f.letterbox.input_w as usize),
                 boxes: boxes.len(),
             })
         })
         .collect()
+}
+
+/// Bytes of the whole MQTT 5 PUBLISH an edge sends for one hard example: fixed header, topic,
+/// packet id, every property and the JPEG.
+pub(crate) fn request_packet_len(
+    cloud: &MqttSettings,
+    meta: &HardExampleMeta,
+    jpeg: Vec<u8>,
+) -> usize {
+    let properties = protocol::request_properties(
+        &cloud.node,
+        meta,
+        &protocol::response_topic(&cloud.topic_prefix, &cloud.node),
+        &protocol::new_correlation_id(),
+        cloud.timeout,
+    );
+    let topic = protocol::request_topic(&cloud.topic_prefix);
+    let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, jpeg, Some(properties));
+    // QoS 1 carries a packet id; 0 would leave those two bytes out of `size`.
+    publish.pkid = 1;
+    publish.size()
 }
 
 /// Length of `json.dumps({"post_process": None, "data": frame.tolist()})` for a packed RGB

@@ -1,8 +1,9 @@
-//! `helmetd run` as a child process of a benchmark that measures it from outside (`bench idle`,
-//! `bench footprint`): started with an environment of its own, stopped by its own pid with
-//! SIGTERM and a bounded wait, and killed on drop if it still runs, so a failed bench leaves no
-//! daemon behind.
+//! `helmetd run` (or `helmetd cloud`) as a child process of a benchmark that measures it from
+//! outside (`bench idle`, `bench footprint`, `bench fleet`): started with an environment of its
+//! own, stopped by its own pid with SIGTERM and a bounded wait, and killed on drop if it still
+//! runs, so a failed bench leaves no daemon behind.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::thread;
@@ -28,10 +29,22 @@ impl ChildDaemon {
         sets: &[String],
         stderr: Stdio,
     ) -> anyhow::Result<ChildDaemon> {
+        let mut args: Vec<OsString> = global.iter().map(OsString::from).collect();
+        args.extend(["run".into(), "--config".into(), config.into()]);
+        for set in sets {
+            args.extend(["--set".into(), set.into()]);
+        }
+        Self::spawn_args(helmetd, &args, stderr)
+    }
+
+    /// `helmetd <args…>`, its stderr to `stderr`.
+    pub(crate) fn spawn_args(
+        helmetd: &Path,
+        args: &[OsString],
+        stderr: Stdio,
+    ) -> anyhow::Result<ChildDaemon> {
         let mut cmd = Command::new(helmetd);
-        cmd.args(global)
-            .args(["run", "--config"])
-            .arg(config)
+        cmd.args(args)
             .env("RUST_LOG", "info,ort=warn")
             .env("NO_COLOR", "1")
             // Whatever runs the bench must not get the daemon's notifications or journal.
@@ -42,9 +55,6 @@ impl ChildDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        for set in sets {
-            cmd.args(["--set", set]);
-        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", helmetd.display()))?;
@@ -81,6 +91,26 @@ impl ChildDaemon {
             thread::sleep(EXIT_POLL);
         }
     }
+}
+
+/// CPU time of process `pid` in clock ticks: utime + stime, every thread, ended ones included.
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&stat_path).with_context(|| format!("reading {stat_path}"))?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5), 12th and 13th after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{stat_path}: no field {} in {stat:?}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
 }
 
 impl Drop for ChildDaemon {

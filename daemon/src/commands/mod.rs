@@ -1,6 +1,7 @@
 //! Subcommands that are more than a few lines.
 
 pub mod bench_dispatch;
+pub mod bench_fleet;
 pub mod bench_footprint;
 pub mod bench_idle;
 pub mod bench_joint;
