@@ -532,6 +532,9 @@ fn run_demo(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Worker(_)) {
+        limit_malloc_arenas();
+    }
     if let Some(name) = cli.log_format.to_possible_value() {
         // SAFETY: nothing else runs yet: no thread has been started, so nobody reads the
         // environment concurrently. Workers inherit it and log in the daemon's format.
@@ -610,6 +613,20 @@ fn main() -> ExitCode {
         Err(e) => report(e),
     }
 }
+
+/// glibc gives each thread that allocates under contention an arena of its own, up to 8 per
+/// core, and a freed decoded picture stays in its thread's arena: every camera's streaming
+/// thread keeps its own spare pictures. Two arenas shared by all threads: −1.5 to −2 MiB per
+/// camera at the same CPU time per decoded frame (`helmetd bench footprint`,
+/// docs/benchmarks.md). Workers have their own setting (`helmetd::worker`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: before any thread starts; mallopt only sets an allocator parameter.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 /// `helmetd snapshot`: one annotated frame of a camera, to check its zones against the picture.
 fn run_snapshot(

@@ -13,14 +13,16 @@
 //!   daemon's pid (its worker is another process and not counted). The config cannot run
 //!   without a worker (`edge.worker.replicas` is 1–64), so one worker runs at the cameras'
 //!   default `detect_fps`: that is the smallest daemon a gateway runs. `per_camera_mb` =
-//!   (RSS with N − RSS with 1) ÷ (N − 1).
+//!   (RSS with N − RSS with 1) ÷ (N − 1). `decode_cpu_ms`: the N-camera daemon's CPU time
+//!   over those seconds per frame its cameras decoded (decoding is most of what it does).
 //! - **1 camera, 1 worker**: `cold_start_s` from spawning the daemon to the first analysed
 //!   frame (`/status` `counters.frames` ≥ 1, polled every 50 ms): process start, worker spawn
 //!   and model load, RTSP connect, first decode and inference. Then `--worker-seconds` of work
 //!   at `detect_fps` = `--detect-fps` without motion gating (every sampled frame reaches the
 //!   model, so the worker is the limit): `fps` = frames
 //!   analysed per second over that window, `worker_rss_mb` / `worker_hwm_mb` of the worker's
-//!   pid at its end.
+//!   pid at its end, `worker_cpu_ms` its CPU time per analysed frame: on a machine shared with
+//!   other work, frames/s follows the load, CPU time per frame much less.
 //!
 //! Each phase also prints the largest mappings of each measured process by resident size
 //! (`/proc/<pid>/smaps`): which library, heap or anonymous arena holds the memory.
@@ -36,9 +38,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use helmet_pipelines::rtsp_server::RtspServer;
+use nix::unistd::{SysconfVar, sysconf};
 
 use super::bench_surge::{default_cgroup_root, remove_cgroup_root};
-use super::child_daemon::ChildDaemon;
+use super::child_daemon::{ChildDaemon, cpu_ticks};
 use super::demo::{default_video, free_loopback_port};
 use crate::config::DEFAULT_CONFIG;
 use crate::http::{StatusReport, fetch_status};
@@ -173,12 +176,62 @@ fn frames_per_s(frames_before: u64, frames_after: u64, elapsed: Duration) -> f64
     frames_after.saturating_sub(frames_before) as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// CPU time of a process over a window, and the frames it handled in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuWindow {
+    cpu: Duration,
+    frames: u64,
+}
+
+impl CpuWindow {
+    fn ms_per_frame(self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / self.frames.max(1) as f64
+    }
+}
+
+/// Reads a process's CPU time at the start of a window and, through `end`, at its end.
+struct CpuMeter {
+    pid: u32,
+    ticks: u64,
+    frames: u64,
+    tick: Duration,
+}
+
+impl CpuMeter {
+    fn start(pid: u32, frames: u64) -> anyhow::Result<CpuMeter> {
+        let per_second = sysconf(SysconfVar::CLK_TCK)?
+            .filter(|t| *t > 0)
+            .context("sysconf(CLK_TCK)")?;
+        Ok(CpuMeter {
+            pid,
+            ticks: cpu_ticks(pid)?,
+            frames,
+            tick: Duration::from_secs(1) / u32::try_from(per_second)?,
+        })
+    }
+
+    fn end(&self, frames: u64) -> anyhow::Result<CpuWindow> {
+        let ticks = cpu_ticks(self.pid)?.saturating_sub(self.ticks);
+        Ok(CpuWindow {
+            cpu: self.tick * u32::try_from(ticks)?,
+            frames: frames.saturating_sub(self.frames),
+        })
+    }
+}
+
+/// Frames decoded so far by all of the daemon's cameras.
+fn frames_in(status: &StatusReport) -> u64 {
+    status.snapshot.cameras.iter().map(|c| c.frames_in).sum()
+}
+
 /// What the bench found, for the table and the RESULT line.
 struct Figures {
     daemon_one: Memory,
     daemon_many: Memory,
     cameras: u64,
+    decode: CpuWindow,
     worker: Memory,
+    worker_cpu: CpuWindow,
     cold_start: Duration,
     fps: f64,
 }
@@ -187,7 +240,8 @@ impl Figures {
     fn result_line(&self) -> String {
         format!(
             "RESULT worker_rss_mb={:.1} daemon_rss_mb={:.1} per_camera_mb={:.1} cold_start_s={:.1} \
-             fps={:.1} daemon_hwm_mb={:.1} worker_hwm_mb={:.1} cameras={}",
+             fps={:.1} daemon_hwm_mb={:.1} worker_hwm_mb={:.1} cameras={} worker_cpu_ms={:.1} \
+             decode_cpu_ms={:.2}",
             self.worker.rss_mb(),
             self.daemon_one.rss_mb(),
             per_camera_mb(self.daemon_one, self.daemon_many, self.cameras),
@@ -196,12 +250,15 @@ impl Figures {
             self.daemon_one.hwm_mb(),
             self.worker.hwm_mb(),
             self.cameras,
+            self.worker_cpu.ms_per_frame(),
+            self.decode.ms_per_frame(),
         )
     }
 }
 
 /// Prints progress, returns `RESULT worker_rss_mb=… daemon_rss_mb=… per_camera_mb=…
-/// cold_start_s=… fps=… daemon_hwm_mb=… worker_hwm_mb=… cameras=…`.
+/// cold_start_s=… fps=… daemon_hwm_mb=… worker_hwm_mb=… cameras=… worker_cpu_ms=…
+/// decode_cpu_ms=…`.
 pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
     anyhow::ensure!(
         args.detect_fps > 0.0 && args.detect_fps <= 30.0,
@@ -254,17 +311,21 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
         figures.daemon_one.hwm_mb()
     );
     println!(
-        "daemon, {} cameras:  RSS {:6.1} MiB, peak {:6.1} MiB ({:+.1} MiB per added camera)",
+        "daemon, {} cameras:  RSS {:6.1} MiB, peak {:6.1} MiB ({:+.1} MiB per added camera), \
+         {:.2} ms CPU per decoded frame",
         figures.cameras,
         figures.daemon_many.rss_mb(),
         figures.daemon_many.hwm_mb(),
-        per_camera_mb(figures.daemon_one, figures.daemon_many, figures.cameras)
+        per_camera_mb(figures.daemon_one, figures.daemon_many, figures.cameras),
+        figures.decode.ms_per_frame()
     );
     println!(
-        "worker:             RSS {:6.1} MiB, peak {:6.1} MiB, {:.1} frames/s; cold start {:.2} s",
+        "worker:             RSS {:6.1} MiB, peak {:6.1} MiB, {:.1} frames/s, {:.1} ms CPU per \
+         frame; cold start {:.2} s",
         figures.worker.rss_mb(),
         figures.worker.hwm_mb(),
         figures.fps,
+        figures.worker_cpu.ms_per_frame(),
         figures.cold_start.as_secs_f64()
     );
     Ok(figures.result_line())
@@ -280,11 +341,11 @@ struct Bench<'a> {
 
 fn measure(bench: &Bench, args: &BenchFootprintArgs) -> anyhow::Result<Figures> {
     let settle = Duration::from_secs(args.daemon_seconds);
-    let daemon_one = daemon_phase(bench, 1, settle).context("phase daemon, 1 camera")?;
+    let (daemon_one, _) = daemon_phase(bench, 1, settle).context("phase daemon, 1 camera")?;
     let cameras = usize::try_from(args.cameras)?;
-    let daemon_many = daemon_phase(bench, cameras, settle)
+    let (daemon_many, decode) = daemon_phase(bench, cameras, settle)
         .with_context(|| format!("phase daemon, {cameras} cameras"))?;
-    let (cold_start, fps, worker) = worker_phase(
+    let (cold_start, fps, worker, worker_cpu) = worker_phase(
         bench,
         args.detect_fps,
         Duration::from_secs(args.worker_seconds),
@@ -294,42 +355,71 @@ fn measure(bench: &Bench, args: &BenchFootprintArgs) -> anyhow::Result<Figures> 
         daemon_one,
         daemon_many,
         cameras: args.cameras,
+        decode,
         worker,
+        worker_cpu,
         cold_start,
         fps,
     })
 }
 
-/// The daemon's memory once `cameras` cameras stream, `settle` after each delivered a frame.
-fn daemon_phase(bench: &Bench, cameras: usize, settle: Duration) -> anyhow::Result<Memory> {
+/// The daemon's memory once `cameras` cameras stream, `settle` after each delivered a frame,
+/// and its CPU time over `settle`.
+fn daemon_phase(
+    bench: &Bench,
+    cameras: usize,
+    settle: Duration,
+) -> anyhow::Result<(Memory, CpuWindow)> {
     let label = format!("daemon, {cameras} camera(s)");
     println!("{label}: starting helmetd run");
     let mut daemon = DaemonChild::start(bench, cameras, None, &label)?;
-    daemon.wait_for("every camera's first frame", |s| {
+    let streaming = daemon.wait_for("every camera's first frame", |s| {
         s.snapshot.cameras.len() == cameras && s.snapshot.cameras.iter().all(|c| c.frames_in > 0)
     })?;
+    let meter = CpuMeter::start(daemon.pid(), frames_in(&streaming))?;
     println!(
         "{label}: cameras streaming, measuring in {} s",
         settle.as_secs()
     );
     daemon.wait(settle)?;
     let memory = Memory::read(daemon.pid())?;
+    let cpu = meter.end(frames_in(&daemon.status()?))?;
     println!(
-        "{label}: RSS {:.1} MiB, peak {:.1} MiB; largest mappings (MiB): {}",
+        "{label}: RSS {:.1} MiB, peak {:.1} MiB, {:.2} ms CPU per decoded frame; largest \
+         mappings (MiB): {}",
         memory.rss_mb(),
         memory.hwm_mb(),
+        cpu.ms_per_frame(),
         top_mappings(daemon.pid())
     );
     daemon.stop()?;
-    Ok(memory)
+    Ok((memory, cpu))
 }
 
-/// Cold start, then frames/s and the worker's memory after `window` of work.
+/// The pid of a ready worker in `/status`.
+fn ready_worker_pid(status: &StatusReport) -> anyhow::Result<u32> {
+    status
+        .snapshot
+        .workers
+        .iter()
+        .find(|w| w.state == WorkerState::Ready)
+        .and_then(|w| w.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .with_context(|| {
+            format!(
+                "no ready worker with a pid in /status: {:?}",
+                status.snapshot.workers
+            )
+        })
+}
+
+/// Cold start, then frames/s, the worker's memory after `window` of work and its CPU time in
+/// that window.
 fn worker_phase(
     bench: &Bench,
     detect_fps: f64,
     window: Duration,
-) -> anyhow::Result<(Duration, f64, Memory)> {
+) -> anyhow::Result<(Duration, f64, Memory, CpuWindow)> {
     let label = "1 camera, 1 worker";
     println!("{label}: starting helmetd run, detect_fps {detect_fps}");
     let mut daemon = DaemonChild::start(bench, 1, Some(detect_fps), label)?;
@@ -342,6 +432,7 @@ fn worker_phase(
         cold_start.as_secs_f64(),
         window.as_secs()
     );
+    let meter = CpuMeter::start(ready_worker_pid(&first)?, first.snapshot.counters.frames)?;
     let start = Instant::now();
     daemon.wait(window)?;
     let last = daemon.status()?;
@@ -351,23 +442,19 @@ fn worker_phase(
         last.snapshot.counters.frames,
         elapsed,
     );
-    let worker_pid = last
-        .snapshot
-        .workers
-        .iter()
-        .find(|w| w.state == WorkerState::Ready)
-        .and_then(|w| w.pid)
-        .and_then(|pid| u32::try_from(pid).ok())
-        .with_context(|| {
-            format!(
-                "no ready worker with a pid in /status: {:?}",
-                last.snapshot.workers
-            )
-        })?;
+    let worker_pid = ready_worker_pid(&last)?;
+    anyhow::ensure!(
+        worker_pid == meter.pid,
+        "the worker was replaced while being measured (pid {} → {worker_pid})",
+        meter.pid
+    );
+    let worker_cpu = meter.end(last.snapshot.counters.frames)?;
     let worker = Memory::read(worker_pid)?;
     let daemon_memory = Memory::read(daemon.pid())?;
     println!(
-        "{label}: {fps:.1} frames/s; worker RSS {:.1} MiB, peak {:.1} MiB; largest mappings (MiB): {}",
+        "{label}: {fps:.1} frames/s, worker {:.1} ms CPU per frame; worker RSS {:.1} MiB, peak \
+         {:.1} MiB; largest mappings (MiB): {}",
+        worker_cpu.ms_per_frame(),
         worker.rss_mb(),
         worker.hwm_mb(),
         top_mappings(worker_pid)
@@ -378,7 +465,7 @@ fn worker_phase(
         daemon_memory.hwm_mb()
     );
     daemon.stop()?;
-    Ok((cold_start, fps, worker))
+    Ok((cold_start, fps, worker, worker_cpu))
 }
 
 /// `helmetd run` as a child with its log in a file; SIGKILLed by its pid when dropped running.
@@ -583,6 +670,17 @@ mod tests {
     }
 
     #[test]
+    fn cpu_per_frame_is_cpu_time_over_frames() {
+        let window = |ms, frames| CpuWindow {
+            cpu: Duration::from_millis(ms),
+            frames,
+        };
+        assert_eq!(window(1000, 50).ms_per_frame(), 20.0);
+        // No frame: the whole time, rather than a division by zero.
+        assert_eq!(window(30, 0).ms_per_frame(), 30.0);
+    }
+
+    #[test]
     fn frame_rate_is_frames_over_seconds() {
         assert_eq!(frames_per_s(3, 33, Duration::from_secs(15)), 2.0);
         assert_eq!(frames_per_s(5, 5, Duration::from_secs(1)), 0.0);
@@ -627,9 +725,17 @@ Rss:                   0 kB
                 hwm_kb: 46 * 1024,
             },
             cameras: 4,
+            decode: CpuWindow {
+                cpu: Duration::from_millis(1500),
+                frames: 600,
+            },
             worker: Memory {
                 rss_kb: 100 * 1024,
                 hwm_kb: 110 * 1024,
+            },
+            worker_cpu: CpuWindow {
+                cpu: Duration::from_millis(15_000),
+                frames: 80,
             },
             cold_start: Duration::from_millis(2345),
             fps: 5.56,
@@ -637,7 +743,8 @@ Rss:                   0 kB
         assert_eq!(
             figures.result_line(),
             "RESULT worker_rss_mb=100.0 daemon_rss_mb=30.0 per_camera_mb=5.0 cold_start_s=2.3 \
-             fps=5.6 daemon_hwm_mb=32.0 worker_hwm_mb=110.0 cameras=4"
+             fps=5.6 daemon_hwm_mb=32.0 worker_hwm_mb=110.0 cameras=4 worker_cpu_ms=187.5 \
+             decode_cpu_ms=2.50"
         );
     }
 }
