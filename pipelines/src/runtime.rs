@@ -98,14 +98,17 @@ pub fn init_onnxruntime(configured: Option<&Path>) -> Result<PathBuf, RuntimeErr
                 format_attempts(&attempts)
             );
         }
-        let environment =
-            builder
-                .with_name("helmetd")
-                .build()
-                .map_err(|source| RuntimeError::Environment {
-                    path: path.clone(),
-                    source,
-                })?;
+        // Microsoft's builds of ONNX Runtime (the PyPI wheel we ship) carry a telemetry client
+        // that uploads over HTTPS when it can; a gateway on a site network sends nothing but
+        // what its operator configured.
+        let environment = builder
+            .with_name("helmetd")
+            .with_telemetry(false)
+            .build()
+            .map_err(|source| RuntimeError::Environment {
+                path: path.clone(),
+                source,
+            })?;
         tracing::info!(library = %path.display(), "ONNX Runtime initialised");
         let rt = RUNTIME.get_or_init(|| Runtime {
             environment,
