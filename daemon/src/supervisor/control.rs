@@ -432,6 +432,13 @@ impl<H: Host, L: WorkerLauncher> Ctx<'_, H, L> {
             warn!(%pool, id, pid = worker.child.pid.as_raw(), %status, failures = slot.failures, ?delay, "worker ended unexpectedly");
             slot.not_before = self.now + delay;
         }
+        // The cgroup outlives its worker, and a process cloned into a frozen cgroup is frozen
+        // from its first instruction: the slot's next worker must find it thawed.
+        if let Some((_, Freezer::Cgroup)) = worker.frozen
+            && let Err(e) = self.host.freeze(&slot_dir(pool, id), false)
+        {
+            self.worker_error(pool, id, e);
+        }
         slot.worker = None;
         true
     }

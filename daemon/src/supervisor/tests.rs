@@ -279,6 +279,31 @@ fn a_scale_down_drains_the_serving_worker_into_the_standby_slot() {
 }
 
 #[test]
+fn a_standby_killed_while_frozen_is_replaced_by_one_that_is_not_born_frozen() {
+    let mut rig = Rig::new();
+    rig.set("det", with_standby(1, 1));
+    for _ in 0..3 {
+        rig.step(ms(100));
+    }
+    let frozen = rig.pid("det", 1);
+    rig.host.kill9(frozen);
+    rig.step(ms(100));
+    let next = rig.pid("det", 1);
+    assert_ne!(next, frozen);
+    // A process cloned into a frozen cgroup would be frozen from its first instruction, never
+    // get ready, and be killed for silence over and over.
+    assert_eq!(frozen_file(&rig, 1).as_deref(), Some("0"));
+    for _ in 0..3 {
+        rig.step(ms(100));
+    }
+    assert_eq!(rig.pid("det", 1), next);
+    assert_eq!(
+        rig.status("det", 1).state,
+        WorkerState::Standby { frozen: true }
+    );
+}
+
+#[test]
 fn shutdown_kills_a_frozen_standby_that_could_not_drain() {
     let mut rig = Rig::new();
     rig.set("det", with_standby(1, 1));
