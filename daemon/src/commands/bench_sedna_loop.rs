@@ -16,7 +16,9 @@
 //!   autoscaler), `cloud.protocol = "none"`. Frames/s from the daemon's counters.
 //! - **H**, helmetd joint: the same with `cloud.protocol = "sedna-http"` against the cloud above,
 //!   with the embedded default's budget, pacing and ask-once. Hard frames the big model decided
-//!   (`cloud_answered`: its answer came within `cloud.timeout_ms`) per minute, and frames/s.
+//!   (`cloud_answered`: its answer came within `cloud.timeout_ms`) per minute, and frames/s;
+//!   and hard frames whose *people* the big model decided (`people_decided_per_min`): those plus
+//!   the ones not asked because it had answered about everyone in them (`cloud_already_answered`).
 //! - **S**, Sedna's `JointInference.inference` as a loop: take the newest frame, run the little
 //!   model in this process, decide hard with the configured rule (IBT 0.9/0.9, Sedna's default),
 //!   and if hard POST it as Sedna's JSON body and wait for the answer before the next frame.
@@ -203,6 +205,14 @@ impl Measured {
     fn decided_per_min(&self) -> f64 {
         per_second(self.tally.decided, self.seconds) * 60.0
     }
+
+    /// Hard frames whose people the big model decided: asked and answered in time, or not
+    /// asked because it had answered about everyone in them and the little model still sees
+    /// them the same (ask once per person). The loop asks every hard frame: its count is
+    /// `decided`.
+    fn people_decided_per_min(&self) -> f64 {
+        per_second(self.tally.decided + self.tally.already_answered, self.seconds) * 60.0
+    }
 }
 
 fn per_second(count: u64, seconds: f64) -> f64 {
@@ -224,10 +234,15 @@ fn two_decimals(value: Option<f64>) -> String {
 
 fn result_line(edge: &Measured, joint: &Measured, sedna: &Measured) -> String {
     format!(
-        "RESULT decided_per_min={:.2} sedna_decided_per_min={:.2} decided_ratio={} fps={:.2} edge_only_fps={:.2} fps_ratio={} sedna_fps={:.2}",
+        "RESULT decided_per_min={:.2} sedna_decided_per_min={:.2} decided_ratio={} people_decided_per_min={:.2} people_decided_ratio={} fps={:.2} edge_only_fps={:.2} fps_ratio={} sedna_fps={:.2}",
         joint.decided_per_min(),
         sedna.decided_per_min(),
         two_decimals(ratio(joint.decided_per_min(), sedna.decided_per_min())),
+        joint.people_decided_per_min(),
+        two_decimals(ratio(
+            joint.people_decided_per_min(),
+            sedna.people_decided_per_min()
+        )),
         joint.fps(),
         edge.fps(),
         two_decimals(ratio(joint.fps(), edge.fps())),
@@ -769,11 +784,13 @@ mod tests {
     #[test]
     fn the_result_line_has_every_key_and_ratio() {
         let edge = measured(Phase::EdgeOnly, 60.0, 200, 0);
-        let joint = measured(Phase::Joint, 60.0, 190, 40);
+        let mut joint = measured(Phase::Joint, 60.0, 190, 40);
+        joint.tally.already_answered = 20;
         let sedna = measured(Phase::SednaLoop, 60.0, 60, 20);
         assert_eq!(
             result_line(&edge, &joint, &sedna),
             "RESULT decided_per_min=40.00 sedna_decided_per_min=20.00 decided_ratio=2.00 \
+             people_decided_per_min=60.00 people_decided_ratio=3.00 \
              fps=3.17 edge_only_fps=3.33 fps_ratio=0.95 sedna_fps=1.00"
         );
         let nothing = measured(Phase::SednaLoop, 60.0, 0, 0);
