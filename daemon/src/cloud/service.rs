@@ -32,8 +32,11 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 
+pub use super::metrics::ServiceStats;
+use super::metrics::{self, CloudTelemetry, LoadAccount};
 use super::sedna_http::{self, SednaServerSettings};
 use crate::config::Config;
+use crate::http::ConnectionLimits;
 use crate::joint::protocol::{
     self, CloudLoad, HardExampleRequest, RejectKind, ReplyTo, RequestError,
 };
@@ -75,62 +78,6 @@ pub enum ServiceError {
     Signals(#[source] std::io::Error),
 }
 
-/// Counters since start, logged every 10 s and at exit.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServiceStats {
-    /// Every publish received on the request topic.
-    pub requests: u64,
-    pub answered: u64,
-    pub rejected: [u64; RejectKind::COUNT],
-    /// Refused because more than `MAX_WAITING` requests were waiting.
-    pub overloaded: u64,
-    /// Refused because the replica was shutting down.
-    pub shed: u64,
-    /// Refused ("expired") without inference because the edge would stop waiting before an
-    /// inference could end.
-    pub expired: u64,
-    /// Inference errors (answered with an error).
-    pub failed: u64,
-    /// Edge boxes in accepted requests that were clipped, dropped or over the cap.
-    pub edge_boxes_fixed: u64,
-    /// Answers that could not be queued for the broker.
-    pub publish_failed: u64,
-    /// Decode, letterbox and model time of answered requests.
-    pub infer_ms_total: f64,
-    pub infer_ms_max: f64,
-}
-
-impl ServiceStats {
-    fn rejected(&self, kind: RejectKind) -> u64 {
-        self.rejected[kind.index()]
-    }
-
-    fn log(&self, replica: &str, message: &str) {
-        let infer_ms_avg = self.infer_ms_total / self.answered.max(1) as f64;
-        tracing::info!(
-            replica,
-            requests = self.requests,
-            answered = self.answered,
-            overloaded = self.overloaded,
-            shed = self.shed,
-            expired = self.expired,
-            failed = self.failed,
-            edge_boxes_fixed = self.edge_boxes_fixed,
-            publish_failed = self.publish_failed,
-            rejected_no_response_topic = self.rejected(RejectKind::NoResponseTopic),
-            rejected_no_correlation = self.rejected(RejectKind::NoCorrelation),
-            rejected_content_type = self.rejected(RejectKind::ContentType),
-            rejected_too_large = self.rejected(RejectKind::TooLarge),
-            rejected_bad_metadata = self.rejected(RejectKind::BadMetadata),
-            rejected_not_jpeg = self.rejected(RejectKind::NotJpeg),
-            rejected_bad_image = self.rejected(RejectKind::BadImage),
-            infer_ms_avg = (infer_ms_avg * 10.0).round() / 10.0,
-            infer_ms_max = (self.infer_ms_max * 10.0).round() / 10.0,
-            "{message}"
-        );
-    }
-}
-
 /// `helmetd cloud`: serves until SIGTERM or SIGINT. ONNX Runtime must be initialised.
 ///
 /// With `sedna_http`, Sedna's HTTP API is served there too, or alone when `mqtt.url` is empty.
@@ -139,7 +86,8 @@ impl ServiceStats {
 ///
 /// Under systemd (`Type=notify`) it sends `READY=1` once every model is loaded and the Sedna port
 /// bound, `STATUS=` at each step, and `WATCHDOG=1` from the runtime. SIGTERM is answered at any
-/// point, also while a model loads (that takes minutes on a slow CPU).
+/// point, also while a model loads (that takes minutes on a slow CPU). With `[http] listen` set,
+/// `/metrics`, `/healthz` and `/readyz` are served there from the start ([`metrics`]).
 pub fn cloud_main(
     cfg: Config,
     sedna_http: Option<SocketAddr>,
@@ -155,9 +103,15 @@ pub fn cloud_main(
         .map_err(ServiceError::Runtime)?;
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(ServiceError::Signals)?;
+        let telemetry = Arc::new(CloudTelemetry::new(!cfg.mqtt.url.is_empty()));
+        if !cfg.http.listen.is_empty() {
+            start_endpoint(&cfg, telemetry.clone()).await;
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stopping = telemetry.clone();
         tokio::spawn(async move {
             shutdown.await;
+            stopping.set_stopping();
             let _ = stop.send(true);
         });
         let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -189,6 +143,7 @@ pub fn cloud_main(
             None => None,
         };
         lock(&systemd).ready();
+        telemetry.set_loaded();
         notify(&format!(
             "serving: {}",
             match (&mqtt_model, &http) {
@@ -199,10 +154,15 @@ pub fn cloud_main(
         ));
         let mqtt = async {
             match mqtt_model {
-                Some(loaded) => serve_loaded(&cfg, loaded, until_stopped(stopped.clone()))
-                    .await
-                    .map(drop)
-                    .map_err(anyhow::Error::from),
+                Some(loaded) => serve_loaded(
+                    &cfg,
+                    loaded,
+                    telemetry.clone(),
+                    until_stopped(stopped.clone()),
+                )
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from),
                 None => Ok(()),
             }
         };
@@ -227,6 +187,32 @@ pub fn cloud_main(
     // A model load cut short by SIGTERM still runs on a blocking thread: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// `[http] listen`: the endpoint from now on, while the model loads too (a liveness probe must
+/// not kill a replica for loading). A port that cannot be bound is logged, not fatal: the
+/// default config's address is the gateway daemon's, which may hold it, and replicas started
+/// side by side on one host (`bench fleet`, the tests) share that config. In a pod the probes
+/// then fail, which shows it.
+async fn start_endpoint(cfg: &Config, telemetry: Arc<CloudTelemetry>) {
+    match metrics::bind_endpoint(&cfg.http.listen).await {
+        Ok(listener) => {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| cfg.http.listen.clone(), |a| a.to_string());
+            tracing::info!(%addr, "metrics endpoint: /metrics /healthz /readyz");
+            let limits = ConnectionLimits::from_http(&cfg.http);
+            tokio::spawn(metrics::serve_endpoint(listener, limits, telemetry));
+        }
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::error!(
+                error = %e,
+                cause = cause.unwrap_or_default(),
+                "no metrics endpoint: serving without /metrics, /healthz and /readyz"
+            );
+        }
+    }
 }
 
 fn lock(notifier: &Mutex<Notifier>) -> std::sync::MutexGuard<'_, Notifier> {
@@ -284,16 +270,20 @@ pub async fn serve(
     tokio::pin!(shutdown);
     match load_until(cfg, &mut shutdown).await? {
         Some((detector, model)) => {
-            serve_loaded(cfg, (Engine::Model(Box::new(detector)), model), shutdown).await
+            // Nobody scrapes an in-process service (demo, benches): its telemetry is unread.
+            let telemetry = Arc::new(CloudTelemetry::new(true));
+            let engine = (Engine::Model(Box::new(detector)), model);
+            serve_loaded(cfg, engine, telemetry, shutdown).await
         }
         None => Ok(ServiceStats::default()),
     }
 }
 
-/// [`serve`] with the model already loaded.
+/// [`serve`] with the model already loaded; the loop publishes its state to `telemetry`.
 async fn serve_loaded(
     cfg: &Config,
     (engine, model): (Engine, String),
+    telemetry: Arc<CloudTelemetry>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServiceStats, ServiceError> {
     let replica = format!("helmetd-cloud-{}-{}", cfg.node_name(), std::process::id());
@@ -306,6 +296,7 @@ async fn serve_loaded(
         filter.clone(),
         replica.clone(),
         incoming_tx,
+        telemetry.clone(),
     ));
     tracing::info!(%replica, %model, subscription = %filter, "cloud service started");
     let service = Service {
@@ -320,6 +311,8 @@ async fn serve_loaded(
         stats: ServiceStats::default(),
         warned: [false; RejectKind::COUNT],
         recent_infer: Duration::ZERO,
+        load: LoadAccount::new(Instant::now()),
+        telemetry,
     };
     service.run(incoming, shutdown, driver).await
 }
@@ -418,6 +411,10 @@ struct Service {
     /// Recent time of one inference (a moving average): a request with less time left than
     /// this would be answered after the edge stopped waiting.
     recent_infer: Duration,
+    /// Waiting and running over time, for the demand metric.
+    load: LoadAccount,
+    /// Where the loop publishes its counters and load after every event.
+    telemetry: Arc<CloudTelemetry>,
 }
 
 impl Service {
@@ -446,6 +443,7 @@ impl Service {
                 _ = stats_tick.tick() => self.stats.log(&self.replica, "cloud stats"),
             }
             self.start_next(&mut running);
+            self.account(running.is_some());
         }
 
         tracing::info!("shutting down: refusing queued requests, finishing the running one");
@@ -454,6 +452,7 @@ impl Service {
         while let Some(job) = self.waiting.pop() {
             self.shed(&job.reply);
         }
+        self.account(running.is_some());
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while running.is_some() {
             tokio::select! {
@@ -467,6 +466,7 @@ impl Service {
                     break;
                 }
             }
+            self.account(running.is_some());
         }
         let _ = self.mqtt.try_disconnect();
         let flushed = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
@@ -482,8 +482,17 @@ impl Service {
             tracing::warn!("broker did not take the DISCONNECT within {DISCONNECT_TIMEOUT:?}");
             driver.abort();
         }
+        self.account(false);
         self.stats.log(&self.replica, "cloud service stopped");
         Ok(self.stats)
+    }
+
+    /// The load after an event (`busy`: an inference runs), and the counters with it, for
+    /// `/metrics`.
+    fn account(&mut self, busy: bool) {
+        self.load.change(Instant::now(), self.waiting.len(), busy);
+        self.telemetry
+            .publish(&self.stats, self.load, self.recent_infer);
     }
 
     fn accept(&mut self, publish: Publish) {
@@ -830,6 +839,7 @@ async fn drive(
     filter: String,
     replica: String,
     incoming: mpsc::Sender<Publish>,
+    telemetry: Arc<CloudTelemetry>,
 ) {
     let mut backoff = RECONNECT_MIN;
     let mut outage_logged = false;
@@ -847,6 +857,7 @@ async fn drive(
                     .return_codes
                     .iter()
                     .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                telemetry.set_subscribed(granted);
                 if granted {
                     tracing::info!(subscription = %filter, %replica, "ready for hard examples");
                 } else {
@@ -858,9 +869,14 @@ async fn drive(
                     return;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                telemetry.set_subscribed(false);
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
+                // A clean session: the subscription is gone with the connection.
+                telemetry.set_subscribed(false);
                 if incoming.is_closed() {
                     return;
                 }
