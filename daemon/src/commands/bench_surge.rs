@@ -804,6 +804,9 @@ fn added_worker_serving(served: &[Served], from: f64) -> Option<f64> {
 /// when it did not happen; `serving` only counts when one worker ran at the surge start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Reaction {
+    /// The surge's first frame: a surge camera's first capture (its RTSP connect and first
+    /// decoded frame are in it). The scaling's own reaction is from here.
+    load_s: Option<f64>,
     decided_s: Option<f64>,
     ready_s: Option<f64>,
     serving_s: Option<f64>,
@@ -818,6 +821,12 @@ fn reaction(record: &RunRecord, schedule: &Schedule) -> Reaction {
     let serving: &[u32] = before.map_or(&[], |t| &t.ready);
     let single = before.is_some_and(|t| t.running == 1);
     Reaction {
+        load_s: record
+            .served
+            .iter()
+            .filter(|f| f.surge_camera && f.captured >= surge)
+            .map(|f| f.captured - surge)
+            .min_by(f64::total_cmp),
         decided_s: after().find(|t| t.desired > desired).map(|t| t.at - surge),
         ready_s: after()
             .find(|t| t.ready.iter().any(|id| !serving.contains(id)))
@@ -859,7 +868,8 @@ fn report(bench: &Bench, records: &[RunRecord]) -> anyhow::Result<String> {
 
     println!();
     println!(
-        "  autoscaled reaction from the surge start: desired replicas rose at {} s, the new worker Ready at {} s (1 s snapshots), its first result at {} s",
+        "  autoscaled reaction from the surge start: the surge cameras' first frame at {} s, desired replicas rose at {} s, the new worker Ready at {} s (1 s snapshots), its first result at {} s",
+        fmt(reaction.load_s, 2),
         fmt(reaction.decided_s, 1),
         fmt(reaction.ready_s, 1),
         fmt(reaction.serving_s, 2)
@@ -921,7 +931,8 @@ fn report(bench: &Bench, records: &[RunRecord]) -> anyhow::Result<String> {
         println!("  replicas over time: {}", path.display());
     }
     Ok(format!(
-        "RESULT decided_s={} ready_s={} p99_ratio_static_max={} p99_ratio_static_min={} reserved_ratio={} cpu_ratio_static_min={} p99_ratio_once_scaled={} standby_frozen_s={} standby_cpu_ms={} standby_rss_mb={} reaction_s={} p99_ratio={} cpu_ratio={}",
+        "RESULT load_s={} decided_s={} ready_s={} p99_ratio_static_max={} p99_ratio_static_min={} reserved_ratio={} cpu_ratio_static_min={} p99_ratio_once_scaled={} standby_frozen_s={} standby_cpu_ms={} standby_rss_mb={} reaction_s={} p99_ratio={} cpu_ratio={}",
+        fmt(reaction.load_s, 2),
         fmt(reaction.decided_s, 1),
         fmt(reaction.ready_s, 1),
         fmt(p99_ratio(Mode::StaticMax), 3),
@@ -1122,7 +1133,17 @@ mod tests {
         assert_eq!(s.surge, 33.0);
         let record = RunRecord {
             mode: Mode::Autoscaled,
-            served: vec![served(33.5, 34.0, 0.3), served(34.9, 35.5, 0.3)],
+            served: vec![
+                served(33.5, 34.0, 0.3),
+                Served {
+                    surge_camera: true,
+                    ..served(34.9, 35.5, 0.3)
+                },
+                Served {
+                    surge_camera: true,
+                    ..served(34.2, 35.9, 0.3)
+                },
+            ],
             ticks: vec![
                 tick(32.0, &[0], 1),
                 tick(33.4, &[0], 1),
@@ -1134,6 +1155,10 @@ mod tests {
             cpu_request: 1.0,
         };
         let r = reaction(&record, &s);
+        assert!(
+            (r.load_s.unwrap() - 1.2).abs() < 1e-9,
+            "the first surge capture"
+        );
         assert!((r.decided_s.unwrap() - 1.4).abs() < 1e-9);
         assert!((r.ready_s.unwrap() - 2.4).abs() < 1e-9);
         assert_eq!(r.serving_s, None, "the two results do not overlap");
@@ -1217,6 +1242,7 @@ mod tests {
             })
             .collect();
         let reaction = Reaction {
+            load_s: Some(0.8),
             decided_s: Some(1.0),
             ready_s: Some(2.0),
             serving_s: Some(2.5),
