@@ -27,7 +27,7 @@ use tracing::{debug, error, warn};
 
 use super::controller::{ConditionType, Decision, ScalingState, decide};
 use super::replica_calc::MetricValue;
-use super::sampler::{CgroupReader, Sample, SampleError, Sampler};
+use super::sampler::{CgroupReader, Sample, SampleError, Sampler, TRAILING_WINDOW};
 use super::samples::{
     CpuSample, Observation, ReadyCondition, Timestamp, WorkerPhase, WorkerSample,
 };
@@ -73,13 +73,13 @@ pub struct Autoscaler<R> {
     failing: BTreeSet<PathBuf>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct LatencyWindow {
     total: Duration,
     frames: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct DropCounter {
     latest: Option<u64>,
     /// The total and time the next rate is measured from.
@@ -167,13 +167,46 @@ impl<R: CgroupReader> Autoscaler<R> {
         self.sample_and_sync(now, workers, cpu_request_cores, true)
     }
 
-    fn sample_and_sync(
+    /// Between syncs (the control loop calls it every few hundred milliseconds): samples, and
+    /// when the last second already asks for more replicas, syncs now instead of at the next
+    /// sync period, so a surge is decided about a second after it arrives rather than up to a
+    /// sync period later. Only a scale-up is taken early: a decision to hold or shrink is
+    /// dropped with no trace in the HPA's state (recommendations, events, the latency and
+    /// drop windows), as if it had not been made. `None` at `maxReplicas`, while a worker's
+    /// CPU window is shorter than [`TRAILING_WINDOW`], or when nothing asks for more.
+    pub fn glance(
         &mut self,
         now: Instant,
         workers: &[WorkerStatus],
         cpu_request_cores: f64,
-        sync: bool,
     ) -> Option<Decision> {
+        let sample = self.take_sample(now, workers);
+        let can_grow = i64::from(self.current_replicas) < i64::from(self.spec.max_replicas);
+        let whole_windows = !sample.cpu.is_empty()
+            && sample
+                .cpu
+                .values()
+                .all(|usage| usage.window >= TRAILING_WINDOW);
+        if !(can_grow && whole_windows) {
+            return None;
+        }
+        let before = (self.state.clone(), self.latency, self.drops);
+        let observation = self.observation(now, workers, &sample, cpu_request_cores);
+        let timestamp = self.timestamp(now);
+        match decide(&self.spec, &observation, &mut self.state, timestamp) {
+            Ok(decision) if decision.desired_replicas > self.current_replicas => {
+                self.last_decision = Some(now);
+                self.current_replicas = decision.desired_replicas;
+                Some(decision)
+            }
+            _ => {
+                (self.state, self.latency, self.drops) = before;
+                None
+            }
+        }
+    }
+
+    fn take_sample(&mut self, now: Instant, workers: &[WorkerStatus]) -> Sample {
         let sample = self
             .sampler
             .sample(now, workers, &self.cgroup_root, &self.pool);
@@ -183,6 +216,17 @@ impl<R: CgroupReader> Autoscaler<R> {
         if self.drops.baseline.is_none() {
             self.drops.baseline = self.drops.latest.map(|total| (now, total));
         }
+        sample
+    }
+
+    fn sample_and_sync(
+        &mut self,
+        now: Instant,
+        workers: &[WorkerStatus],
+        cpu_request_cores: f64,
+        sync: bool,
+    ) -> Option<Decision> {
+        let sample = self.take_sample(now, workers);
         if !sync {
             return None;
         }
@@ -743,6 +787,49 @@ mod tests {
         assert!(
             h.scaler
                 .step_when_behind(at(1600), &h.ready_workers(2), 1.0)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_glance_scales_up_once_the_last_second_shows_it_and_leaves_no_other_decision() {
+        let mut h = Harness::new(
+            r#"
+            maxReplicas = 2
+            syncPeriodSeconds = 15
+            metrics = [{ type = "Resource", resource = { name = "cpu", target = { type = "Utilization", averageUtilization = 50 } } }]
+            "#,
+            1,
+        );
+        let workers = h.ready_workers(1);
+        let t0 = h.t0;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        h.burn(&[0.3], secs(0));
+        assert!(h.step_at(secs(0), &workers).is_none());
+        // 30 % of the request for a second and a half: every glance holds, and is dropped.
+        let mut glanced = Vec::new();
+        for quarter in 1..=6 {
+            h.burn(&[0.3], Duration::from_millis(250));
+            glanced.push(h.scaler.glance(at(250 * quarter), &workers, 1.0));
+        }
+        assert!(glanced.iter().all(Option::is_none));
+        assert_eq!(h.scaler.current_replicas(), 1);
+        // Then a whole core: a quarter of it in the last second is within the tolerance, half
+        // of it is 65 %, and that glance decides, 13 s before the sync period would have.
+        h.burn(&[1.0], Duration::from_millis(250));
+        assert!(h.scaler.glance(at(1750), &workers, 1.0).is_none());
+        h.burn(&[1.0], Duration::from_millis(250));
+        let decision = h
+            .scaler
+            .glance(at(2000), &workers, 1.0)
+            .unwrap_or_else(|| panic!("a scale-up at the glance"));
+        assert_eq!(decision.desired_replicas, 2, "{}", status_line(&decision));
+        assert_eq!(h.scaler.current_replicas(), 2);
+        // At the maximum a glance has nothing to ask for.
+        h.burn(&[1.0, 1.0], Duration::from_millis(1000));
+        assert!(
+            h.scaler
+                .glance(at(3000), &h.ready_workers(2), 1.0)
                 .is_none()
         );
     }

@@ -1,9 +1,9 @@
 //! Readings the autoscaler takes from cgroup and PSI files, turned into rates.
 //!
 //! Kernel counters are cumulative, so one reading says nothing about load: the sampler keeps the
-//! previous reading and reports the change over the window between two calls. CPU comes from
-//! each worker cgroup's `cpu.stat` `usage_usec`, which cgroup2 keeps even where the `cpu`
-//! controller is bound to v1 (hybrid hosts). Pressure comes from the pool's `cpu.pressure` and
+//! recent readings and reports the change over the last second (the trailing window), however
+//! often it is called. CPU comes from each worker cgroup's `cpu.stat` `usage_usec`, which
+//! cgroup2 keeps even where the `cpu` controller is bound to v1 (hybrid hosts). Pressure comes from the pool's `cpu.pressure` and
 //! the host's `/proc/pressure/cpu`: `avg10` is a running average the kernel updates only every
 //! ~2 s and that takes tens of seconds to follow a change, so the fast figure is the `total`
 //! (stalled microseconds) delta over the sampling window.
@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::supervisor::{PoolName, WORKERS_DIR, WorkerStatus};
+
+/// What a rate is measured over: short enough to see a surge within about a second, long
+/// enough that one frame's burst of CPU is not a load.
+pub const TRAILING_WINDOW: Duration = Duration::from_secs(1);
+/// Readings kept per counter: a window's worth at a reading every 250 ms, with room to spare.
+const TRAIL_READINGS: usize = 8;
 
 /// Where the kernel reports host-wide pressure; read through the same [`CgroupReader`] so tests
 /// and a relocated root see a consistent tree.
@@ -226,9 +232,9 @@ struct Reading {
 pub struct Sampler<R> {
     reader: R,
     /// Keyed by process too, so a restarted worker never inherits its predecessor's reading.
-    cpu: BTreeMap<(u32, Pid), Reading>,
-    pool_psi: Option<Reading>,
-    host_psi: Option<Reading>,
+    cpu: BTreeMap<(u32, Pid), Trail>,
+    pool_psi: Trail,
+    host_psi: Trail,
 }
 
 impl<R: CgroupReader> Sampler<R> {
@@ -236,14 +242,15 @@ impl<R: CgroupReader> Sampler<R> {
         Self {
             reader,
             cpu: BTreeMap::new(),
-            pool_psi: None,
-            host_psi: None,
+            pool_psi: Trail::default(),
+            host_psi: Trail::default(),
         }
     }
 
     /// Reads every running worker of `pool` (those with a process) and the pool's and host's CPU
-    /// pressure; rates cover the time since the previous call. Call on a steady tick (1 s): the
-    /// window is whatever elapsed, and a call at the same instant as the last has none.
+    /// pressure; rates cover the last [`TRAILING_WINDOW`] (or more, when the previous reading is
+    /// older), whatever the calls' cadence: a call every 250 ms still reports 1 s windows, each
+    /// ending now. A call at the same instant as the last has none.
     pub fn sample(
         &mut self,
         now: Instant,
@@ -273,10 +280,8 @@ impl<R: CgroupReader> Sampler<R> {
                 self.cpu.remove(&(id, pid));
                 continue;
             };
-            let previous = self.cpu.get(&(id, pid)).copied();
-            let (delta, reading) = advance(previous, value, now);
-            self.cpu.insert((id, pid), reading);
-            if let Some((usec, window)) = delta {
+            if let Some((usec, window)) = self.cpu.entry((id, pid)).or_default().advance(value, now)
+            {
                 sample.cpu.insert(
                     id,
                     CpuUsage {
@@ -342,19 +347,46 @@ fn is_absent(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
 }
 
-/// The next stored reading and, when the counter moved forward over a real window, the change.
-/// A counter that went backwards belongs to a new cgroup or process: it starts a new series.
-/// A call at the same instant keeps the old reading so the next window is still whole.
-fn advance(
-    previous: Option<Reading>,
-    value: u64,
-    now: Instant,
-) -> (Option<(u64, Duration)>, Reading) {
-    let current = Reading { value, at: now };
-    match previous {
-        Some(prev) if now <= prev.at => (None, prev),
-        Some(prev) if value >= prev.value => (Some((value - prev.value, now - prev.at)), current),
-        _ => (None, current),
+/// A counter's recent readings, oldest first: enough to measure over the last
+/// [`TRAILING_WINDOW`] however often it is read. The oldest kept is the newest one at least a
+/// window old, so the window ends now and starts no later than a window ago.
+#[derive(Debug, Default)]
+struct Trail {
+    readings: heapless::Deque<Reading, TRAIL_READINGS>,
+}
+
+impl Trail {
+    /// Records `value` at `now` and returns the change over the trailing window (at least
+    /// [`TRAILING_WINDOW`] when the history reaches back that far, else all of it), if the
+    /// counter moved forward over a real window. A counter that went backwards belongs to a
+    /// new cgroup or process: it starts a new series. A call at the same instant as the last
+    /// reading keeps the series as it was.
+    fn advance(&mut self, value: u64, now: Instant) -> Option<(u64, Duration)> {
+        let current = Reading { value, at: now };
+        match self.readings.back() {
+            Some(last) if now <= last.at => return None,
+            Some(last) if value < last.value => self.readings.clear(),
+            _ => {}
+        }
+        let cutoff = now.checked_sub(TRAILING_WINDOW);
+        let base = self
+            .readings
+            .iter()
+            .rev()
+            .find(|r| cutoff.is_some_and(|c| r.at <= c))
+            .or_else(|| self.readings.front())
+            .copied();
+        if self.readings.is_full() {
+            self.readings.pop_front();
+        }
+        // Room was just made: this cannot fail.
+        let _ = self.readings.push_back(current);
+        while self.readings.len() > 1
+            && cutoff.is_some_and(|c| self.readings.iter().nth(1).is_some_and(|r| r.at <= c))
+        {
+            self.readings.pop_front();
+        }
+        base.map(|b| (value - b.value, now - b.at))
     }
 }
 
@@ -362,16 +394,15 @@ fn pressure(
     reader: &impl CgroupReader,
     dir: &Path,
     file: &str,
-    previous: &mut Option<Reading>,
+    trail: &mut Trail,
     now: Instant,
     errors: &mut Vec<SampleError>,
 ) -> Option<Pressure> {
     let Some(psi) = read_value(reader, dir, file, parse_psi_some, errors) else {
-        *previous = None;
+        *trail = Trail::default();
         return None;
     };
-    let (delta, reading) = advance(*previous, psi.total_usec, now);
-    *previous = Some(reading);
+    let delta = trail.advance(psi.total_usec, now);
     Some(Pressure {
         avg10: psi.avg10,
         stalled_percent: delta
@@ -659,6 +690,38 @@ mod tests {
         fake.set(stat_path(0), cpu_stat(4_000_000));
         let fourth = sampler.sample(at(t0, 4000), &workers, Path::new(ROOT), &pool());
         assert_close(fourth.cpu[&0].cores, 0.5);
+    }
+
+    #[test]
+    fn read_every_quarter_second_the_window_is_the_last_second() {
+        let fake = FakeReader::default();
+        let mut sampler = Sampler::new(fake.clone());
+        let workers = [worker(0, 100)];
+        let t0 = Instant::now();
+        // Idle for a second, then one core busy from 1.0 s on.
+        let usage_at = |ms: u64| ms.saturating_sub(1000) * 1000;
+        let mut windows = Vec::new();
+        for ms in (0..=2000).step_by(250) {
+            fake.set(stat_path(0), cpu_stat(usage_at(ms)));
+            let sample = sampler.sample(at(t0, ms), &workers, Path::new(ROOT), &pool());
+            windows.push(sample.cpu.get(&0).map(|u| (u.window.as_millis(), u.cores)));
+        }
+        // Shorter windows while the history is shorter than a second, then a second's.
+        assert_eq!(windows[0], None, "one reading has no window");
+        assert_eq!(windows[1].map(|w| w.0), Some(250));
+        assert_eq!(windows[3].map(|w| w.0), Some(750));
+        assert!(
+            windows[4..].iter().all(|w| w.map(|w| w.0) == Some(1000)),
+            "{windows:?}"
+        );
+        // The load shows a quarter at a time, not at the next whole second.
+        let cores: Vec<f64> = windows[4..]
+            .iter()
+            .map(|w| w.map_or(f64::NAN, |w| w.1))
+            .collect();
+        for (got, want) in cores.iter().zip([0.0, 0.25, 0.5, 0.75, 1.0]) {
+            assert_close(*got, want);
+        }
     }
 
     #[test]

@@ -49,6 +49,9 @@ enum Sync {
     Tick,
     /// Frames queue for the workers: sample and sync now (see [`ControlLoop::behind`]).
     Behind,
+    /// Between ticks, with each reconcile: sync now only if the last second asks for more
+    /// workers (`Autoscaler::glance`).
+    Glance,
 }
 
 /// What the control loop needs of a worker launcher besides starting processes: the
@@ -226,6 +229,9 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         if now >= self.due.reconcile {
             self.reconcile(now);
             self.due.reconcile = now + RECONCILE_EVERY;
+            if now < self.due.snapshot {
+                self.scale(now, Sync::Glance)?;
+            }
         }
         if now >= self.due.snapshot {
             // Rates are cumulative counters over elapsed time: each reading gets the instant it
@@ -343,7 +349,8 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
     }
 
     /// The autoscaler samples every second and decides at its own sync period, or at once
-    /// when the workers fall behind. A new count is reconciled at once: a warm standby
+    /// when the workers fall behind or (a glance with each reconcile) the last second asks for
+    /// more workers. A new count is reconciled at once: a warm standby
     /// thaws without waiting for the next reconcile.
     fn scale(&mut self, now: Instant, sync: Sync) -> anyhow::Result<()> {
         let Some(a) = self.autoscaler.as_mut() else {
@@ -356,11 +363,12 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         let decision = match sync {
             Sync::Tick => a.step(now, &workers, request),
             Sync::Behind => a.step_when_behind(now, &workers, request),
+            Sync::Glance => a.glance(now, &workers, request),
         };
         if let Some(decision) = decision {
             if decision.desired_replicas != before {
                 tracing::info!(
-                    early = sync == Sync::Behind,
+                    early = sync != Sync::Tick,
                     "autoscaler: {}",
                     status_line(&decision)
                 );
