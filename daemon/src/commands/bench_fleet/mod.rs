@@ -22,9 +22,11 @@
 //! gateways using half the capacity, one gateway at 10× their rate); and with `--real-model`
 //! the sweep with the big model. Throughput is answers in time per second after the first
 //! second (the clients' pacers settle then). CPU is each process's utime + stime over the
-//! phase: the broker's share is what the sizing needs.
+//! phase: the broker's share is what the sizing needs. `--broker-limit` runs instead only
+//! [`broker_limit`]: the broker alone on its own CPU, driven to saturation.
 
 mod broker;
+mod broker_limit;
 mod gateway;
 mod replicas;
 
@@ -96,6 +98,44 @@ pub struct BenchFleetArgs {
     /// Video the hard examples come from (default: the bundled media/helmet-test.mp4).
     #[arg(long)]
     pub video: Option<PathBuf>,
+    /// Only the broker's limit: Mosquitto pinned to one CPU, a load generator to another, the
+    /// offered rate stepped up (`--limit-rates`) until the broker or the generator saturates.
+    #[arg(long)]
+    pub broker_limit: bool,
+    /// Offered requests per second of the `--broker-limit` steps, ascending.
+    #[arg(long, value_delimiter = ',', default_values_t = [250.0, 500.0, 1000.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0])]
+    pub limit_rates: Vec<f64>,
+    /// Seconds each `--broker-limit` step offers its rate.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub limit_step_s: u64,
+    /// `--broker-limit`: gateways' connections sending the requests.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub limit_publishers: u32,
+    /// `--broker-limit`: replicas' connections on the shared subscription, counting and answering.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub limit_subscribers: u32,
+}
+
+impl BenchFleetArgs {
+    fn limit_settings(&self) -> anyhow::Result<broker_limit::LimitSettings> {
+        let rates = &self.limit_rates;
+        anyhow::ensure!(
+            !rates.is_empty() && rates.len() <= broker_limit::MAX_STEPS,
+            "--limit-rates needs 1 to {} rates",
+            broker_limit::MAX_STEPS
+        );
+        anyhow::ensure!(
+            rates.iter().all(|r| r.is_finite() && *r > 0.0 && *r <= 1e6)
+                && rates.windows(2).all(|w| w[0] < w[1]),
+            "--limit-rates {rates:?}: each in (0, 1000000], ascending"
+        );
+        Ok(broker_limit::LimitSettings {
+            rates: rates.clone(),
+            step: Duration::from_secs(self.limit_step_s),
+            publishers: self.limit_publishers as usize,
+            subscribers: self.limit_subscribers as usize,
+        })
+    }
 }
 
 /// Something done to the fleet during a phase, at a share of its length.
@@ -255,6 +295,10 @@ pub fn run(args: &BenchFleetArgs) -> anyhow::Result<String> {
         "--rate {} is outside (0, 1000]",
         args.rate
     );
+    let limit = args
+        .broker_limit
+        .then(|| args.limit_settings())
+        .transpose()?;
     let video = args
         .video
         .clone()
@@ -265,6 +309,35 @@ pub fn run(args: &BenchFleetArgs) -> anyhow::Result<String> {
     let configured = cfg.inference.onnxruntime.as_os_str();
     runtime::init_onnxruntime((!configured.is_empty()).then_some(Path::new(configured)))?;
     let (photos, request_bytes) = hard_examples(&cfg, &video)?;
+
+    // The spools go to memory when it can: a hundred gateways syncing one shared disk would
+    // measure that disk, where each real gateway has its own.
+    let shm = Path::new("/dev/shm");
+    let root = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = WorkDir(root.join(format!("helmetd-bench-fleet-{}", std::process::id())));
+    fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    let mut broker = Broker::start(&dir.0)?;
+    let base = config::load(
+        ConfigSource::Default,
+        &[format!("mqtt.url={}", broker.url())],
+    )?;
+    let clock_ticks = sysconf(SysconfVar::CLK_TCK)?
+        .filter(|t| *t > 0)
+        .context("sysconf(CLK_TCK)")? as f64;
+    if let Some(settings) = limit {
+        return broker_limit::run(
+            &settings,
+            &mut broker,
+            &base,
+            &photos,
+            request_bytes,
+            clock_ticks,
+        );
+    }
     println!(
         "helmetd bench fleet: {} gateways at {}/s, replicas up to {}, {} s per phase, fake inference {} ms, timeout {} ms; {} hard examples from {}, {:.0} B per request",
         args.gateways,
@@ -277,25 +350,6 @@ pub fn run(args: &BenchFleetArgs) -> anyhow::Result<String> {
         video.display(),
         request_bytes
     );
-
-    // The spools go to memory when it can: a hundred gateways syncing one shared disk would
-    // measure that disk, where each real gateway has its own.
-    let shm = Path::new("/dev/shm");
-    let root = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = WorkDir(root.join(format!("helmetd-bench-fleet-{}", std::process::id())));
-    fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
-    let broker = Broker::start(&dir.0)?;
-    let base = config::load(
-        ConfigSource::Default,
-        &[format!("mqtt.url={}", broker.url())],
-    )?;
-    let clock_ticks = sysconf(SysconfVar::CLK_TCK)?
-        .filter(|t| *t > 0)
-        .context("sysconf(CLK_TCK)")? as f64;
     let mut bench = Bench {
         helmetd: std::env::current_exe().context("this executable")?,
         dir,
