@@ -468,7 +468,8 @@ fn register_connections(r: &mut Registry, counts: ConnectionCounts) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_parse::{Scrape, Value};
+    use crate::http::metrics::exposition::{scrape, value};
+    use prometheus_parse::Value;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -507,22 +508,6 @@ mod tests {
             load.totals_at(t0 + 600 * MS).in_flight,
             2000 * MS + 2 * 100 * MS
         );
-    }
-
-    fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let sample = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .unwrap_or_else(|| panic!("no {name} {labels:?}"));
-        match sample.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        }
-    }
-
-    fn scrape(text: &str) -> Scrape {
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsable metrics")
     }
 
     #[test]

@@ -634,14 +634,38 @@ where
     store(&family.get_or_create(labels), total);
 }
 
+/// Reading an exposition back in tests: the daemon's and the cloud's endpoints.
+#[cfg(test)]
+pub(crate) mod exposition {
+    use prometheus_parse::{Scrape, Value};
+
+    pub(crate) fn scrape(text: &str) -> Scrape {
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsable metrics")
+    }
+
+    /// The value of the sample `name` with `labels` (others may be present).
+    pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"));
+        match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::exposition::{scrape, value};
     use super::*;
     use crate::telemetry::snapshot::{
         CameraSnapshot, CameraState, CloudPacingSnapshot, ConditionSnapshot, CounterSnapshot,
         ReplicaSnapshot, UplinkSnapshot, WorkerSnapshot,
     };
-    use prometheus_parse::{Scrape, Value};
+    use prometheus_parse::Value;
 
     /// Every family and the kind of its samples, as a scraper reads them.
     const FAMILIES: &[(&str, &str)] = &[
@@ -754,10 +778,6 @@ mod tests {
         }
     }
 
-    fn scrape(text: &str) -> Scrape {
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsable metrics")
-    }
-
     fn kind(value: &Value) -> &'static str {
         match value {
             Value::Counter(_) => "counter",
@@ -765,18 +785,6 @@ mod tests {
             Value::Histogram(_) => "histogram",
             Value::Summary(_) => "summary",
             Value::Untyped(_) => "untyped",
-        }
-    }
-
-    fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let sample = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .unwrap_or_else(|| panic!("no {name} {labels:?}"));
-        match sample.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
         }
     }
 
