@@ -61,7 +61,6 @@ pub struct Autoscaler<R> {
     /// Zero of the [`Timestamp`]s handed to [`decide`].
     epoch: Instant,
     last_decision: Option<Instant>,
-    last_sample: Option<Instant>,
     /// The count last decided (Kubernetes' `scale.spec.replicas`).
     current_replicas: u32,
     /// When each worker process was first seen ready: the supervisor reports readiness as a
@@ -107,7 +106,6 @@ impl<R: CgroupReader> Autoscaler<R> {
             cgroup_root,
             epoch: now,
             last_decision: None,
-            last_sample: None,
             current_replicas,
             ready_since: BTreeMap::new(),
             latency: LatencyWindow::default(),
@@ -149,22 +147,22 @@ impl<R: CgroupReader> Autoscaler<R> {
     /// The workers are behind (frames wait for a free worker, or were replaced unanalysed):
     /// samples and syncs now rather than at the next tick, so a surge meets a decision within
     /// about half a second. The decision is an ordinary one, held to the spec's behaviour
-    /// policies and stabilization windows. `None` at `maxReplicas`, or without a sample at
-    /// least [`EARLY_SYNC_MIN_WINDOW`] old to measure from.
+    /// policies and stabilization windows. `None` at `maxReplicas`, or while a worker's CPU
+    /// window is shorter than [`EARLY_SYNC_MIN_WINDOW`].
     pub fn step_when_behind(
         &mut self,
         now: Instant,
         workers: &[WorkerStatus],
         cpu_request_cores: f64,
     ) -> Option<Decision> {
-        let window_long_enough = self
-            .last_sample
-            .is_some_and(|t| now.saturating_duration_since(t) >= EARLY_SYNC_MIN_WINDOW);
-        let can_grow = i64::from(self.current_replicas) < i64::from(self.spec.max_replicas);
-        if !(window_long_enough && can_grow) {
+        if !self.can_grow() {
             return None;
         }
-        self.sample_and_sync(now, workers, cpu_request_cores, true)
+        let sample = self.take_sample(now, workers);
+        if !windows_at_least(&sample, EARLY_SYNC_MIN_WINDOW) {
+            return None;
+        }
+        self.sync(now, workers, &sample, cpu_request_cores)
     }
 
     /// Between syncs (the control loop calls it every few hundred milliseconds): samples, and
@@ -181,13 +179,7 @@ impl<R: CgroupReader> Autoscaler<R> {
         cpu_request_cores: f64,
     ) -> Option<Decision> {
         let sample = self.take_sample(now, workers);
-        let can_grow = i64::from(self.current_replicas) < i64::from(self.spec.max_replicas);
-        let whole_windows = !sample.cpu.is_empty()
-            && sample
-                .cpu
-                .values()
-                .all(|usage| usage.window >= TRAILING_WINDOW);
-        if !(can_grow && whole_windows) {
+        if !(self.can_grow() && windows_at_least(&sample, TRAILING_WINDOW)) {
             return None;
         }
         let before = (self.state.clone(), self.latency, self.drops);
@@ -206,11 +198,14 @@ impl<R: CgroupReader> Autoscaler<R> {
         }
     }
 
+    fn can_grow(&self) -> bool {
+        i64::from(self.current_replicas) < i64::from(self.spec.max_replicas)
+    }
+
     fn take_sample(&mut self, now: Instant, workers: &[WorkerStatus]) -> Sample {
         let sample = self
             .sampler
             .sample(now, workers, &self.cgroup_root, &self.pool);
-        self.last_sample = Some(now);
         self.log_errors(&sample.errors);
         self.track_readiness(now, workers);
         if self.drops.baseline.is_none() {
@@ -230,9 +225,20 @@ impl<R: CgroupReader> Autoscaler<R> {
         if !sync {
             return None;
         }
+        self.sync(now, workers, &sample, cpu_request_cores)
+    }
+
+    /// A sync on `sample`: the HPA's decision, which the next sync starts from.
+    fn sync(
+        &mut self,
+        now: Instant,
+        workers: &[WorkerStatus],
+        sample: &Sample,
+        cpu_request_cores: f64,
+    ) -> Option<Decision> {
         self.last_decision = Some(now);
 
-        let observation = self.observation(now, workers, &sample, cpu_request_cores);
+        let observation = self.observation(now, workers, sample, cpu_request_cores);
         let timestamp = self.timestamp(now);
         match decide(&self.spec, &observation, &mut self.state, timestamp) {
             Ok(decision) => {
@@ -382,6 +388,11 @@ impl<R: CgroupReader> Autoscaler<R> {
         }
         self.failing = failing;
     }
+}
+
+/// Every worker's CPU was measured over at least `window` (and at least one was).
+fn windows_at_least(sample: &Sample, window: Duration) -> bool {
+    !sample.cpu.is_empty() && sample.cpu.values().all(|usage| usage.window >= window)
 }
 
 fn in_pool<'a>(
@@ -772,8 +783,12 @@ mod tests {
         let t0 = h.t0;
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert!(h.scaler.step_when_behind(at(300), &workers, 1.0).is_none());
-        // At 0.6 s the window is long enough: the busy worker is decided on before the tick.
-        h.burn(&[1.0], Duration::from_millis(300));
+        // A glance at 0.45 s (the control loop's, with each reconcile) has no whole second
+        // yet; at 0.6 s the window is long enough, however recent that glance: the busy worker
+        // is decided on before the tick.
+        h.burn(&[1.0], Duration::from_millis(150));
+        assert!(h.scaler.glance(at(450), &workers, 1.0).is_none());
+        h.burn(&[1.0], Duration::from_millis(150));
         let decision = h
             .scaler
             .step_when_behind(at(600), &workers, 1.0)
