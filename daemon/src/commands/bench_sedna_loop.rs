@@ -211,7 +211,10 @@ impl Measured {
     /// them the same (ask once per person). The loop asks every hard frame: its count is
     /// `decided`.
     fn people_decided_per_min(&self) -> f64 {
-        per_second(self.tally.decided + self.tally.already_answered, self.seconds) * 60.0
+        per_second(
+            self.tally.decided + self.tally.already_answered,
+            self.seconds,
+        ) * 60.0
     }
 }
 
