@@ -3,10 +3,14 @@
 //! Pre- and post-processing follow models/PROVENANCE.md so that results match the Python
 //! reference (scripts/make_reference_detections.py, checked by tests/reference.rs).
 
+use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array4, ArrayView2, Ix2};
+use ort::AsPointer;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
@@ -82,6 +86,112 @@ pub enum DetectError {
         #[source]
         source: ort::Error,
     },
+    #[error("cannot register the CPU arena on ONNX Runtime's environment: {source}")]
+    Arena {
+        #[source]
+        source: ort::Error,
+    },
+    /// ONNX Runtime keeps one CPU allocator per environment, and the environment lives as long
+    /// as the process.
+    #[error("a CPU arena {registered:?} is already registered; cannot register {requested:?}")]
+    ArenaAlreadyRegistered {
+        registered: CpuArenaConfig,
+        requested: CpuArenaConfig,
+    },
+}
+
+/// Where a session's CPU tensors (a run's inputs, outputs and intermediates) are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorArena {
+    /// The session's own CPU arena, ONNX Runtime's defaults: it grows by doubling regions.
+    Session,
+    /// The arena [`register_cpu_arena`] put on the process's ONNX Runtime environment (without
+    /// one, ONNX Runtime gives the session its own as with `Session`).
+    Environment,
+}
+
+/// How the environment's CPU arena grows: the fields of ONNX Runtime's `OrtArenaCfg` we set;
+/// the others keep ONNX Runtime's defaults (extend by doubling regions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuArenaConfig {
+    /// Size of the arena's first region (ONNX Runtime's default is 1 MiB). Chunks never merge
+    /// across regions, so a first region big enough for what the model's load keeps and every
+    /// tensor of a run puts them in one address range; pages past what is used stay untouched.
+    pub initial_chunk_bytes: usize,
+}
+
+impl CpuArenaConfig {
+    /// The keys and values `CreateArenaCfgV2` takes.
+    fn entries(&self) -> [(&'static CStr, usize); 1] {
+        [(c"initial_chunk_size_bytes", self.initial_chunk_bytes)]
+    }
+}
+
+/// The configuration registered on the environment, if any.
+static REGISTERED_ARENA: Mutex<Option<CpuArenaConfig>> = Mutex::new(None);
+
+/// Registers a CPU arena with `config` on the process's ONNX Runtime environment, for sessions
+/// loaded with [`TensorArena::Environment`]. Once per process: registering the same config again
+/// does nothing, another config is refused.
+pub fn register_cpu_arena(config: CpuArenaConfig) -> Result<(), DetectError> {
+    let arena_error = |source| DetectError::Arena { source };
+    let env = runtime::environment().ok_or_else(|| {
+        arena_error(ort::Error::new(
+            "ONNX Runtime is not initialised (call init_onnxruntime first)",
+        ))
+    })?;
+    // A poisoned lock only means another registration panicked; the value is still consistent.
+    let mut registered = REGISTERED_ARENA.lock().unwrap_or_else(|e| e.into_inner());
+    match *registered {
+        Some(same) if same == config => return Ok(()),
+        Some(other) => {
+            return Err(DetectError::ArenaAlreadyRegistered {
+                registered: other,
+                requested: config,
+            });
+        }
+        None => {}
+    }
+    let memory_info = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )
+    .map_err(arena_error)?;
+    let entries = config.entries();
+    let keys: Vec<*const c_char> = entries.iter().map(|(key, _)| key.as_ptr()).collect();
+    let values: Vec<usize> = entries.iter().map(|&(_, value)| value).collect();
+    let api = ort::api();
+    let mut arena_cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+    // SAFETY: `keys` and `values` hold `keys.len()` elements each and outlive the call; every
+    // key is a NUL-terminated static string; `arena_cfg` is a valid place for the result. The
+    // returned status is owned by `result_from_status`.
+    unsafe {
+        ort::Error::result_from_status((api.CreateArenaCfgV2)(
+            keys.as_ptr(),
+            values.as_ptr(),
+            keys.len(),
+            &mut arena_cfg,
+        ))
+    }
+    .map_err(arena_error)?;
+    // SAFETY: the environment is a `'static` one that lives until the process ends; ONNX Runtime
+    // synchronises its allocator registry itself (it is the same cast `ort` makes for its own
+    // environment calls); `memory_info` and `arena_cfg` are valid for the call, which copies
+    // what it needs from both.
+    let status = unsafe {
+        ort::Error::result_from_status((api.CreateAndRegisterAllocator)(
+            env.ptr().cast_mut(),
+            memory_info.ptr(),
+            arena_cfg,
+        ))
+    };
+    // SAFETY: `arena_cfg` came from CreateArenaCfgV2 above and is released once, here.
+    unsafe { (api.ReleaseArenaCfg)(arena_cfg) };
+    status.map_err(arena_error)?;
+    *registered = Some(config);
+    Ok(())
 }
 
 /// A decoded box before NMS, in model-input pixels.
@@ -212,13 +322,18 @@ impl Detector {
     /// Loads the model and checks that its input and output are what `spec` says, so a wrong
     /// file is reported at start-up instead of producing garbage boxes.
     pub fn load(spec: &ModelSpec) -> Result<Self, DetectError> {
+        Self::load_with_arena(spec, TensorArena::Session)
+    }
+
+    /// [`Detector::load`], with the run's tensors in `arena`.
+    pub fn load_with_arena(spec: &ModelSpec, arena: TensorArena) -> Result<Self, DetectError> {
         let model = spec.path.clone();
         validate_spec(spec)?;
         let env = runtime::environment().ok_or_else(|| DetectError::RuntimeNotInitialised {
             model: model.clone(),
         })?;
         let load = || -> ort::Result<Session> {
-            Session::builder(env)?
+            let builder = Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(spec.intra_threads)?
                 // Spinning threads double CPU use when decoders compete for the cores.
@@ -227,8 +342,13 @@ impl Detector {
                 // The memory pattern pre-plans one block for every intermediate tensor of a run
                 // and keeps it: 22 MiB of the worker's 147 MiB peak for no gain in frames/s on
                 // this fixed-shape model (`helmetd bench footprint`, docs/benchmarks.md).
-                .with_memory_pattern(false)?
-                .commit_from_file(&spec.path)
+                .with_memory_pattern(false)?;
+            let mut builder = match arena {
+                TensorArena::Session => builder,
+                // Uses the environment's allocators instead of creating the session's own.
+                TensorArena::Environment => builder.with_env_allocators()?,
+            };
+            builder.commit_from_file(&spec.path)
         };
         let session = load().map_err(|source| DetectError::Load {
             model: model.clone(),
@@ -617,6 +737,63 @@ mod tests {
         is_error::<DetectError>();
         is_error::<crate::still::StillError>();
         is_error::<crate::runtime::RuntimeError>();
+    }
+
+    #[test]
+    fn arena_config_names_onnx_runtime_keys() {
+        let config = CpuArenaConfig {
+            initial_chunk_bytes: 64 << 20,
+        };
+        assert_eq!(
+            config.entries(),
+            [(c"initial_chunk_size_bytes", 67_108_864)]
+        );
+    }
+
+    /// The registered arena is used by ONNX Runtime when the session is created with it: the
+    /// boxes must be those of a session with its own arena, and registration is once per
+    /// process.
+    #[test]
+    fn a_session_on_the_environment_arena_finds_the_same_boxes() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        crate::runtime::init_onnxruntime(None).expect("ONNX Runtime (cargo sets ORT_DYLIB_PATH)");
+        let config = CpuArenaConfig {
+            initial_chunk_bytes: 64 << 20,
+        };
+        register_cpu_arena(config).expect("the arena registers");
+        register_cpu_arena(config).expect("the same arena again changes nothing");
+        let other = CpuArenaConfig {
+            initial_chunk_bytes: 1 << 20,
+        };
+        match register_cpu_arena(other) {
+            Err(DetectError::ArenaAlreadyRegistered {
+                registered,
+                requested,
+            }) => assert_eq!((registered, requested), (config, other)),
+            result => panic!("a second arena config: {result:?}"),
+        }
+
+        let spec = ModelSpec::new(
+            workspace.join("models/helmet_yolov12m_384x640_int8qdq.onnx"),
+            640,
+            384,
+            2,
+        );
+        let (frame, _) = crate::still::load_still(
+            workspace.join("media/overeasy_construction.jpg"),
+            "cam",
+            640,
+            384,
+        )
+        .expect("media decodes");
+        let own_arena = Detector::load(&spec)
+            .and_then(|mut d| d.detect(&frame))
+            .expect("session with its own arena");
+        let environment_arena = Detector::load_with_arena(&spec, TensorArena::Environment)
+            .and_then(|mut d| d.detect(&frame))
+            .expect("session on the environment's arena");
+        assert!(!own_arena.is_empty(), "the photo shows workers");
+        assert_eq!(own_arena, environment_arena);
     }
 
     #[test]
