@@ -838,7 +838,7 @@ fn broker_figures(o: &Outcome, request_bytes: f64) -> BrokerFigures {
         mb_per_cpu_s: per_core(mb),
     };
     println!(
-        "  broker at K={}: {:.0} messages/s in (requests and answers), {:.2} MB/s of hard examples, {:.2} of a core = {:.0} % of the CPU the fleet used; one broker core ≈ {:.0} messages/s, {:.1} MB/s of hard examples ({:.0} B each)",
+        "  broker at K={}: {:.0} messages/s in (requests and answers), {:.2} MB/s of hard examples, {:.2} of a core = {:.0} % of the CPU the fleet used; at this load one broker core would carry ≈ {:.0} messages/s, {:.1} MB/s of hard examples ({:.0} B each), a linear extrapolation (`--broker-limit` measures the limit)",
         o.spec.replicas,
         messages,
         mb,
