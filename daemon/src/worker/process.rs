@@ -562,28 +562,32 @@ mod tests {
         assert!("axb".parse::<InputSize>().is_err());
     }
 
+    /// A worker's arguments as the supervisor passes them, for `model`, then `extra` (a later
+    /// flag wins over the same flag here).
+    fn parse_args(model: &str, extra: &[&str]) -> Result<WorkerArgs, clap::Error> {
+        let base = [
+            "w",
+            "--pool",
+            "edge",
+            "--id",
+            "3",
+            "--model",
+            model,
+            "--input",
+            "384x640",
+            "--classes",
+            "2",
+            "--socket-fd",
+            "3",
+            "--shm-fd",
+            "4",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
+    }
+
     #[test]
     fn defaults_and_ranges() {
-        let parse = |extra: &[&str]| {
-            let base = [
-                "w",
-                "--pool",
-                "edge",
-                "--id",
-                "3",
-                "--model",
-                "m.onnx",
-                "--input",
-                "384x640",
-                "--classes",
-                "2",
-                "--socket-fd",
-                "3",
-                "--shm-fd",
-                "4",
-            ];
-            Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
-        };
+        let parse = |extra: &[&str]| parse_args("m.onnx", extra);
         let args = parse(&[]).unwrap();
         assert_eq!(args.heartbeat_ms, 500);
         assert_eq!(args.intra_threads, 1);
@@ -605,25 +609,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../models/helmet_yolov12m_384x640_int8qdq.onnx"
         );
-        let args = Cli::try_parse_from([
-            "w",
-            "--pool",
-            "edge",
-            "--id",
-            "0",
-            "--model",
-            model,
-            "--input",
-            "384x640",
-            "--classes",
-            "2",
-            "--socket-fd",
-            "3",
-            "--shm-fd",
-            "4",
-        ])
-        .expect("arguments parse")
-        .args;
+        let args = parse_args(model, &[]).expect("arguments parse");
         let engine = load_engine(&args).expect("the edge model loads");
         assert!(matches!(engine, Engine::Model(_)));
         let other = CpuArenaConfig {
