@@ -140,8 +140,11 @@ impl<R: CgroupReader> Autoscaler<R> {
         workers: &[WorkerStatus],
         cpu_request_cores: f64,
     ) -> Option<Decision> {
-        let due = self.sync_due(now);
-        self.sample_and_sync(now, workers, cpu_request_cores, due)
+        let sample = self.take_sample(now, workers);
+        if !self.sync_due(now) {
+            return None;
+        }
+        self.sync(now, workers, &sample, cpu_request_cores)
     }
 
     /// The workers are behind (frames wait for a free worker, or were replaced unanalysed):
@@ -212,20 +215,6 @@ impl<R: CgroupReader> Autoscaler<R> {
             self.drops.baseline = self.drops.latest.map(|total| (now, total));
         }
         sample
-    }
-
-    fn sample_and_sync(
-        &mut self,
-        now: Instant,
-        workers: &[WorkerStatus],
-        cpu_request_cores: f64,
-        sync: bool,
-    ) -> Option<Decision> {
-        let sample = self.take_sample(now, workers);
-        if !sync {
-            return None;
-        }
-        self.sync(now, workers, &sample, cpu_request_cores)
     }
 
     /// A sync on `sample`: the HPA's decision, which the next sync starts from.
