@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! rtsp: rtspsrc latency=0 drop-on-latency=true protocols=tcp|udp
-//!         ─(pad-added, H264 video only)→ rtph264depay ! h264parse ! avdec_h264 max-threads=1
+//!         ─(pad-added, H264 video only)→ rtph264depay ! video/x-h264,stream-format=avc,alignment=au
+//!         ! h264parse ! avdec_h264 max-threads=1 | openh264dec   (`H264Decoder`)
 //! file: filesrc ! decodebin caps=video/x-raw
 //! then: ─(sampler probe)→ videoscale ! video/x-raw,width=CW,height=CH ! videoconvert
 //!         ! appsink caps=video/x-raw,format=RGB max-buffers=1 drop=…  sync=…
@@ -56,6 +57,30 @@ pub enum Transport {
     Auto,
 }
 
+/// The H.264 decoder of an RTSP camera. What it costs is mostly per daemon, not per camera: the
+/// shared libraries a decoder's plugin loads are mapped once, by the first camera that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum H264Decoder {
+    /// `avdec_h264` (FFmpeg): the fastest per frame and the smallest per camera, but a
+    /// distribution's FFmpeg links every codec it was built with (Debian 12: ~150 libraries,
+    /// ~28 MiB resident in the daemon).
+    #[default]
+    Libav,
+    /// `openh264dec` (Cisco's OpenH264, gst-plugins-bad): a few libraries, so the daemon is
+    /// smaller with one to three cameras, but each camera keeps more pictures and a frame costs
+    /// more CPU (docs/benchmarks.md, bench footprint).
+    OpenH264,
+}
+
+impl H264Decoder {
+    fn factory(self) -> &'static str {
+        match self {
+            H264Decoder::Libav => "avdec_h264",
+            H264Decoder::OpenH264 => "openh264dec",
+        }
+    }
+}
+
 /// How fast a file source is read. RTSP sources are live and ignore this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Pace {
@@ -77,6 +102,8 @@ pub struct CameraSettings {
     /// User and password read by the caller from a credentials file; override any in the URL.
     pub credentials: Option<(String, String)>,
     pub transport: Transport,
+    /// RTSP only: a file's decoder is whatever `decodebin` picks.
+    pub decoder: H264Decoder,
     /// Frames per second of stream time handed to detection.
     pub detect_fps: f64,
     /// No decoded frame for this long counts as a failure: a hung camera posts no error at all.
@@ -106,6 +133,7 @@ impl CameraSettings {
             url: url.to_owned(),
             credentials: None,
             transport: Transport::Tcp,
+            decoder: H264Decoder::Libav,
             detect_fps: 5.0,
             stall_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_secs(1),
@@ -130,6 +158,7 @@ impl fmt::Debug for CameraSettings {
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
             )
             .field("transport", &self.transport)
+            .field("decoder", &self.decoder)
             .field("detect_fps", &self.detect_fps)
             .field("stall_timeout", &self.stall_timeout)
             .field("backoff_initial", &self.backoff_initial)
@@ -908,20 +937,35 @@ impl Worker {
             src.set_property("user-pw", password.as_str());
         }
         let depay = self.element("rtph264depay")?;
+        // AVC out of the depayloader, with the parameter sets in its codec data: its byte-stream
+        // output hands on parameter sets and access unit delimiters as buffers of their own,
+        // without timestamps, which openh264dec takes for corrupt pictures and never recovers from.
+        let whole_access_units = gst::ElementFactory::make("capsfilter")
+            .property(
+                "caps",
+                gst::Caps::builder("video/x-h264")
+                    .field("stream-format", "avc")
+                    .field("alignment", "au")
+                    .build(),
+            )
+            .build()
+            .map_err(|_| self.missing("capsfilter"))?;
         let parse = self.element("h264parse")?;
-        let decode = gst::ElementFactory::make("avdec_h264")
+        let decoder = self.settings.decoder.factory();
+        let decode = self.element(decoder)?;
+        if self.settings.decoder == H264Decoder::Libav {
             // One thread keeps latency at one frame; frame threading would add a frame per
             // thread and costs more CPU per frame (stack.md §1).
-            .property("max-threads", 1i32)
-            .build()
-            .map_err(|_| self.missing("avdec_h264"))?;
+            decode.set_property("max-threads", 1i32);
+        }
         pipeline
-            .add_many([&src, &depay, &parse, &decode])
+            .add_many([&src, &depay, &whole_access_units, &parse, &decode])
             .map_err(|e| self.pipeline_error(e))?;
-        gst::Element::link_many([&depay, &parse, &decode]).map_err(|e| self.pipeline_error(e))?;
+        gst::Element::link_many([&depay, &whole_access_units, &parse, &decode])
+            .map_err(|e| self.pipeline_error(e))?;
         let decoded = decode
             .static_pad("src")
-            .ok_or_else(|| self.pipeline_error("avdec_h264 has no src pad"))?;
+            .ok_or_else(|| self.pipeline_error(format!("{decoder} has no src pad")))?;
         decoded
             .link(scale_sink)
             .map_err(|e| self.pipeline_error(e))?;

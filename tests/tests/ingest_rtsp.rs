@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use helmet_pipelines::Frame;
-use helmet_pipelines::ingest::{Camera, CameraSettings, CameraState, Pace, Transport};
+use helmet_pipelines::ingest::{Camera, CameraSettings, CameraState, H264Decoder, Pace, Transport};
 use helmet_pipelines::letterbox::{Letterbox, PAD_VALUE};
 use helmetd_e2e::{FreezableRelay, RtspTestServer, probe_video, test_video};
 
@@ -176,6 +176,35 @@ fn rtsp_over_udp_streams_too() -> Result<()> {
     let window = Duration::from_secs(2);
     let fps = collect(&camera, window).len() as f64 / window.as_secs_f64();
     ensure!((3.0..=7.0).contains(&fps), "{fps:.1} fps over UDP");
+    Ok(())
+}
+
+#[test]
+fn rtsp_stream_decoded_by_openh264_is_sampled_and_letterboxed_too() -> Result<()> {
+    let _serial = serial();
+    let video = test_video();
+    let probe = probe_video(&video)?;
+    let server = RtspTestServer::start(&video)?;
+    let mut s = settings("cam-openh264", &server.url());
+    s.decoder = H264Decoder::OpenH264;
+    let camera = Camera::start(s)?;
+    let first = camera.next_frame(FIRST_FRAME).context("no first frame")?;
+    let window = Duration::from_secs(2);
+    let frames = collect(&camera, window);
+    let fps = frames.len() as f64 / window.as_secs_f64();
+    ensure!(
+        (3.0..=7.0).contains(&fps),
+        "{fps:.1} fps through openh264dec"
+    );
+    let lb = Letterbox::new(probe.width, probe.height, INPUT_W, INPUT_H);
+    for frame in std::iter::once(&first).chain(&frames) {
+        check_frame(frame, &lb)?;
+    }
+    let stats = camera.stats();
+    ensure!(
+        stats.state == CameraState::Streaming && stats.reconnects == 0,
+        "{stats:?}"
+    );
     Ok(())
 }
 

@@ -10,7 +10,10 @@
 //!
 //! - **daemon, 1 camera** and **daemon, N cameras** (`--cameras`, default 4): once every camera
 //!   has delivered a frame and `--daemon-seconds` more have passed, `VmRSS` and `VmHWM` of the
-//!   daemon's pid (its worker is another process and not counted). The config cannot run
+//!   daemon's pid (its worker is another process and not counted), and for one camera its
+//!   PSS and private pages (`/proc/<pid>/smaps_rollup`: `daemon_pss_mb`, `daemon_private_mb`):
+//!   RSS counts the shared libraries' page-cache pages whole. Every camera is decoded by
+//!   `--decoder` (`[[camera]] decoder`). The config cannot run
 //!   without a worker (`edge.worker.replicas` is 1–64), so one worker runs at the cameras'
 //!   default `detect_fps`: that is the smallest daemon a gateway runs. `per_camera_mb` =
 //!   (RSS with N − RSS with 1) ÷ (N − 1). `decode_cpu_ms`: the N-camera daemon's CPU time
@@ -43,7 +46,7 @@ use nix::unistd::{SysconfVar, sysconf};
 use super::bench_surge::{default_cgroup_root, remove_cgroup_root};
 use super::child_daemon::{ChildDaemon, cpu_ticks};
 use super::demo::{default_video, free_loopback_port};
-use crate::config::DEFAULT_CONFIG;
+use crate::config::{DEFAULT_CONFIG, Decoder};
 use crate::http::{StatusReport, fetch_status};
 use crate::telemetry::snapshot::WorkerState;
 
@@ -79,20 +82,31 @@ pub struct BenchFootprintArgs {
     /// Video streamed by the loopback RTSP server (default: the bundled test video).
     #[arg(long)]
     pub video: Option<PathBuf>,
+    /// Every camera's `decoder`.
+    #[arg(long, value_enum, default_value_t = Decoder::Libav)]
+    pub decoder: Decoder,
 }
 
-/// Resident and peak resident memory of one process, from `/proc/<pid>/status`.
+/// The memory of one process: resident and peak resident from `/proc/<pid>/status`, and from
+/// `/proc/<pid>/smaps_rollup` what of it is the process's own. RSS counts every shared library
+/// page whole, though the page cache holds it once for every process mapping it; PSS divides
+/// each page by the processes sharing it; private pages are what ending the process frees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Memory {
     rss_kb: u64,
     hwm_kb: u64,
+    pss_kb: u64,
+    private_kb: u64,
 }
 
 impl Memory {
     fn read(pid: u32) -> anyhow::Result<Memory> {
-        let path = format!("/proc/{pid}/status");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        parse_status(&text).with_context(|| format!("{path}: no VmRSS or VmHWM"))
+        let read =
+            |path: String| fs::read_to_string(&path).with_context(|| format!("reading {path}"));
+        let status = read(format!("/proc/{pid}/status"))?;
+        let rollup = read(format!("/proc/{pid}/smaps_rollup"))?;
+        parse_memory(&status, &rollup)
+            .with_context(|| format!("/proc/{pid}: no VmRSS, VmHWM, Pss or Private_* lines"))
     }
 
     fn rss_mb(self) -> f64 {
@@ -102,24 +116,35 @@ impl Memory {
     fn hwm_mb(self) -> f64 {
         mib(self.hwm_kb)
     }
+
+    fn pss_mb(self) -> f64 {
+        mib(self.pss_kb)
+    }
+
+    fn private_mb(self) -> f64 {
+        mib(self.private_kb)
+    }
 }
 
 fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-/// `VmRSS` and `VmHWM` from the text of `/proc/<pid>/status` (`VmRSS:\t  1234 kB`); `None`
-/// when either is missing, as for a zombie.
-fn parse_status(text: &str) -> Option<Memory> {
-    let field = |name: &str| {
+/// `VmRSS` and `VmHWM` from the text of `/proc/<pid>/status` (`VmRSS:\t  1234 kB`), `Pss`,
+/// `Private_Clean` and `Private_Dirty` from that of `/proc/<pid>/smaps_rollup`; `None` when one
+/// is missing, as for a zombie.
+fn parse_memory(status: &str, rollup: &str) -> Option<Memory> {
+    let field = |text: &str, name: &str| {
         text.lines().find_map(|line| {
             let value = line.strip_prefix(name)?.strip_prefix(':')?.trim();
             value.strip_suffix("kB")?.trim().parse::<u64>().ok()
         })
     };
     Some(Memory {
-        rss_kb: field("VmRSS")?,
-        hwm_kb: field("VmHWM")?,
+        rss_kb: field(status, "VmRSS")?,
+        hwm_kb: field(status, "VmHWM")?,
+        pss_kb: field(rollup, "Pss")?,
+        private_kb: field(rollup, "Private_Clean")? + field(rollup, "Private_Dirty")?,
     })
 }
 
@@ -226,6 +251,7 @@ fn frames_in(status: &StatusReport) -> u64 {
 
 /// What the bench found, for the table and the RESULT line.
 struct Figures {
+    decoder: Decoder,
     daemon_one: Memory,
     daemon_many: Memory,
     cameras: u64,
@@ -241,7 +267,7 @@ impl Figures {
         format!(
             "RESULT worker_rss_mb={:.1} daemon_rss_mb={:.1} per_camera_mb={:.1} cold_start_s={:.1} \
              fps={:.1} daemon_hwm_mb={:.1} worker_hwm_mb={:.1} cameras={} worker_cpu_ms={:.1} \
-             decode_cpu_ms={:.2}",
+             decode_cpu_ms={:.2} daemon_pss_mb={:.1} daemon_private_mb={:.1} decoder={}",
             self.worker.rss_mb(),
             self.daemon_one.rss_mb(),
             per_camera_mb(self.daemon_one, self.daemon_many, self.cameras),
@@ -252,13 +278,22 @@ impl Figures {
             self.cameras,
             self.worker_cpu.ms_per_frame(),
             self.decode.ms_per_frame(),
+            self.daemon_one.pss_mb(),
+            self.daemon_one.private_mb(),
+            decoder_name(self.decoder),
         )
     }
 }
 
+/// The name a config file gives `decoder`.
+fn decoder_name(decoder: Decoder) -> String {
+    clap::ValueEnum::to_possible_value(&decoder)
+        .map_or_else(|| format!("{decoder:?}"), |v| v.get_name().to_owned())
+}
+
 /// Prints progress, returns `RESULT worker_rss_mb=… daemon_rss_mb=… per_camera_mb=…
 /// cold_start_s=… fps=… daemon_hwm_mb=… worker_hwm_mb=… cameras=… worker_cpu_ms=…
-/// decode_cpu_ms=…`.
+/// decode_cpu_ms=… daemon_pss_mb=… daemon_private_mb=… decoder=…`.
 pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
     anyhow::ensure!(
         args.detect_fps > 0.0 && args.detect_fps <= 30.0,
@@ -286,9 +321,11 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
         .context("starting the loopback RTSP server")
         .and_then(|server| {
             println!(
-                "helmetd bench footprint: {} as up to {} RTSP camera(s); {} run, worker cgroups under {}",
+                "helmetd bench footprint: {} as up to {} RTSP camera(s) decoded by {}; {} run, \
+                 worker cgroups under {}",
                 video.display(),
                 args.cameras,
+                decoder_name(args.decoder),
                 helmetd.display(),
                 cgroup_root.display()
             );
@@ -297,6 +334,7 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
                 work: &work,
                 cgroup_root: &cgroup_root,
                 urls: server.urls(),
+                decoder: decoder_name(args.decoder),
             };
             measure(&bench, args)
         });
@@ -306,9 +344,11 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
     }
     let figures = result?;
     println!(
-        "daemon, 1 camera:   RSS {:6.1} MiB, peak {:6.1} MiB",
+        "daemon, 1 camera:   RSS {:6.1} MiB, peak {:6.1} MiB; PSS {:.1} MiB, private {:.1} MiB",
         figures.daemon_one.rss_mb(),
-        figures.daemon_one.hwm_mb()
+        figures.daemon_one.hwm_mb(),
+        figures.daemon_one.pss_mb(),
+        figures.daemon_one.private_mb()
     );
     println!(
         "daemon, {} cameras:  RSS {:6.1} MiB, peak {:6.1} MiB ({:+.1} MiB per added camera), \
@@ -337,6 +377,8 @@ struct Bench<'a> {
     work: &'a Path,
     cgroup_root: &'a Path,
     urls: Vec<String>,
+    /// Every camera's `decoder`, as the config file names it.
+    decoder: String,
 }
 
 fn measure(bench: &Bench, args: &BenchFootprintArgs) -> anyhow::Result<Figures> {
@@ -352,6 +394,7 @@ fn measure(bench: &Bench, args: &BenchFootprintArgs) -> anyhow::Result<Figures> 
     )
     .context("phase 1 camera, 1 worker")?;
     Ok(Figures {
+        decoder: args.decoder,
         daemon_one,
         daemon_many,
         cameras: args.cameras,
@@ -385,10 +428,12 @@ fn daemon_phase(
     let memory = Memory::read(daemon.pid())?;
     let cpu = meter.end(frames_in(&daemon.status()?))?;
     println!(
-        "{label}: RSS {:.1} MiB, peak {:.1} MiB, {:.2} ms CPU per decoded frame; largest \
-         mappings (MiB): {}",
+        "{label}: RSS {:.1} MiB, peak {:.1} MiB (PSS {:.1}, private {:.1}), {:.2} ms CPU per \
+         decoded frame; largest mappings (MiB): {}",
         memory.rss_mb(),
         memory.hwm_mb(),
+        memory.pss_mb(),
+        memory.private_mb(),
         cpu.ms_per_frame(),
         top_mappings(daemon.pid())
     );
@@ -491,8 +536,9 @@ impl DaemonChild {
         for (i, url) in bench.urls.iter().take(cameras).enumerate() {
             let _ = write!(
                 config,
-                "\n[[camera]]\nname = \"cam{}\"\nurl = \"{url}\"\n",
-                i + 1
+                "\n[[camera]]\nname = \"cam{}\"\nurl = \"{url}\"\ndecoder = \"{}\"\n",
+                i + 1,
+                bench.decoder
             );
             if let Some(fps) = detect_fps {
                 // Without the motion gate, which keeps the slideshow's still frames from the
@@ -632,38 +678,65 @@ mod tests {
     const STATUS: &str = "Name:\thelmetd\nVmPeak:\t  912340 kB\nVmSize:\t  901232 kB\n\
                           VmHWM:\t   40960 kB\nVmRSS:\t   30720 kB\nRssAnon:\t   10240 kB\n";
 
+    const ROLLUP: &str = "55d0c0a00000-7ffc8f5ff000 ---p 00000000 00:00 0 [rollup]\n\
+                          Rss:               30720 kB\nPss:               20480 kB\n\
+                          Pss_Anon:          10240 kB\nShared_Clean:      15360 kB\n\
+                          Private_Clean:      2048 kB\nPrivate_Dirty:     10240 kB\n";
+
+    fn memory(rss_mb: u64, hwm_mb: u64) -> Memory {
+        Memory {
+            rss_kb: rss_mb * 1024,
+            hwm_kb: hwm_mb * 1024,
+            pss_kb: 0,
+            private_kb: 0,
+        }
+    }
+
     #[test]
-    fn status_gives_rss_and_peak() {
-        let m = parse_status(STATUS).unwrap();
+    fn status_gives_rss_and_peak_and_the_rollup_what_is_shared() {
+        let m = parse_memory(STATUS, ROLLUP).unwrap();
         assert_eq!(
             m,
             Memory {
                 rss_kb: 30720,
-                hwm_kb: 40960
+                hwm_kb: 40960,
+                pss_kb: 20480,
+                private_kb: 12288,
             }
         );
-        assert_eq!(m.rss_mb(), 30.0);
-        assert_eq!(m.hwm_mb(), 40.0);
+        assert_eq!(
+            (m.rss_mb(), m.hwm_mb(), m.pss_mb(), m.private_mb()),
+            (30.0, 40.0, 20.0, 12.0)
+        );
     }
 
     #[test]
     fn status_without_memory_lines_is_none() {
         // A zombie's status has no Vm* lines; RssAnon must not be taken for VmRSS.
-        assert_eq!(parse_status("Name:\thelmetd\nState:\tZ (zombie)\n"), None);
-        assert_eq!(parse_status("VmRSS:\t 1 kB\n"), None);
-        assert_eq!(parse_status("VmRSSx:\t 1 kB\nVmHWM:\t 2 kB\n"), None);
+        assert_eq!(
+            parse_memory("Name:\thelmetd\nState:\tZ (zombie)\n", ROLLUP),
+            None
+        );
+        assert_eq!(parse_memory("VmRSS:\t 1 kB\n", ROLLUP), None);
+        assert_eq!(
+            parse_memory("VmRSSx:\t 1 kB\nVmHWM:\t 2 kB\n", ROLLUP),
+            None
+        );
+        // Pss_Anon is not Pss, and both private kinds are needed.
+        assert_eq!(
+            parse_memory(STATUS, "Pss_Anon:\t 1 kB\nPrivate_Clean:\t 1 kB\n"),
+            None
+        );
+        assert_eq!(
+            parse_memory(STATUS, "Pss:\t 1 kB\nPrivate_Dirty:\t 1 kB\n"),
+            None
+        );
     }
 
     #[test]
     fn per_camera_is_the_difference_over_the_added_cameras() {
-        let one = Memory {
-            rss_kb: 30 * 1024,
-            hwm_kb: 0,
-        };
-        let four = Memory {
-            rss_kb: 60 * 1024,
-            hwm_kb: 0,
-        };
+        let one = memory(30, 0);
+        let four = memory(60, 0);
         assert_eq!(per_camera_mb(one, four, 4), 10.0);
         assert_eq!(per_camera_mb(one, four, 2), 30.0);
         assert_eq!(per_camera_mb(four, one, 4), -10.0);
@@ -716,23 +789,19 @@ Rss:                   0 kB
     #[test]
     fn the_result_line_has_every_key_with_one_decimal() {
         let figures = Figures {
+            decoder: Decoder::Openh264,
             daemon_one: Memory {
-                rss_kb: 30 * 1024,
-                hwm_kb: 32 * 1024,
+                pss_kb: 25 * 1024,
+                private_kb: 12 * 1024,
+                ..memory(30, 32)
             },
-            daemon_many: Memory {
-                rss_kb: 45 * 1024,
-                hwm_kb: 46 * 1024,
-            },
+            daemon_many: memory(45, 46),
             cameras: 4,
             decode: CpuWindow {
                 cpu: Duration::from_millis(1500),
                 frames: 600,
             },
-            worker: Memory {
-                rss_kb: 100 * 1024,
-                hwm_kb: 110 * 1024,
-            },
+            worker: memory(100, 110),
             worker_cpu: CpuWindow {
                 cpu: Duration::from_millis(15_000),
                 frames: 80,
@@ -744,7 +813,7 @@ Rss:                   0 kB
             figures.result_line(),
             "RESULT worker_rss_mb=100.0 daemon_rss_mb=30.0 per_camera_mb=5.0 cold_start_s=2.3 \
              fps=5.6 daemon_hwm_mb=32.0 worker_hwm_mb=110.0 cameras=4 worker_cpu_ms=187.5 \
-             decode_cpu_ms=2.50"
+             decode_cpu_ms=2.50 daemon_pss_mb=25.0 daemon_private_mb=12.0 decoder=openh264"
         );
     }
 }

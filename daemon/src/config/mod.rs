@@ -86,6 +86,15 @@ pub enum Transport {
     Auto,
 }
 
+/// `[[camera]] decoder`: the H.264 decoder of an RTSP camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    #[default]
+    Libav,
+    Openh264,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
@@ -97,6 +106,8 @@ pub struct CameraConfig {
     pub enabled: bool,
     #[serde(default = "CameraConfig::default_transport")]
     pub transport: Transport,
+    #[serde(default)]
+    pub decoder: Decoder,
     #[serde(default)]
     pub credentials_file: PathBuf,
     #[serde(default = "CameraConfig::default_stall_timeout_s")]

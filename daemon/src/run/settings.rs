@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use helmet_pipelines::ingest::{CameraSettings, FrameHook, Transport};
+use helmet_pipelines::ingest::{CameraSettings, FrameHook, H264Decoder, Transport};
 
 use crate::autoscaler::{Autoscaler, FsReader};
 use crate::config::{self, Config};
@@ -179,6 +179,10 @@ pub fn ingest_settings(
         config::Transport::Tcp => Transport::Tcp,
         config::Transport::Udp => Transport::Udp,
         config::Transport::Auto => Transport::Auto,
+    };
+    s.decoder = match cam.decoder {
+        config::Decoder::Libav => H264Decoder::Libav,
+        config::Decoder::Openh264 => H264Decoder::OpenH264,
     };
     // A file camera plays like a camera: in real time, over and over.
     s.loop_file = url.starts_with("file://");
