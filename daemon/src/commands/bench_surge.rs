@@ -17,15 +17,14 @@
 //! max replicas, static at min replicas.
 //!
 //! **Figures.** Times are seconds since the run started, on one clock.
-//! - `reaction_s`: from the reload that starts the surge to the first result of the worker added
-//!   for it. The daemon does not say which worker produced a result, but one worker runs one frame
-//!   at a time: the first result whose model run (`done − infer`, `done`) overlaps an earlier
-//!   result's by more than [`OVERLAP_MARGIN`] proves that a second worker was serving, and its
-//!   `done` is taken (an upper bound by at most one model run; the overlapping pair holds the new
-//!   worker's first result). It includes the new cameras' RTSP connect, the CPU sampling, the
-//!   decision, the worker's start and model load. Cross-checks at the 1 s resolution of the
-//!   daemon's snapshots: `decided_s` (desired replicas rose) and `ready_s` (a worker that did not
-//!   serve at the surge start is Ready: a new one, or the warm standby thawed).
+//! - `reaction_s`: from the reload that starts the surge to the first result (by the time the
+//!   bench sees it) of a worker that did not serve at the surge start: not Ready in the last
+//!   snapshot before it, so a new worker or the warm standby thawed. Exact: the daemon's result
+//!   observer names the worker that made each result. It includes the new cameras' RTSP connect,
+//!   the CPU sampling, the decision, the worker's start or thaw and its first model run.
+//!   Cross-checks at the 1 s resolution of the daemon's snapshots: `decided_s` (desired replicas
+//!   rose) and `ready_s` (a worker that did not serve at the surge start is Ready, by the same
+//!   rule).
 //! - p99 frame latency: capture (the frame leaving the camera's decoder) → model result, nearest
 //!   rank. Baseline: frames captured in the baseline phase. Whole surge: frames captured from
 //!   the surge start to its end. Once scaled: from surge start + the autoscaled run's
@@ -62,10 +61,6 @@ use crate::telemetry::{Snapshot, SnapshotReceiver};
 const BASELINE_CAMERA: &str = "cam1";
 /// How often the bench looks at the daemon's snapshot and the pool's CPU counter.
 const POLL: Duration = Duration::from_millis(50);
-/// Two model runs that overlap by more than this come from two workers. The observer sees a
-/// result a little after the worker finished it (socket hop, the loop's turn), never more
-/// than a loop pass late on a machine that is not starved.
-const OVERLAP_MARGIN: f64 = 0.05;
 /// What the RTSP server serves: small and slow enough that its encoders cost little.
 const SERVED_SIZE: (u32, u32) = (640, 360);
 const SERVED_FPS: u32 = 5;
@@ -172,17 +167,13 @@ struct Served {
     surge_camera: bool,
     captured: f64,
     done: f64,
-    /// The worker's time in the model.
-    infer: f64,
+    /// The supervisor's id of the worker that made it, as in [`Tick::ready`].
+    worker: u32,
 }
 
 impl Served {
     fn latency(&self) -> f64 {
         self.done - self.captured
-    }
-
-    fn model_start(&self) -> f64 {
-        self.done - self.infer
     }
 }
 
@@ -557,7 +548,7 @@ fn run_profile(
     let options = DaemonOptions {
         result_observer: Some({
             let served = served.clone();
-            Arc::new(move |r: &Inferred| {
+            Arc::new(move |r: &Inferred, worker: u32| {
                 let done = start.elapsed().as_secs_f64();
                 let captured = match r.frame.capture_time.duration_since(start_wall) {
                     Ok(d) => d.as_secs_f64(),
@@ -570,7 +561,7 @@ fn run_profile(
                         surge_camera: &*r.frame.camera != BASELINE_CAMERA,
                         captured,
                         done,
-                        infer: r.infer.as_secs_f64(),
+                        worker,
                     });
             })
         }),
@@ -786,22 +777,17 @@ fn running_seconds(ticks: &[Tick], from: f64, to: f64) -> f64 {
         .sum()
 }
 
-/// When the worker added for the surge returned its first result (see the module docs).
-fn added_worker_serving(served: &[Served], from: f64) -> Option<f64> {
-    let mut by_done: Vec<&Served> = served.iter().collect();
-    by_done.sort_by(|a, b| a.done.total_cmp(&b.done));
-    let mut latest_done = f64::NEG_INFINITY;
-    for r in by_done {
-        if r.done >= from && r.model_start() + OVERLAP_MARGIN < latest_done {
-            return Some(r.done);
-        }
-        latest_done = latest_done.max(r.done);
-    }
-    None
+/// The first result at or after `from` of a worker not in `serving` (see the module docs).
+fn new_worker_serving(served: &[Served], from: f64, serving: &[u32]) -> Option<f64> {
+    served
+        .iter()
+        .filter(|r| r.done >= from && !serving.contains(&r.worker))
+        .map(|r| r.done)
+        .min_by(f64::total_cmp)
 }
 
 /// The autoscaled run's reaction, from the surge start: (decided, ready, serving), each `None`
-/// when it did not happen; `serving` only counts when one worker ran at the surge start.
+/// when it did not happen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Reaction {
     /// The surge's first frame: a surge camera's first capture (its RTSP connect and first
@@ -819,7 +805,6 @@ fn reaction(record: &RunRecord, schedule: &Schedule) -> Reaction {
     let desired = before.map_or(0, |t| t.desired);
     // A thawed standby had a process all along: new is what did not serve at the surge start.
     let serving: &[u32] = before.map_or(&[], |t| &t.ready);
-    let single = before.is_some_and(|t| t.running == 1);
     Reaction {
         load_s: record
             .served
@@ -831,10 +816,7 @@ fn reaction(record: &RunRecord, schedule: &Schedule) -> Reaction {
         ready_s: after()
             .find(|t| t.ready.iter().any(|id| !serving.contains(id)))
             .map(|t| t.at - surge),
-        serving_s: single
-            .then(|| added_worker_serving(&record.served, surge))
-            .flatten()
-            .map(|t| t - surge),
+        serving_s: new_worker_serving(&record.served, surge, serving).map(|t| t - surge),
     }
 }
 
@@ -1062,12 +1044,12 @@ fn replica_svg(records: &[RunRecord], s: &Schedule, max_replicas: u32, r: Reacti
 mod tests {
     use super::*;
 
-    fn served(captured: f64, done: f64, infer: f64) -> Served {
+    fn served(captured: f64, done: f64, worker: u32) -> Served {
         Served {
             surge_camera: false,
             captured,
             done,
-            infer,
+            worker,
         }
     }
 
@@ -1107,24 +1089,25 @@ mod tests {
     }
 
     #[test]
-    fn one_worker_never_overlaps_two_do() {
-        // One worker: each run starts after the previous result (queueing is in `captured`).
-        let one: Vec<Served> = (0..10)
-            .map(|i| served(f64::from(i) * 0.2, 1.0 + f64::from(i) * 0.31, 0.3))
+    fn the_first_result_of_a_worker_not_serving_before_counts() {
+        // Worker 0 serves throughout, one frame every 0.31 s until 3.79.
+        let mut results: Vec<Served> = (0..10)
+            .map(|i| served(f64::from(i) * 0.2, 1.0 + f64::from(i) * 0.31, 0))
             .collect();
-        assert_eq!(added_worker_serving(&one, 0.0), None);
-        // A second worker runs a frame from 3.0 to 3.3 while the first is busy 2.9–3.2 and after.
-        let mut two = one.clone();
-        two.push(served(2.9, 3.2, 0.3));
-        two.push(served(2.95, 3.3, 0.3));
-        two.push(served(3.1, 3.5, 0.3));
-        let serving = added_worker_serving(&two, 2.0).unwrap();
-        assert!((serving - 3.2).abs() < 1e-9, "{serving}");
-        // Nothing after `from` overlaps: not found.
-        assert_eq!(added_worker_serving(&two, 3.6), None);
-        // An overlap within the margin is the observer's lag, not a second worker.
-        let lagging = vec![served(0.0, 1.0, 0.3), served(0.5, 1.28, 0.3)];
-        assert_eq!(added_worker_serving(&lagging, 0.0), None);
+        assert_eq!(new_worker_serving(&results, 0.0, &[0]), None);
+        // Recorded out of `done` order: the earliest result counts, not the first recorded.
+        results.push(served(2.95, 3.4, 2));
+        results.push(served(2.9, 3.2, 1));
+        results.push(served(3.1, 3.5, 1));
+        assert_eq!(new_worker_serving(&results, 2.0, &[0]), Some(3.2));
+        // Worker 1 served at the surge start: worker 2's first result.
+        assert_eq!(new_worker_serving(&results, 2.0, &[0, 1]), Some(3.4));
+        // Results before the surge start do not count.
+        assert_eq!(new_worker_serving(&results, 3.45, &[0]), Some(3.5));
+        assert_eq!(new_worker_serving(&results, 3.6, &[0]), None);
+        // No worker serving at the start (no snapshot before it): any result is a new worker's.
+        let first = new_worker_serving(&results, 1.5, &[]).unwrap();
+        assert!((first - 1.62).abs() < 1e-9, "{first}");
     }
 
     #[test]
@@ -1134,17 +1117,21 @@ mod tests {
         let record = RunRecord {
             mode: Mode::Autoscaled,
             served: vec![
-                served(33.5, 34.0, 0.3),
+                // Worker 1 finished its last frame before it became the warm standby.
+                served(31.0, 31.5, 1),
+                served(33.5, 34.0, 0),
                 Served {
                     surge_camera: true,
-                    ..served(34.9, 35.5, 0.3)
+                    ..served(34.9, 35.5, 0)
                 },
+                // The thawed standby's first result.
                 Served {
                     surge_camera: true,
-                    ..served(34.2, 35.9, 0.3)
+                    ..served(34.2, 35.9, 1)
                 },
             ],
             ticks: vec![
+                tick(31.0, &[0, 1], 2),
                 tick(32.0, &[0], 1),
                 tick(33.4, &[0], 1),
                 tick(34.4, &[0], 2),
@@ -1161,7 +1148,8 @@ mod tests {
         );
         assert!((r.decided_s.unwrap() - 1.4).abs() < 1e-9);
         assert!((r.ready_s.unwrap() - 2.4).abs() < 1e-9);
-        assert_eq!(r.serving_s, None, "the two results do not overlap");
+        let serving = r.serving_s.unwrap();
+        assert!((serving - 2.9).abs() < 1e-9, "{serving}");
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct Probes {
     pub kubeedge: Option<Box<dyn Fn() -> KubeEdgeSnapshot + Send>>,
     /// `[http] listen`: the loop proves it is alive to `/healthz` every time it wakes.
     pub health: Option<Arc<Telemetry>>,
-    /// Sees every model result as it leaves the workers, before finalize.
+    /// Sees every model result as it leaves the workers, before finalize, with the supervisor's
+    /// id of the worker that made it.
     pub result_observer: Option<ResultObserver>,
 }
 
@@ -84,6 +85,13 @@ impl Due {
     fn next(&self) -> Instant {
         self.reconcile.min(self.snapshot)
     }
+}
+
+/// A worker connection the dispatcher knows: the supervisor's id of its worker (results are
+/// reported by it) and the link through which the supervisor sees the worker.
+struct Connected {
+    id: u32,
+    link: Arc<Link>,
 }
 
 /// systemd is told READY=1 once a worker serves; until then the start timeout is extended
@@ -104,7 +112,9 @@ pub struct ControlLoop<H: Host, L: Launcher> {
     dispatcher: Dispatcher,
     waker: Waker,
     cameras: CameraSet,
-    links: HashMap<WorkerKey, Arc<Link>>,
+    /// Added with the dispatcher's worker and removed when it reports the connection closed, so
+    /// every worker the dispatcher reports on is here.
+    links: HashMap<WorkerKey, Connected>,
     counters: Arc<Counters>,
     snapshots: SnapshotBuilder,
     published: SnapshotSender,
@@ -261,9 +271,15 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
         for new in self.supervisor.launcher().take_new() {
             let key = self.dispatcher.add_worker(new.conn);
             tracing::debug!(pool = new.pool, id = new.id, ?key, "worker connection");
-            self.links.insert(key, new.link);
+            self.links.insert(
+                key,
+                Connected {
+                    id: new.id,
+                    link: new.link,
+                },
+            );
         }
-        for (key, link) in &self.links {
+        for (key, Connected { link, .. }) in &self.links {
             if let Err(e) = self.dispatcher.hold_worker(*key, link.is_held()) {
                 tracing::debug!(error = %e, "hold");
             }
@@ -278,11 +294,11 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
     fn on_event(&mut self, event: DispatchEvent) {
         match event {
             DispatchEvent::Done {
+                worker,
                 frame,
                 detections,
                 infer,
                 latency,
-                ..
             } => {
                 let result = Inferred {
                     frame,
@@ -291,7 +307,10 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                     latency,
                 };
                 if let Some(observe) = &self.probes.result_observer {
-                    observe(&result);
+                    match self.links.get(&worker) {
+                        Some(connected) => observe(&result, connected.id),
+                        None => tracing::warn!(?worker, "a result from an unknown worker"),
+                    }
                 }
                 finalize::hand_over(
                     self.cameras.queues(),
@@ -300,13 +319,13 @@ impl<H: Host, L: Launcher> ControlLoop<H, L> {
                 );
             }
             DispatchEvent::WorkerReady { worker, .. } => {
-                if let Some(link) = self.links.get(&worker) {
-                    link.mark_ready(Instant::now());
+                if let Some(connected) = self.links.get(&worker) {
+                    connected.link.mark_ready(Instant::now());
                 }
             }
             DispatchEvent::Heartbeat { worker, .. } => {
-                if let Some(link) = self.links.get(&worker) {
-                    link.beat(Instant::now());
+                if let Some(connected) = self.links.get(&worker) {
+                    connected.link.beat(Instant::now());
                 }
             }
             DispatchEvent::WorkerClosed { worker, reason } => {

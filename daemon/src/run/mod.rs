@@ -158,8 +158,9 @@ pub struct RunSummary {
     pub workers_max: usize,
 }
 
-/// Called from the control loop with each model result; must return quickly.
-pub type ResultObserver = Arc<dyn Fn(&Inferred) + Send + Sync>;
+/// Called from the control loop with each model result and the supervisor's id of the worker
+/// that made it (the id of the snapshot's worker states); must return quickly.
+pub type ResultObserver = Arc<dyn Fn(&Inferred, u32) + Send + Sync>;
 
 /// What a caller adds to the daemon the config describes.
 #[derive(Default)]
