@@ -22,10 +22,11 @@
 //!   frame (`/status` `counters.frames` ≥ 1, polled every 50 ms): process start, worker spawn
 //!   and model load, RTSP connect, first decode and inference. Then `--worker-seconds` of work
 //!   at `detect_fps` = `--detect-fps` without motion gating (every sampled frame reaches the
-//!   model, so the worker is the limit): `fps` = frames
-//!   analysed per second over that window, `worker_rss_mb` / `worker_hwm_mb` of the worker's
-//!   pid at its end, `worker_cpu_ms` its CPU time per analysed frame: on a machine shared with
-//!   other work, frames/s follows the load, CPU time per frame much less.
+//!   model, so the worker is the limit): `fps` = frames analysed per second over that window,
+//!   `worker_rss_mb` / `worker_hwm_mb` / `worker_pss_mb` of the worker's pid at its end (the
+//!   worker maps the daemon's own executable: their text is one copy in the page cache, counted
+//!   whole in each RSS), `worker_cpu_ms` its CPU time per analysed frame: on a machine shared
+//!   with other work, frames/s follows the load, CPU time per frame much less.
 //!
 //! Each phase also prints the largest mappings of each measured process by resident size
 //! (`/proc/<pid>/smaps`): which library, heap or anonymous arena holds the memory.
@@ -267,7 +268,8 @@ impl Figures {
         format!(
             "RESULT worker_rss_mb={:.1} daemon_rss_mb={:.1} per_camera_mb={:.1} cold_start_s={:.1} \
              fps={:.1} daemon_hwm_mb={:.1} worker_hwm_mb={:.1} cameras={} worker_cpu_ms={:.1} \
-             decode_cpu_ms={:.2} daemon_pss_mb={:.1} daemon_private_mb={:.1} decoder={}",
+             decode_cpu_ms={:.2} daemon_pss_mb={:.1} daemon_private_mb={:.1} worker_pss_mb={:.1} \
+             decoder={}",
             self.worker.rss_mb(),
             self.daemon_one.rss_mb(),
             per_camera_mb(self.daemon_one, self.daemon_many, self.cameras),
@@ -280,6 +282,7 @@ impl Figures {
             self.decode.ms_per_frame(),
             self.daemon_one.pss_mb(),
             self.daemon_one.private_mb(),
+            self.worker.pss_mb(),
             decoder_name(self.decoder),
         )
     }
@@ -360,10 +363,11 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
         figures.decode.ms_per_frame()
     );
     println!(
-        "worker:             RSS {:6.1} MiB, peak {:6.1} MiB, {:.1} frames/s, {:.1} ms CPU per \
-         frame; cold start {:.2} s",
+        "worker:             RSS {:6.1} MiB, peak {:6.1} MiB, PSS {:.1} MiB, {:.1} frames/s, \
+         {:.1} ms CPU per frame; cold start {:.2} s",
         figures.worker.rss_mb(),
         figures.worker.hwm_mb(),
+        figures.worker.pss_mb(),
         figures.fps,
         figures.worker_cpu.ms_per_frame(),
         figures.cold_start.as_secs_f64()
@@ -498,10 +502,12 @@ fn worker_phase(
     let daemon_memory = Memory::read(daemon.pid())?;
     println!(
         "{label}: {fps:.1} frames/s, worker {:.1} ms CPU per frame; worker RSS {:.1} MiB, peak \
-         {:.1} MiB; largest mappings (MiB): {}",
+         {:.1} MiB (PSS {:.1}, private {:.1}); largest mappings (MiB): {}",
         worker_cpu.ms_per_frame(),
         worker.rss_mb(),
         worker.hwm_mb(),
+        worker.pss_mb(),
+        worker.private_mb(),
         top_mappings(worker_pid)
     );
     println!(
@@ -801,7 +807,10 @@ Rss:                   0 kB
                 cpu: Duration::from_millis(1500),
                 frames: 600,
             },
-            worker: memory(100, 110),
+            worker: Memory {
+                pss_kb: 90 * 1024,
+                ..memory(100, 110)
+            },
             worker_cpu: CpuWindow {
                 cpu: Duration::from_millis(15_000),
                 frames: 80,
@@ -813,7 +822,8 @@ Rss:                   0 kB
             figures.result_line(),
             "RESULT worker_rss_mb=100.0 daemon_rss_mb=30.0 per_camera_mb=5.0 cold_start_s=2.3 \
              fps=5.6 daemon_hwm_mb=32.0 worker_hwm_mb=110.0 cameras=4 worker_cpu_ms=187.5 \
-             decode_cpu_ms=2.50 daemon_pss_mb=25.0 daemon_private_mb=12.0 decoder=openh264"
+             decode_cpu_ms=2.50 daemon_pss_mb=25.0 daemon_private_mb=12.0 worker_pss_mb=90.0 \
+             decoder=openh264"
         );
     }
 }
