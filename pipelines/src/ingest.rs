@@ -67,7 +67,7 @@ pub enum H264Decoder {
     #[default]
     Libav,
     /// `openh264dec` (Cisco's OpenH264, gst-plugins-bad): a few libraries, so the daemon is
-    /// smaller with one to three cameras, but each camera keeps more pictures and a frame costs
+    /// smaller with one to four cameras, but each camera keeps more pictures and a frame costs
     /// more CPU (docs/benchmarks.md, bench footprint).
     OpenH264,
 }
