@@ -532,6 +532,23 @@ mod tests {
     }
 
     #[test]
+    fn a_camera_decoder_is_read_and_an_unknown_one_is_positioned() {
+        let camera = "\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://127.0.0.1:8554/x\"\n";
+        let f = write(&(default_text() + camera + "decoder = \"openh264\"\n"));
+        let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
+        assert_eq!(cfg.cameras[0].decoder, crate::config::Decoder::Openh264);
+        let text = default_text() + camera + "decoder = \"x264\"\n";
+        let f = write(&text);
+        let p = problems(load(ConfigSource::File(f.path().into()), &[]));
+        assert!(p[0].message.contains("x264"), "{}", p[0]);
+        assert!(
+            p[0].place.contains(&format!(":{}:", text.lines().count())),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
     fn semantic_errors_are_positioned_and_all_reported() {
         let text = default_text()
             .replace("score_threshold = 0.25", "score_threshold = 1.5")
