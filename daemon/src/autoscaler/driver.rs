@@ -185,17 +185,25 @@ impl<R: CgroupReader> Autoscaler<R> {
         if !(self.can_grow() && windows_at_least(&sample, TRAILING_WINDOW)) {
             return None;
         }
-        let before = (self.state.clone(), self.latency, self.drops);
-        let observation = self.observation(now, workers, &sample, cpu_request_cores);
-        let timestamp = self.timestamp(now);
-        match decide(&self.spec, &observation, &mut self.state, timestamp) {
-            Ok(decision) if decision.desired_replicas > self.current_replicas => {
-                self.last_decision = Some(now);
-                self.current_replicas = decision.desired_replicas;
-                Some(decision)
-            }
+        let replicas_before = self.current_replicas;
+        // Everything a sync changes, to put back when its decision is not taken.
+        let before = (
+            self.state.clone(),
+            self.latency,
+            self.drops,
+            self.last_decision,
+            self.current_replicas,
+        );
+        match self.sync(now, workers, &sample, cpu_request_cores) {
+            Some(decision) if decision.desired_replicas > replicas_before => Some(decision),
             _ => {
-                (self.state, self.latency, self.drops) = before;
+                (
+                    self.state,
+                    self.latency,
+                    self.drops,
+                    self.last_decision,
+                    self.current_replicas,
+                ) = before;
                 None
             }
         }
