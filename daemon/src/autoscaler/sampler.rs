@@ -368,24 +368,22 @@ impl Trail {
             Some(last) if value < last.value => self.readings.clear(),
             _ => {}
         }
+        // The newest reading at least a window old is the base; older ones are of no more use.
         let cutoff = now.checked_sub(TRAILING_WINDOW);
-        let base = self
+        let stale = self
             .readings
             .iter()
-            .rev()
-            .find(|r| cutoff.is_some_and(|c| r.at <= c))
-            .or_else(|| self.readings.front())
-            .copied();
+            .rposition(|r| cutoff.is_some_and(|c| r.at <= c))
+            .unwrap_or(0);
+        for _ in 0..stale {
+            self.readings.pop_front();
+        }
+        let base = self.readings.front().copied();
         if self.readings.is_full() {
             self.readings.pop_front();
         }
         // Room was just made: this cannot fail.
         let _ = self.readings.push_back(current);
-        while self.readings.len() > 1
-            && cutoff.is_some_and(|c| self.readings.iter().nth(1).is_some_and(|r| r.at <= c))
-        {
-            self.readings.pop_front();
-        }
         base.map(|b| (value - b.value, now - b.at))
     }
 }
@@ -464,6 +462,45 @@ mod tests {
 
     const ROOT: &str = "/cg/helmetd";
     const HOST_PSI: &str = "/proc/pressure/cpu";
+
+    #[test]
+    fn a_trail_measures_over_the_newest_reading_a_window_old_even_when_full() {
+        let t0 = Instant::now();
+        let mut trail = Trail::default();
+        assert_eq!(trail.advance(0, at(t0, 0)), None);
+        // Readings every 100 ms fill the trail long before a window has passed: the base is
+        // the oldest reading until one is a window old.
+        for step in 1..=TRAIL_READINGS as u64 {
+            let (delta, window) = trail.advance(step * 10, at(t0, step * 100)).unwrap();
+            assert_eq!(
+                (delta, window),
+                (step * 10, Duration::from_millis(step * 100))
+            );
+        }
+        // 1.25 s: the trail is full and dropped its first readings; the newest reading at
+        // least 1 s old is the one at 0.2 s.
+        assert_eq!(
+            trail.advance(125, at(t0, 1250)),
+            Some((105, Duration::from_millis(1050)))
+        );
+        // 2.5 s: every reading but the last is a window old; the base is the one at 1.25 s.
+        assert_eq!(
+            trail.advance(250, at(t0, 2500)),
+            Some((125, Duration::from_millis(1250)))
+        );
+        // A counter that went back is a new series: nothing to measure yet, then from it.
+        assert_eq!(trail.advance(5, at(t0, 2600)), None);
+        assert_eq!(
+            trail.advance(15, at(t0, 2700)),
+            Some((10, Duration::from_millis(100)))
+        );
+        // The same instant again changes nothing.
+        assert_eq!(trail.advance(99, at(t0, 2700)), None);
+        assert_eq!(
+            trail.advance(25, at(t0, 2800)),
+            Some((20, Duration::from_millis(200)))
+        );
+    }
 
     fn pool() -> PoolName {
         PoolName::new("detect").unwrap_or_else(|e| panic!("{e}"))
