@@ -283,15 +283,9 @@ impl Figures {
             self.daemon_one.pss_mb(),
             self.daemon_one.private_mb(),
             self.worker.pss_mb(),
-            decoder_name(self.decoder),
+            self.decoder,
         )
     }
-}
-
-/// The name a config file gives `decoder`.
-fn decoder_name(decoder: Decoder) -> String {
-    clap::ValueEnum::to_possible_value(&decoder)
-        .map_or_else(|| format!("{decoder:?}"), |v| v.get_name().to_owned())
 }
 
 /// Prints progress, returns `RESULT worker_rss_mb=… daemon_rss_mb=… per_camera_mb=…
@@ -328,7 +322,7 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
                  worker cgroups under {}",
                 video.display(),
                 args.cameras,
-                decoder_name(args.decoder),
+                args.decoder,
                 helmetd.display(),
                 cgroup_root.display()
             );
@@ -337,7 +331,7 @@ pub fn run(args: &BenchFootprintArgs) -> anyhow::Result<String> {
                 work: &work,
                 cgroup_root: &cgroup_root,
                 urls: server.urls(),
-                decoder: decoder_name(args.decoder),
+                decoder: args.decoder,
             };
             measure(&bench, args)
         });
@@ -381,8 +375,8 @@ struct Bench<'a> {
     work: &'a Path,
     cgroup_root: &'a Path,
     urls: Vec<String>,
-    /// Every camera's `decoder`, as the config file names it.
-    decoder: String,
+    /// Every camera's `decoder`.
+    decoder: Decoder,
 }
 
 fn measure(bench: &Bench, args: &BenchFootprintArgs) -> anyhow::Result<Figures> {

@@ -534,9 +534,18 @@ mod tests {
     #[test]
     fn a_camera_decoder_is_read_and_an_unknown_one_is_positioned() {
         let camera = "\n[[camera]]\nname = \"gate\"\nurl = \"rtsp://127.0.0.1:8554/x\"\n";
-        let f = write(&(default_text() + camera + "decoder = \"openh264\"\n"));
-        let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
-        assert_eq!(cfg.cameras[0].decoder, crate::config::Decoder::Openh264);
+        // A decoder's displayed name (what `bench footprint` writes) is the one the file reads.
+        for decoder in [
+            crate::config::Decoder::Libav,
+            crate::config::Decoder::Openh264,
+        ] {
+            let f = write(&format!(
+                "{}{camera}decoder = \"{decoder}\"\n",
+                default_text()
+            ));
+            let cfg = load(ConfigSource::File(f.path().into()), &[]).unwrap();
+            assert_eq!(cfg.cameras[0].decoder, decoder);
+        }
         let text = default_text() + camera + "decoder = \"x264\"\n";
         let f = write(&text);
         let p = problems(load(ConfigSource::File(f.path().into()), &[]));

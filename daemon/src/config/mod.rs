@@ -95,6 +95,16 @@ pub enum Decoder {
     Openh264,
 }
 
+impl std::fmt::Display for Decoder {
+    /// The name the config file and the command line give it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decoder::Libav => "libav",
+            Decoder::Openh264 => "openh264",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
