@@ -940,16 +940,14 @@ impl Worker {
         // AVC out of the depayloader, with the parameter sets in its codec data: its byte-stream
         // output hands on parameter sets and access unit delimiters as buffers of their own,
         // without timestamps, which openh264dec takes for corrupt pictures and never recovers from.
-        let whole_access_units = gst::ElementFactory::make("capsfilter")
-            .property(
-                "caps",
-                gst::Caps::builder("video/x-h264")
-                    .field("stream-format", "avc")
-                    .field("alignment", "au")
-                    .build(),
-            )
-            .build()
-            .map_err(|_| self.missing("capsfilter"))?;
+        let whole_access_units = self.element("capsfilter")?;
+        whole_access_units.set_property(
+            "caps",
+            gst::Caps::builder("video/x-h264")
+                .field("stream-format", "avc")
+                .field("alignment", "au")
+                .build(),
+        );
         let parse = self.element("h264parse")?;
         let decoder = self.settings.decoder.factory();
         let decode = self.element(decoder)?;
